@@ -1,0 +1,34 @@
+"""Write-to-temp-then-rename helpers: a crash or bad input never leaves a half-written output."""
+import contextlib
+import os
+import shutil
+import uuid
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_directory(final_path: str, overwrite: bool = False) -> Iterator[str]:
+  """Yields a temp dir next to `final_path`; renames it into place only if the body succeeds.
+
+  The temp dir is a sibling (same filesystem, so the rename is atomic) named
+  `.<name>.tmp-<uuid>`; it is removed on any exception. Stale temp dirs from a crashed earlier
+  run are removed on entry, so a rerun starts clean.
+  """
+  final_path = os.path.abspath(final_path)
+  parent, name = os.path.split(final_path)
+  os.makedirs(parent, exist_ok=True)
+  if os.path.exists(final_path) and not overwrite:
+    raise FileExistsError(f"{final_path} already exists (pass overwrite=True / --overwrite to replace it)")
+  for entry in os.listdir(parent):
+    if entry.startswith(f".{name}.tmp-"):
+      shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+  tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+  os.makedirs(tmp)
+  try:
+    yield tmp
+    if os.path.exists(final_path):
+      shutil.rmtree(final_path)
+    os.rename(tmp, final_path)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)

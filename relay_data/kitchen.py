@@ -1,0 +1,72 @@
+"""FrankaKitchen-v1 facts shared by the generator, converters and evaluation.
+
+Numbers are from gymnasium-robotics 1.4.2 (`kitchen_env.py`): element qpos indices into the
+object part of qpos, their goal values, and the completion threshold. The goal-space state is
+the D4RL layout: robot joint positions (9) + object positions (21) = 30 dims, which is
+observation[0:9] ++ observation[18:39] of the 59-d env observation.
+"""
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+ENV_ID = "FrankaKitchen-v1"
+OBS_DIM = 59
+ACTION_DIM = 9
+GOAL_DIM = 30
+BONUS_THRESH = 0.3  # L2 distance of an element's qpos to its goal counted as done.
+
+ELEMENTS: List[str] = ["microwave", "kettle", "light switch", "slide cabinet", "hinge cabinet",
+                       "bottom burner", "top burner"]
+
+# Indices into the full qpos (robot 9 + objects 21); goal-space index is the same number.
+ELEMENT_QPOS: Dict[str, List[int]] = {
+    "bottom burner": [11, 12],
+    "top burner": [15, 16],
+    "light switch": [17, 18],
+    "slide cabinet": [19],
+    "hinge cabinet": [20, 21],
+    "microwave": [22],
+    "kettle": [23, 24, 25, 26, 27, 28, 29],
+}
+ELEMENT_GOALS: Dict[str, np.ndarray] = {
+    "bottom burner": np.array([-0.88, -0.01]),
+    "top burner": np.array([-0.92, -0.01]),
+    "light switch": np.array([-0.69, -0.05]),
+    "slide cabinet": np.array([0.37]),
+    "hinge cabinet": np.array([0.0, 1.45]),
+    "microwave": np.array([-0.75]),
+    "kettle": np.array([-0.23, 0.75, 1.62, 0.99, 0.0, 0.0, -0.06]),
+}
+
+
+def goal_state_from_observation(observation: np.ndarray) -> np.ndarray:
+  """[..., 59] env observation -> [..., 30] goal-space state (robot qpos + object qpos)."""
+  observation = np.asarray(observation)
+  return np.concatenate([observation[..., 0:9], observation[..., 18:39]], axis=-1).astype(np.float32)
+
+
+def completion_mask(goal_states: np.ndarray, elements: Sequence[str] = ELEMENTS) -> np.ndarray:
+  """[..., 30] goal-space states -> [..., len(elements)] bool: element within BONUS_THRESH of its goal."""
+  goal_states = np.asarray(goal_states)
+  cols = [np.linalg.norm(goal_states[..., ELEMENT_QPOS[e]] - ELEMENT_GOALS[e], axis=-1) < BONUS_THRESH
+          for e in elements]
+  return np.stack(cols, axis=-1)
+
+
+def set_goal_state(goal_state: np.ndarray, elements: Sequence[str]) -> np.ndarray:
+  """Returns a copy of `goal_state` with `elements` moved to their goal values."""
+  out = np.array(goal_state, dtype=np.float32, copy=True)
+  for e in elements:
+    out[..., ELEMENT_QPOS[e]] = ELEMENT_GOALS[e]
+  return out
+
+
+def make_env(tasks_to_complete: Sequence[str] = tuple(ELEMENTS), max_episode_steps: int = 280,
+             **kwargs):
+  """Builds FrankaKitchen-v1 (registers gymnasium-robotics envs on first use)."""
+  import gymnasium as gym  # pylint: disable=import-outside-toplevel
+  import gymnasium_robotics  # pylint: disable=import-outside-toplevel
+  gym.register_envs(gymnasium_robotics)
+  kwargs.setdefault("disable_env_checker", True)
+  return gym.make(ENV_ID, tasks_to_complete=list(tasks_to_complete),
+                  max_episode_steps=max_episode_steps, **kwargs)

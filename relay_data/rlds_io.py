@@ -1,0 +1,159 @@
+"""Read and write relay RLDS datasets (TFDS format on disk).
+
+Writing goes through a TFDS builder (`tfds.dataset_builders.AdhocBuilder` plus dataset-level
+metadata), built in a temp dir and renamed into place, so the result is a normal TFDS dataset:
+`tfds.builder_from_directory(path)` loads it, and `dataset_info.json` carries features, splits
+and counts. Dataset-level facts (generator version, held-out goal sets, lineage) live in the
+dataset's `metadata.json` (TFDS `MetadataDict`).
+"""
+import itertools
+import json
+import os
+import shutil
+from typing import Any, Dict, Iterable, Iterator, Optional
+
+import numpy as np
+
+from relay_data import atomic, schema
+from relay_data.errors import DataError
+
+VERSION = "1.0.0"
+
+
+def _make_builder(name, features, examples, data_dir, metadata, description, version=VERSION):
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  class _Builder(tfds.dataset_builders.AdhocBuilder, skip_registration=True):
+    """AdhocBuilder that also stores a metadata.json (AdhocBuilder has no metadata slot)."""
+
+    def _info(self):
+      info = super()._info()
+      info._metadata = tfds.core.MetadataDict(metadata or {})  # pylint: disable=protected-access
+      return info
+
+  return _Builder(name=name, version=version, features=features,
+                  split_datasets={"train": examples}, data_dir=data_dir, description=description,
+                  disable_shuffling=True)
+
+
+def write_rlds(records: Iterable[Dict[str, Any]], features, name: str, data_dir: str,
+               metadata: Optional[dict] = None, description: str = "", overwrite: bool = False) -> str:
+  """Builds a TFDS dataset `data_dir/name/VERSION` from already-encoded records, atomically.
+
+  TFDS writes `<staging>/<name>/<version>` inside a temp sibling of `data_dir/name`; the version
+  dir is moved up and the temp dir renamed into place only after the build succeeded.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  final = os.path.join(os.path.abspath(data_dir), name)
+  with atomic.atomic_directory(final, overwrite=overwrite) as tmp:
+    staging = os.path.join(tmp, "_staging")
+    builder = _make_builder(name, features, enumerate(records), staging, metadata, description)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    os.rename(builder.data_dir, os.path.join(tmp, VERSION))
+    shutil.rmtree(staging)
+  return os.path.join(final, VERSION)
+
+
+def write_episodes(episodes: Iterable[schema.Episode], name: str, data_dir: str,
+                   metadata: Optional[dict] = None, description: str = "relay RLDS episodes",
+                   overwrite: bool = False, progress: bool = True, source: Optional[str] = None) -> str:
+  """Validates and writes in-memory episodes as an RLDS TFDS dataset; returns its directory.
+
+  Episodes are validated one by one as they are written (`schema.normalize_episode`); the first
+  bad one aborts the write with a DataError naming `source`, the episode and the field, and
+  nothing is left on disk.
+  """
+  iterator = iter(episodes)
+  try:
+    first = next(iterator)
+  except StopIteration:
+    raise DataError("no episodes to write", path=source) from None
+  first = schema.normalize_episode(first, path=source, episode_id=0)
+  features = schema.features_for(first)
+  state_dim, goal_dim, action_dim = (first[k].shape[1] for k in ("observation", "goal_state", "action"))
+
+  def records():
+    bar = _progress(progress, f"writing {name}")
+    for i, raw in enumerate(itertools.chain([first], iterator)):
+      ep = raw if i == 0 else schema.normalize_episode(raw, path=source, episode_id=i)
+      for key, dim in (("observation", state_dim), ("goal_state", goal_dim), ("action", action_dim)):
+        if ep[key].shape[1] != dim:
+          raise DataError(f"has dim {ep[key].shape[1]}, earlier episodes have {dim}", path=source,
+                          episode=ep["episode_id"], field=key)
+      bar.update(1)
+      yield schema.to_rlds_record(ep)
+    bar.close()
+
+  return write_rlds(records(), features, name, data_dir, metadata, description, overwrite)
+
+
+def _progress(enabled: bool, desc: str):
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  return tqdm(desc=desc, unit="ep", disable=not enabled, leave=False)
+
+
+def resolve_dataset_dir(path: str) -> str:
+  """Accepts a dataset version dir, or a dir holding exactly one dataset (name/version) below it."""
+  path = os.path.abspath(path)
+  if os.path.isfile(os.path.join(path, "dataset_info.json")):
+    return path
+  if not os.path.isdir(path):
+    raise DataError("no such dataset directory", path=path)
+  found = sorted(os.path.dirname(p) for p in _glob_info(path))
+  if not found:
+    raise DataError("no TFDS dataset (dataset_info.json) found here or one/two levels below", path=path)
+  if len(found) > 1:
+    raise DataError(f"several datasets found; name one of: {', '.join(found)}", path=path)
+  return found[0]
+
+
+def _glob_info(path):
+  import glob  # pylint: disable=import-outside-toplevel
+  for pattern in ("*/dataset_info.json", "*/*/dataset_info.json"):
+    hits = [h for h in glob.glob(os.path.join(path, pattern)) if "/." not in h[len(path):]]
+    if hits:
+      return hits
+  return []
+
+
+def load_builder(path: str):
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  return tfds.builder_from_directory(resolve_dataset_dir(path))
+
+
+def read_metadata(path: str) -> dict:
+  """The dataset-level metadata.json of a relay dataset ({} when absent)."""
+  meta = os.path.join(resolve_dataset_dir(path), "metadata.json")
+  if not os.path.exists(meta):
+    return {}
+  with open(meta) as f:
+    return json.load(f)
+
+
+def num_episodes(path: str) -> int:
+  return int(load_builder(path).info.splits["train"].num_examples)
+
+
+def iter_episodes(path: str, start: int = 0, end: Optional[int] = None) -> Iterator[schema.Episode]:
+  """Yields episodes [start, end) of the train split as numpy dicts (see `schema`)."""
+  builder = load_builder(path)
+  split = f"train[{start}:{'' if end is None else end}]"
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  for record in ds:
+    steps = record["steps"]
+    stacked = next(iter(steps.batch(1 << 30)))
+    yield schema.from_rlds_record(_to_numpy({"steps": stacked,
+                                             "episode_metadata": record["episode_metadata"]}))
+
+
+def _to_numpy(tree):
+  if isinstance(tree, dict):
+    return {k: _to_numpy(v) for k, v in tree.items()}
+  value = tree.numpy()
+  return value
+
+
+def load_episodes_tf(path: str, split: str = "train"):
+  """The dataset as a `tf.data.Dataset` of RLDS episodes (nested `steps` datasets)."""
+  return load_builder(path).as_dataset(split=split, shuffle_files=False)
