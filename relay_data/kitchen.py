@@ -70,3 +70,14 @@ def make_env(tasks_to_complete: Sequence[str] = tuple(ELEMENTS), max_episode_ste
   kwargs.setdefault("disable_env_checker", True)
   return gym.make(ENV_ID, tasks_to_complete=list(tasks_to_complete),
                   max_episode_steps=max_episode_steps, **kwargs)
+
+
+def completion_order(completed: np.ndarray, elements: Sequence[str] = ELEMENTS) -> List[str]:
+  """Elements done at the episode's end, in the order they were first completed.
+
+  `completed` is the [L, len(elements)] per-step mask of `completion_mask`.
+  """
+  completed = np.asarray(completed, bool)
+  done = np.flatnonzero(completed[-1]) if len(completed) else np.zeros(0, int)
+  first = [int(np.argmax(completed[:, i])) for i in done]
+  return [elements[i] for _, i in sorted(zip(first, done))]

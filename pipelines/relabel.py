@@ -1,0 +1,210 @@
+"""Relabel RLDS play episodes into goal-conditioned examples, as an Apache Beam pipeline.
+
+    read episode ranges ──> relabel each episode (relay_data.relabel) ──> group by shard
+        ──> write each shard sorted by episode ──> TFDS metadata + lineage ──> rename into place
+
+Runs on the DirectRunner by default; pass Beam pipeline options (`--runner=FlinkRunner ...`) to
+scale out. Every worker must see the source and output paths. Output is deterministic: episodes
+go to shard `index % num_shards` and each shard is written in episode order, so the same input
+and config give byte-identical shards whatever the runner's scheduling. The output is built in
+a temp sibling directory and renamed into place only on success (atomic on local filesystems).
+"""
+import dataclasses
+import functools
+import json
+import math
+import os
+import subprocess
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+import relay
+from relay_data import atomic, relabeled, rlds_io, schema
+from relay_data.errors import DataError
+
+NAMESPACE = "relay.relabel"
+REQUIRED_STEP_FIELDS = ("observation/state", "observation/goal_state", "action")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """Sharding and reading knobs (not part of the data's meaning, so not in lineage config)."""
+  episodes_per_read: int = 8      # episodes per Beam read task
+  episodes_per_shard: int = 8     # bounds a shard's size, so peak memory stays flat as data grows
+  num_shards: Optional[int] = None  # overrides episodes_per_shard
+
+
+def _check_source(builder, path: str) -> Tuple[int, int, int]:
+  steps = builder.info.features["steps"]
+  flat = {}
+
+  def walk(prefix, feature):
+    if hasattr(feature, "items"):
+      for k, v in feature.items():
+        walk(f"{prefix}{k}/", v)
+    else:
+      flat[prefix[:-1]] = feature
+
+  walk("", steps.feature)
+  for name in REQUIRED_STEP_FIELDS:
+    if name not in flat:
+      raise DataError("missing from the source dataset's steps", path=path, field=f"steps/{name}")
+    if len(flat[name].shape) != 1:
+      raise DataError(f"expected rank-1 per-step tensors, got shape {flat[name].shape}", path=path,
+                      field=f"steps/{name}")
+  return tuple(int(flat[n].shape[0]) for n in REQUIRED_STEP_FIELDS)
+
+
+def _read_range(bounds: Tuple[int, int], source: str) -> Iterator[Tuple[int, schema.Episode]]:
+  from apache_beam.metrics import Metrics  # pylint: disable=import-outside-toplevel
+  counter = Metrics.counter(NAMESPACE, "episodes_read")
+  for offset, episode in enumerate(rlds_io.iter_episodes(source, *bounds)):
+    counter.inc()
+    yield bounds[0] + offset, episode
+
+
+def _relabel(item: Tuple[int, schema.Episode], config: relabeled.RelabelConfig, features,
+             num_shards: int, source: str):
+  from apache_beam.metrics import Metrics  # pylint: disable=import-outside-toplevel
+  index, ep = item
+  key = f"{index}/{ep['episode_id']}"
+  if ep["observation"].shape[0] < schema.MIN_STEPS:
+    Metrics.counter(NAMESPACE, "episodes_skipped_too_short").inc()
+    return
+  for field in ("observation", "goal_state", "action"):
+    if not np.all(np.isfinite(ep[field])):
+      bad = int(np.argwhere(~np.isfinite(ep[field]))[0][0])
+      raise DataError(f"contains NaN or inf (first at step {bad})", path=source,
+                      episode=f"#{index} (id {ep['episode_id']!r})", field=f"steps/{field}")
+  examples = relabeled.relabel_episode(config, ep["observation"], ep["goal_state"], ep["action"], key)
+  n = len(next(iter(examples.values())))
+  if n == 0:
+    Metrics.counter(NAMESPACE, "episodes_without_examples").inc()
+    return
+  serialized = [features.serialize_example({k: v[i] for k, v in examples.items()}) for i in range(n)]
+  Metrics.counter(NAMESPACE, "examples_written").inc(n)
+  yield index % num_shards, (index, serialized)
+
+
+def _write_shard(item, prefix: str, num_shards: int) -> Tuple[int, int, int]:
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  shard, episodes = item
+  path = f"{prefix}-{shard:05d}-of-{num_shards:05d}"
+  count = 0
+  with tf.io.TFRecordWriter(path) as writer:
+    for _, records in sorted(episodes, key=lambda e: e[0]):
+      for record in records:
+        writer.write(record)
+      count += len(records)
+  return shard, count, os.path.getsize(path)
+
+
+def _code_version() -> str:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, timeout=10, check=True).stdout.strip()
+    return f"relay {relay.__version__} ({commit})"
+  except (OSError, subprocess.SubprocessError):
+    return f"relay {relay.__version__}"
+
+
+def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
+                beam_args: Sequence[str] = (), pipeline: PipelineConfig = PipelineConfig(),
+                overwrite: bool = False, name: Optional[str] = None) -> Dict:
+  """Runs the relabeling pipeline; returns the lineage record written next to the data.
+
+  `output` becomes a TFDS dataset directory (readable with `relay_data.relabeled.load`).
+  `beam_args` are Beam pipeline options, e.g. ["--runner=DirectRunner", "--direct_num_workers=2"].
+  """
+  import apache_beam as beam  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+
+  source_dir = rlds_io.resolve_dataset_dir(source)
+  builder = rlds_io.load_builder(source_dir)
+  state_dim, goal_dim, action_dim = _check_source(builder, source_dir)
+  num_episodes = int(builder.info.splits["train"].num_examples)
+  if num_episodes == 0:
+    raise DataError("source dataset has no episodes", path=source_dir)
+  features = relabeled.example_features(config.level, state_dim, goal_dim, action_dim)
+  num_shards = pipeline.num_shards or max(1, math.ceil(num_episodes / pipeline.episodes_per_shard))
+  name = name or f"relabeled_{config.level.replace('-', '_')}"
+  ranges = [(s, min(s + pipeline.episodes_per_read, num_episodes))
+            for s in range(0, num_episodes, pipeline.episodes_per_read)]
+
+  options = PipelineOptions(list(beam_args) or ["--runner=DirectRunner"])
+  with atomic.atomic_directory(output, overwrite=overwrite) as tmp:
+    prefix = os.path.join(tmp, f"{name}-train.tfrecord")
+    p = beam.Pipeline(options=options)
+    shards = (p
+              | "EpisodeRanges" >> beam.Create(ranges)
+              | "Spread" >> beam.Reshuffle()
+              | "ReadEpisodes" >> beam.FlatMap(_read_range, source_dir)
+              | "Relabel" >> beam.FlatMap(_relabel, config, features, num_shards, source_dir)
+              | "GroupByShard" >> beam.GroupByKey()
+              | "WriteShards" >> beam.Map(_write_shard, prefix, num_shards))
+    written = shards | "Collect" >> beam.combiners.ToList()
+    _ = written | "Record" >> beam.Map(
+        lambda rows: _write_json(os.path.join(tmp, "_shards.json"), sorted(rows)))
+    try:
+      result = p.run()
+      result.wait_until_finish()
+    except Exception as e:  # Beam wraps worker errors; surface ours unwrapped.
+      raise _unwrap(e) from e
+    counters = {m.key.metric.name: int(m.committed)
+                for m in result.metrics().query()["counters"] if m.key.metric.namespace == NAMESPACE}
+    with open(os.path.join(tmp, "_shards.json")) as f:
+      rows = {shard: (count, size) for shard, count, size in json.load(f)}
+    os.remove(os.path.join(tmp, "_shards.json"))
+    lengths, total_bytes = [], 0
+    for shard in range(num_shards):  # Shards that got no episode still exist, empty.
+      if shard not in rows:
+        open(f"{prefix}-{shard:05d}-of-{num_shards:05d}", "wb").close()
+      lengths.append(rows.get(shard, (0, 0))[0])
+      total_bytes += rows.get(shard, (0, 0))[1]
+    template = tfds.core.ShardedFileTemplate(data_dir=tmp, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+                                             dataset_name=name, split="train", filetype_suffix="tfrecord")
+    tfds.folder_dataset.write_metadata(
+        data_dir=tmp, features=features, version=rlds_io.VERSION, check_data=False,
+        filename_template=template, description=f"relay relabeled examples ({config.level} level)",
+        split_infos=[tfds.core.SplitInfo(name="train", shard_lengths=lengths, num_bytes=total_bytes,
+                                         filename_template=template)])
+    lineage = {
+        "created_by": "pipelines.relabel",
+        "code_version": _code_version(),
+        "config": config.to_json(),
+        "source": {"path": source_dir, "name": builder.info.name, "version": str(builder.info.version),
+                   "fingerprint": relabeled.fingerprint(source_dir), "num_episodes": num_episodes},
+        "counts": {"episodes_read": counters.get("episodes_read", 0),
+                   "examples_written": counters.get("examples_written", 0),
+                   "episodes_skipped_too_short": counters.get("episodes_skipped_too_short", 0),
+                   "episodes_without_examples": counters.get("episodes_without_examples", 0)},
+        "num_shards": num_shards,
+        "beam_options": list(beam_args),
+    }
+    if sum(lengths) != lineage["counts"]["examples_written"]:
+      raise RuntimeError(f"shards hold {sum(lengths)} examples but the pipeline counted "
+                         f"{lineage['counts']['examples_written']}")
+    _write_json(os.path.join(tmp, "metadata.json"), lineage)
+  return lineage
+
+
+def _write_json(path: str, value) -> None:
+  with open(path, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+
+
+def _unwrap(error: Exception) -> Exception:
+  """Finds our DataError in a Beam-wrapped worker exception (by chain, else by message)."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, DataError):
+      return seen
+    seen = seen.__cause__ or seen.__context__
+  text = str(error)
+  if "DataError" in text or "file " in text and "field '" in text:
+    line = next((l for l in text.splitlines() if "field '" in l), text.splitlines()[0])
+    return DataError(line.split("DataError: ")[-1].strip())
+  return error

@@ -1,0 +1,121 @@
+"""Relay data relabeling: the goal-relabeled examples of Relay Imitation Learning, as pure numpy.
+
+One episode has L = T+1 RLDS steps: policy inputs s_0..s_T (`states`), goal-space states
+g_0..g_T (`goal_states`) and actions a_0..a_T (`actions`; a_T is never used).
+
+Low level, window W_l:  every (s_t, a_t, goal=g_{t+j})              0 <= t < T, 1 <= j <= W_l, t+j <= T
+High level, W_l < W_h:  every (s_t, subgoal=g_{t+min(W_l,j)}, goal=g_{t+j})
+                                                                    0 <= t < T, 1 <= j <= W_h, t+j <= T
+
+With `goals_per_step=k`, each t keeps k distinct j drawn uniformly from its valid range (all of
+them when the range has <= k), reproducible from `seed`; this bounds the O(T*W) output size.
+Examples come out ordered by t, then j. Everything is vectorized: index arrays are built by
+broadcasting and rows are gathered once, with no Python loop over examples.
+
+Baselines reuse the same machinery: flat goal-conditioned BC is `low_level_examples` with one
+window; `final_goal_examples` pairs every step with the episode's final state; `bc_examples`
+drops the goal.
+"""
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+Examples = Dict[str, np.ndarray]
+
+
+def _check_arrays(**arrays: np.ndarray) -> Tuple[int, Dict[str, np.ndarray]]:
+  out = {}
+  length = None
+  for name, value in arrays.items():
+    arr = np.asarray(value)
+    if arr.ndim != 2:
+      raise ValueError(f"{name} must be a [L, d] array (one row per RLDS step), got shape {arr.shape}")
+    if length is None:
+      length = arr.shape[0]
+    elif arr.shape[0] != length:
+      sizes = ", ".join(f"{k}={np.shape(v)[0]}" for k, v in arrays.items())
+      raise ValueError(f"mismatched episode lengths: {sizes}")
+    out[name] = arr
+  return length, out
+
+
+def _check_window(name: str, window) -> int:
+  if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window <= 0:
+    raise ValueError(f"{name} must be a positive integer, got {window!r}")
+  return int(window)
+
+
+def _check_k(goals_per_step) -> Optional[int]:
+  if goals_per_step is None:
+    return None
+  return _check_window("goals_per_step", goals_per_step)
+
+
+def relabel_indices(num_steps: int, window: int, goals_per_step: Optional[int] = None,
+                    seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+  """(t, j) index pairs of an episode with `num_steps` = L rows: 0 <= t < T, 1 <= j <= window, t+j <= T.
+
+  Ordered by t then j. With `goals_per_step=k`, k distinct j per t drawn uniformly (all when fewer).
+  """
+  window = _check_window("window", window)
+  k = _check_k(goals_per_step)
+  last = num_steps - 1  # T
+  if last <= 0:
+    empty = np.zeros(0, np.int64)
+    return empty, empty
+  w = min(window, last)
+  t = np.arange(last)[:, None]
+  j = np.arange(1, w + 1)[None, :]
+  valid = t + j <= last  # [T, w]
+  if k is not None and k < w:
+    # Random keys; invalid j sort last. The k smallest keys of a row are a uniform k-subset of
+    # its valid j (all of them when the row has <= k valid j).
+    keys = np.random.default_rng(seed).random((last, w))
+    keys[~valid] = np.inf
+    chosen = np.argpartition(keys, k - 1, axis=1)[:, :k]  # [T, k] column ids
+    chosen.sort(axis=1)
+    chosen_valid = np.take_along_axis(valid, chosen, axis=1)
+    t_idx = np.broadcast_to(t, chosen.shape)[chosen_valid]
+    j_idx = (chosen + 1)[chosen_valid]
+    return t_idx.astype(np.int64), j_idx.astype(np.int64)
+  t_idx, j_idx = np.broadcast_arrays(t, j)
+  return t_idx[valid].astype(np.int64), j_idx[valid].astype(np.int64)
+
+
+def low_level_examples(states, goal_states, actions, window: int,
+                       goals_per_step: Optional[int] = None, seed: int = 0) -> Examples:
+  """Low-level (or flat GCBC) examples: observation s_t, action a_t, goal g_{t+j}, 1 <= j <= window."""
+  _, arr = _check_arrays(states=states, goal_states=goal_states, actions=actions)
+  t, j = relabel_indices(arr["states"].shape[0], window, goals_per_step, seed)
+  return {"observation": arr["states"][t], "action": arr["actions"][t],
+          "goal": arr["goal_states"][t + j]}
+
+
+def high_level_examples(states, goal_states, window_low: int, window_high: int,
+                        goals_per_step: Optional[int] = None, seed: int = 0) -> Examples:
+  """High-level examples: observation s_t, subgoal g_{t+min(W_l, j)}, goal g_{t+j}, 1 <= j <= W_h."""
+  window_low = _check_window("window_low", window_low)
+  window_high = _check_window("window_high", window_high)
+  if window_high <= window_low:
+    raise ValueError(f"window_high ({window_high}) must be larger than window_low ({window_low})")
+  _, arr = _check_arrays(states=states, goal_states=goal_states)
+  t, j = relabel_indices(arr["states"].shape[0], window_high, goals_per_step, seed)
+  g = arr["goal_states"]
+  return {"observation": arr["states"][t], "subgoal": g[t + np.minimum(j, window_low)],
+          "goal": g[t + j]}
+
+
+def final_goal_examples(states, goal_states, actions) -> Examples:
+  """GCBC without relabeling: every (s_t, a_t) with the episode's final goal-space state g_T."""
+  length, arr = _check_arrays(states=states, goal_states=goal_states, actions=actions)
+  t = np.arange(max(length - 1, 0))
+  goal = np.broadcast_to(arr["goal_states"][-1:], (t.size, arr["goal_states"].shape[1])) \
+      if length else arr["goal_states"][:0]
+  return {"observation": arr["states"][t], "action": arr["actions"][t], "goal": np.array(goal)}
+
+
+def bc_examples(states, actions) -> Examples:
+  """Plain BC: every (s_t, a_t), 0 <= t < T, no goal."""
+  length, arr = _check_arrays(states=states, actions=actions)
+  t = np.arange(max(length - 1, 0))
+  return {"observation": arr["states"][t], "action": arr["actions"][t]}
