@@ -16,20 +16,26 @@ def write_toy(tmp_path, lengths=(5, 9, 20, 3, 12), name="toy", **kwargs):
   return rlds_io.write_episodes(random_episodes(lengths, **kwargs), name, str(tmp_path), progress=False)
 
 
-def write_unvalidated(tmp_path, episodes, name="raw", drop_step_field=None):
-  """Writes episodes without relay's validation (to build deliberately bad sources)."""
-  eps = [dict(schema.normalize_episode(e, episode_id=i), **{k: e[k] for k in ("observation",) if k in e})
-         for i, e in enumerate(episodes)]
+def write_unvalidated(tmp_path, episodes, name="raw", corrupt=None, drop_step_field=None):
+  """Writes episodes past relay's validation, to build deliberately bad sources.
+
+  `corrupt(index, normalized_episode)` may edit an episode in place (e.g. insert a NaN);
+  `drop_step_field` removes an observation field from the features and records.
+  """
+  eps = [schema.normalize_episode(e, episode_id=i) for i, e in enumerate(episodes)]
+  for i, e in enumerate(eps):
+    if corrupt:
+      corrupt(i, e)
   features = schema.features_for(eps[0])
   records = [schema.to_rlds_record(e) for e in eps]
   if drop_step_field:
     import tensorflow_datasets as tfds
     steps = dict(features["steps"].feature.items())
     obs = dict(steps["observation"].items())
-    obs.pop(drop_step_field, None)
+    obs.pop(drop_step_field)
     steps["observation"] = tfds.features.FeaturesDict(obs)
     features = tfds.features.FeaturesDict({"steps": tfds.features.Dataset(steps),
                                            "episode_metadata": features["episode_metadata"]})
     for r in records:
-      r["steps"]["observation"].pop(drop_step_field, None)
+      r["steps"]["observation"].pop(drop_step_field)
   return rlds_io.write_rlds(records, features, name, str(tmp_path))
