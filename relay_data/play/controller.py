@@ -1,0 +1,119 @@
+"""Operational-space arm controller for FrankaKitchen-v1: end-effector targets -> env actions.
+
+The kitchen's action is a joint-velocity command in [-1, 1] that the robot model scales by 2 and
+integrates over dt = 0.08 s from the *measured* (noisy) joint positions into position targets.
+A zero action therefore lets the arm sag; instead this controller keeps its own joint-position
+command `q_cmd`, moves it by a damped-least-squares IK step toward the end-effector target
+(position + orientation, joint limits respected, a weak pull toward the home posture in the
+null space), and emits the velocity that makes the env's position target equal `q_cmd`.
+Tracking its own command makes the loop integrate away steady-state sag.
+"""
+import dataclasses
+from typing import Optional
+
+import mujoco
+import numpy as np
+
+ARM = slice(0, 7)
+DT = 0.08
+ACTION_SCALE = 2.0
+GRIPPER_OPEN = 0.04
+GRIPPER_CLOSED = 0.0
+
+
+@dataclasses.dataclass
+class ControllerConfig:
+  max_step_m: float = 0.03        # end-effector translation per env step
+  max_step_rad: float = 0.08      # end-effector rotation per env step
+  damping: float = 0.05           # DLS damping
+  posture_gain: float = 0.0      # null-space pull toward the home posture
+  limit_margin: float = 0.05      # rad kept from joint limits
+  max_lead_rad: float = 0.15      # q_cmd may lead the measured arm by at most this much
+  action_noise: float = 0.0       # std of Gaussian noise added to actions (before clipping)
+
+
+class ArmController:
+  """Turns (position, rotation, gripper) targets into FrankaKitchen-v1 actions."""
+
+  def __init__(self, model, data, config: ControllerConfig = ControllerConfig(), rng=None):
+    self.model, self.data, self.config = model, data, config
+    self.rng = rng if rng is not None else np.random.default_rng(0)
+    self.site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "end_effector")
+    self.lo = model.jnt_range[ARM, 0] + config.limit_margin
+    self.hi = model.jnt_range[ARM, 1] - config.limit_margin
+    self._jp = np.zeros((3, model.nv))
+    self._jr = np.zeros((3, model.nv))
+    self.reset()
+
+  def reset(self) -> None:
+    """Call after env.reset: the current pose becomes home and the command."""
+    self.home = self.data.qpos[ARM].copy()
+    self.q_cmd = self.home.copy()
+    self.home_rotation = self.rotation.copy()
+
+  @property
+  def position(self) -> np.ndarray:
+    return self.data.site_xpos[self.site].copy()
+
+  @property
+  def rotation(self) -> np.ndarray:
+    return self.data.site_xmat[self.site].reshape(3, 3).copy()
+
+  def _task_error(self, target_pos, target_rot) -> np.ndarray:
+    c = self.config
+    pos_err = target_pos - self.data.site_xpos[self.site]
+    norm = np.linalg.norm(pos_err)
+    if norm > c.max_step_m:
+      pos_err *= c.max_step_m / norm
+    quat = np.zeros(4)
+    mujoco.mju_mat2Quat(quat, (target_rot @ self.rotation.T).ravel())
+    rot_err = np.zeros(3)
+    mujoco.mju_quat2Vel(rot_err, quat, 1.0)
+    norm = np.linalg.norm(rot_err)
+    if norm > c.max_step_rad:
+      rot_err *= c.max_step_rad / norm
+    return np.concatenate([pos_err, rot_err])
+
+  def _ik_step(self, error: np.ndarray) -> np.ndarray:
+    c = self.config
+    mujoco.mj_jacSite(self.model, self.data, self._jp, self._jr, self.site)
+    jac = np.vstack([self._jp[:, ARM], self._jr[:, ARM]])
+    q = self.data.qpos[ARM]
+    active = np.ones(7)
+    for _ in range(3):  # Drop joints that the step would push past a limit, then re-solve.
+      ja = jac * active
+      pinv = ja.T @ np.linalg.inv(ja @ ja.T + c.damping ** 2 * np.eye(6))
+      dq = pinv @ error + (np.eye(7) - pinv @ ja) @ (c.posture_gain * (self.home - q)) * active
+      blocked = (((q + dq < self.lo) & (dq < 0)) | ((q + dq > self.hi) & (dq > 0))) & (active > 0)
+      if not blocked.any():
+        break
+      active[blocked] = 0.0
+    return dq
+
+  def action(self, measured_qpos: np.ndarray, target_pos: np.ndarray,
+             target_rot: Optional[np.ndarray] = None, gripper: float = GRIPPER_OPEN) -> np.ndarray:
+    """One env action toward the target; `measured_qpos` is observation[0:9] (what the env integrates from)."""
+    target_rot = self.home_rotation if target_rot is None else target_rot
+    dq = self._ik_step(self._task_error(np.asarray(target_pos, float), target_rot))
+    q = self.data.qpos[ARM]
+    lead = self.config.max_lead_rad
+    self.q_cmd = np.clip(np.clip(self.q_cmd + dq, q - lead, q + lead), self.lo, self.hi)
+    target = np.concatenate([self.q_cmd, [gripper, gripper]])
+    act = (target - measured_qpos[:9]) / (ACTION_SCALE * DT)
+    if self.config.action_noise > 0:
+      act = act + self.rng.normal(0.0, self.config.action_noise, size=act.shape)
+    return np.clip(act, -1.0, 1.0).astype(np.float32)
+
+
+def rot_z(angle: float) -> np.ndarray:
+  c, s = np.cos(angle), np.sin(angle)
+  return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def rot_about(axis: np.ndarray, angle: float) -> np.ndarray:
+  """Rotation matrix of `angle` about unit `axis` (world frame)."""
+  quat = np.zeros(4)
+  mujoco.mju_axisAngle2Quat(quat, np.asarray(axis, float), angle)
+  mat = np.zeros(9)
+  mujoco.mju_quat2Mat(mat, quat)
+  return mat.reshape(3, 3)
