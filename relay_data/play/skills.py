@@ -168,11 +168,40 @@ def turn_knob(scene: Scene, rng, site: str, joint: str, target: float) -> Iterat
   lead = rng.uniform(0.15, 0.25)
   for _ in range(60):
     angle = scene.joint(joint)
-    if angle <= target:
+    if angle <= target + 0.03:
       break
-    yield grasp, ctl.rot_about(axis, angle - lead - start) @ rot0, ctl.GRIPPER_CLOSED
+    # Lead the knob, but never command past the target (the knob would overshoot the goal).
+    yield grasp, ctl.rot_about(axis, max(angle - lead, target) - start) @ rot0, ctl.GRIPPER_CLOSED
   yield from retreat(scene, rng)
 
 
 SKILLS["bottom burner"] = lambda scene, rng: turn_knob(scene, rng, "knob2_site", "knob_Joint_2", -rng.uniform(0.85, 0.92))
 SKILLS["top burner"] = lambda scene, rng: turn_knob(scene, rng, "knob4_site", "knob_Joint_4", -rng.uniform(0.85, 0.92))
+
+
+KETTLE_GOAL_XY = np.array([-0.23, 0.75])
+
+
+def kettle(scene: Scene, rng) -> Iterator[Command]:
+  """Push the kettle from behind onto the back burner, steering toward its goal (closed loop)."""
+  goal = KETTLE_GOAL_XY + rng.uniform(-0.02, 0.02, size=2)
+  z = scene.body_pos("kettle")[2] + rng.uniform(0.04, 0.06)
+  standoff = 0.122 + 0.04  # kettle half-width + finger clearance
+
+  def behind(offset):
+    k = scene.body_pos("kettle")[:2]
+    direction = (goal - k) / max(np.linalg.norm(goal - k), 1e-6)
+    return np.r_[k - direction * offset, z]
+
+  start = behind(standoff)
+  yield from move_to(scene, start + [0, -0.1, 0.08], tol=0.03)
+  yield from move_to(scene, start + [0, -0.05, 0], tol=0.02)
+  push = rng.uniform(0.03, 0.05)
+  for _ in range(150):
+    if np.linalg.norm(scene.body_pos("kettle")[:2] - goal) < 0.06:
+      break
+    yield behind(standoff - push), None, ctl.GRIPPER_OPEN
+  yield from retreat(scene, rng)
+
+
+SKILLS["kettle"] = kettle
