@@ -15,6 +15,8 @@ from relay_data.errors import DataError
 # name -> (module with add_arguments/run, one-line help)
 SUBCOMMANDS = {
     "doctor": ("relay.doctor", "check every stack component for real and print a table of OK/FAIL"),
+    "generate": ("relay.cmd_generate", "generate scripted kitchen play data as an RLDS dataset"),
+    "ingest": ("relay.cmd_ingest", "convert D4RL hdf5 / Minari / npz demos into an RLDS dataset"),
     "relabel": ("relay.cmd_relabel", "relabel RLDS episodes into goal-conditioned examples (Beam pipeline)"),
     "data": ("relay.cmd_data", "inspect a dataset: `relay data info DIR`"),
     "demo": ("relay.demo", "run the main job on a small default and print the result"),

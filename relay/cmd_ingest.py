@@ -1,0 +1,35 @@
+"""Convert other people's demonstrations into relay's RLDS form (a TFDS dataset).
+
+  relay ingest --format d4rl-hdf5 kitchen-complete-v0.hdf5 --name d4rl_complete --data-dir data
+  relay ingest --format minari ~/.minari/datasets/kitchen/complete-v2 --name minari_complete --data-dir data
+  relay ingest --format npz demos/ --name my_demos --data-dir data
+
+Formats are described in relay_data/converters.py. Nothing is downloaded. Bad input (missing
+keys, wrong shapes, NaN/inf, empty or too-short episodes, truncated files) stops with an error
+naming the file, episode and field, and leaves no partial dataset behind.
+"""
+import argparse
+
+from relay.cli import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  from relay_data.converters import READERS  # pylint: disable=import-outside-toplevel
+  parser.add_argument("path", metavar="PATH", help="input file or directory")
+  parser.add_argument("--format", required=True, choices=sorted(READERS), help="input format")
+  parser.add_argument("--name", required=True, help="dataset name (a directory under --data-dir)")
+  parser.add_argument("--data-dir", required=True, help="where to write the RLDS dataset")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+
+
+def run(args: argparse.Namespace) -> int:
+  from relay_data import converters, rlds_io  # pylint: disable=import-outside-toplevel
+  if not args.name.replace("_", "").isalnum() or not args.name[0].isalpha() or args.name.lower() != args.name:
+    raise UsageError("--name must be lower_snake_case (letters, digits, underscores), starting with a letter")
+  try:
+    path = converters.ingest(args.format, args.path, args.name, args.data_dir, overwrite=args.overwrite)
+  except FileExistsError as e:
+    raise UsageError(str(e)) from e
+  builder = rlds_io.load_builder(path)
+  print(f"ingested {builder.info.splits['train'].num_examples} episodes from {args.path} into {path}")
+  return 0

@@ -1,0 +1,169 @@
+"""Readers of other people's demonstration files, yielding relay episodes (see `schema`).
+
+Formats (no downloads; these only read local files):
+  d4rl-hdf5  flat arrays `observations [N, d]`, `actions [N, a]`, `terminals [N]` (and `timeouts`,
+             `rewards` when present), split into episodes after each terminal/timeout step. D4RL
+             kitchen observations are 60-d (robot qpos 9 + object qpos 21 + task goal 30): the state
+             and goal-space state are the first 30 dims.
+  minari     `main_data.hdf5` (or its directory) with one group `episode_<id>` per episode:
+             `observations` (T+1 rows; a dataset, or a group of dict entries of which `observation`
+             is used), `actions` (T), `rewards`, `terminations`, `truncations`.
+  npz        one `.npz` per episode (a file, or a directory of them, in name order) with
+             `observations [L, d]`, `actions [L or L-1, a]`, optional `rewards`, `goal_states`,
+             `terminal` (scalar).
+Every reader raises DataError naming the file, the episode and the field at fault.
+"""
+import os
+import zipfile
+from typing import Callable, Dict, Iterator
+
+import numpy as np
+
+from relay_data import kitchen
+from relay_data.errors import DataError
+
+D4RL_KITCHEN_OBS_DIM = 60
+
+
+def _open_hdf5(path: str):
+  import h5py  # pylint: disable=import-outside-toplevel
+  if not os.path.exists(path):
+    raise DataError("no such file", path=path)
+  try:
+    return h5py.File(path, "r")
+  except OSError as e:
+    raise DataError(f"cannot be read as HDF5 (truncated or not HDF5): {e}", path=path) from e
+
+
+def _dataset(group, key: str, path: str, episode=None) -> np.ndarray:
+  if key not in group:
+    raise DataError("missing", path=path, episode=episode, field=key)
+  try:
+    return np.asarray(group[key][()])
+  except (OSError, KeyError, TypeError) as e:
+    raise DataError(f"cannot be read (truncated file?): {e}", path=path, episode=episode, field=key) from e
+
+
+def read_d4rl_hdf5(path: str) -> Iterator[Dict]:
+  with _open_hdf5(path) as f:
+    obs = _dataset(f, "observations", path)
+    actions = _dataset(f, "actions", path)
+    terminals = _dataset(f, "terminals", path).astype(bool)
+    timeouts = _dataset(f, "timeouts", path).astype(bool) if "timeouts" in f else np.zeros_like(terminals)
+    rewards = _dataset(f, "rewards", path).astype(np.float32) if "rewards" in f else None
+  if obs.ndim != 2:
+    raise DataError(f"expected rank 2 [N, dim], got shape {obs.shape}", path=path, field="observations")
+  n = obs.shape[0]
+  for key, arr in (("actions", actions), ("terminals", terminals), ("timeouts", timeouts)) + \
+      ((("rewards", rewards),) if rewards is not None else ()):
+    if arr.shape[0] != n:
+      raise DataError(f"has {arr.shape[0]} rows but observations has {n}", path=path, field=key)
+  if n == 0:
+    raise DataError("no steps", path=path, field="observations")
+  ends = np.flatnonzero(terminals | timeouts)
+  if not len(ends) or ends[-1] != n - 1:
+    ends = np.append(ends, n - 1)  # Trailing steps form a last (truncated) episode.
+  kitchen_layout = obs.shape[1] == D4RL_KITCHEN_OBS_DIM
+  start = 0
+  for i, end in enumerate(ends):
+    sl = slice(start, end + 1)
+    state = obs[sl, :kitchen.GOAL_DIM] if kitchen_layout else obs[sl]
+    ep = {"observation": state, "goal_state": state, "action": actions[sl],
+          "is_terminal": np.r_[np.zeros(end - start, bool), terminals[end]],
+          "episode_id": f"{os.path.basename(path)}:{i}"}
+    if rewards is not None:
+      ep["reward"] = rewards[sl]
+    yield ep
+    start = end + 1
+
+
+def read_minari(path: str) -> Iterator[Dict]:
+  if os.path.isdir(path):
+    path = os.path.join(path, "data", "main_data.hdf5") if os.path.isdir(os.path.join(path, "data")) \
+        else os.path.join(path, "main_data.hdf5")
+  with _open_hdf5(path) as f:
+    names = sorted((k for k in f.keys() if k.startswith("episode_")), key=lambda k: int(k.split("_")[-1]))
+    if not names:
+      raise DataError("no 'episode_<id>' groups", path=path)
+    for name in names:
+      group = f[name]
+      if "observations" not in group:
+        raise DataError("missing", path=path, episode=name, field="observations")
+      obs_node = group["observations"]
+      if hasattr(obs_node, "keys"):  # dict observation space
+        obs = _dataset(obs_node, "observation", path, name)
+      else:
+        obs = _dataset(group, "observations", path, name)
+      actions = _dataset(group, "actions", path, name)
+      if obs.ndim != 2 or actions.ndim != 2:
+        raise DataError(f"expected rank-2 observations/actions, got {obs.shape} / {actions.shape}",
+                        path=path, episode=name, field="observations" if obs.ndim != 2 else "actions")
+      if obs.shape[0] != actions.shape[0] + 1:
+        raise DataError(f"Minari stores T+1 observations for T actions; got {obs.shape[0]} and "
+                        f"{actions.shape[0]}", path=path, episode=name, field="observations")
+      t = actions.shape[0]
+      terminations = _dataset(group, "terminations", path, name).astype(bool)
+      rewards = _dataset(group, "rewards", path, name).astype(np.float32)
+      for key, arr in (("terminations", terminations), ("rewards", rewards)):
+        if arr.shape[0] != t:
+          raise DataError(f"has {arr.shape[0]} rows, actions has {t}", path=path, episode=name, field=key)
+      yield {"observation": obs,
+             "action": np.concatenate([actions, np.zeros((1, actions.shape[1]), actions.dtype)]),
+             "reward": np.r_[np.float32(0.0), rewards],  # reward of arriving at step t
+             "is_terminal": np.r_[np.zeros(t, bool), terminations[-1] if t else False],
+             "episode_id": name}
+
+
+def read_npz(path: str) -> Iterator[Dict]:
+  if os.path.isdir(path):
+    files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".npz"))
+    if not files:
+      raise DataError("no .npz files", path=path)
+  elif os.path.exists(path):
+    files = [path]
+  else:
+    raise DataError("no such file", path=path)
+  for file in files:
+    try:
+      with np.load(file, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+      raise DataError(f"cannot be read as .npz (truncated?): {e}", path=file) from e
+    episode = os.path.splitext(os.path.basename(file))[0]
+    for key in ("observations", "actions"):
+      if key not in arrays:
+        raise DataError("missing", path=file, episode=episode, field=key)
+    obs, actions = arrays["observations"], arrays["actions"]
+    if actions.ndim == 2 and obs.ndim == 2 and actions.shape[0] == obs.shape[0] - 1:
+      actions = np.concatenate([actions, np.zeros((1, actions.shape[1]), actions.dtype)])
+    ep = {"observation": obs, "action": actions, "episode_id": episode}
+    if "goal_states" in arrays:
+      ep["goal_state"] = arrays["goal_states"]
+    if "rewards" in arrays:
+      ep["reward"] = arrays["rewards"]
+    if "terminal" in arrays:
+      ep["is_terminal"] = np.r_[np.zeros(len(obs) - 1, bool), bool(arrays["terminal"])]
+    yield ep
+
+
+READERS: Dict[str, Callable[[str], Iterator[Dict]]] = {
+    "d4rl-hdf5": read_d4rl_hdf5,
+    "minari": read_minari,
+    "npz": read_npz,
+}
+
+
+def read(fmt: str, path: str) -> Iterator[Dict]:
+  if fmt not in READERS:
+    raise DataError(f"unknown format {fmt!r}; known: {', '.join(READERS)}", path=path)
+  return READERS[fmt](path)
+
+
+def ingest(fmt: str, path: str, name: str, data_dir: str, overwrite: bool = False,
+           progress: bool = True) -> str:
+  """Converts `path` into an RLDS dataset `data_dir/name/1.0.0`; returns its directory."""
+  from relay_data import rlds_io  # pylint: disable=import-outside-toplevel
+  return rlds_io.write_episodes(read(fmt, path), name=name, data_dir=data_dir, overwrite=overwrite,
+                                progress=progress, source=path,
+                                metadata={"format": fmt, "source": os.path.abspath(path)},
+                                description=f"relay RLDS episodes ingested from {fmt} ({path})")
