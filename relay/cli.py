@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "generate": ("relay.cmd_generate", "generate scripted kitchen play data as an RLDS dataset"),
     "ingest": ("relay.cmd_ingest", "convert D4RL hdf5 / Minari / npz demos into an RLDS dataset"),
     "relabel": ("relay.cmd_relabel", "relabel RLDS episodes into goal-conditioned examples (Beam pipeline)"),
+    "train-il": ("relay.cmd_train", "train relay IL (both levels) or a baseline by BC through Reverb"),
+    "eval": ("relay.cmd_eval", "evaluate trained agents on multi-stage kitchen goals"),
     "data": ("relay.cmd_data", "inspect a dataset: `relay data info DIR`"),
     "demo": ("relay.demo", "run the main job on a small default and print the result"),
 }

@@ -42,13 +42,13 @@ def run(args: argparse.Namespace) -> int:
   holdout_names = tuple(generator.format_set(s) for s in holdout)
   named = {c.name: c for c in KitchenPlay.BUILDER_CONFIGS}
   if args.config and args.episodes is None and args.seed == 0 and args.holdout == "default":
-    config = dataclass_replace(named[args.config], workers=args.workers)
+    config = args.config
   else:
     episodes = args.episodes or (named[args.config].episodes if args.config else 400)
     config = KitchenPlayConfig(name=f"n{episodes}_s{args.seed}" + ("" if args.holdout == "default" else "_custom"),
                                description="relay generate", episodes=episodes, seed=args.seed,
-                               workers=args.workers, holdout=holdout_names)
-  builder = KitchenPlay(config=config, data_dir=args.data_dir)
+                               holdout=holdout_names)
+  builder = KitchenPlay(config=config, data_dir=args.data_dir, workers=args.workers)
   if os.path.exists(builder.data_dir) and args.overwrite:
     import shutil  # pylint: disable=import-outside-toplevel
     shutil.rmtree(builder.data_dir)
@@ -64,7 +64,3 @@ def run(args: argparse.Namespace) -> int:
   print(f"  held out: {', '.join(meta.get('holdout', [])) or 'none'}")
   return 0
 
-
-def dataclass_replace(config, **changes):
-  import dataclasses  # pylint: disable=import-outside-toplevel
-  return dataclasses.replace(config, **changes)

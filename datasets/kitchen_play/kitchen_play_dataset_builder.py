@@ -24,7 +24,6 @@ from relay_data.play import generator
 class KitchenPlayConfig(tfds.core.BuilderConfig):
   episodes: int = 400
   seed: int = 0
-  workers: int = 2
   holdout: Tuple = tuple(generator.format_set(s) for s in generator.default_holdout())
 
 
@@ -48,6 +47,11 @@ class KitchenPlay(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = "default"
 
+  def __init__(self, *, workers: int = 2, **kwargs):
+    """`workers`: generator processes (not part of the data: any count gives the same episodes)."""
+    self._workers = workers
+    super().__init__(**kwargs)
+
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=schema.features_for(_example_episode()),
@@ -66,7 +70,7 @@ class KitchenPlay(tfds.core.GeneratorBasedBuilder):
         seed=cfg.seed, holdout=tuple(generator.parse_holdout(";".join(cfg.holdout)) if cfg.holdout else ()))
     stats = collections.Counter()
     attempted, completed, first_try = collections.Counter(), collections.Counter(), collections.Counter()
-    for result in generator.generate(gen_config, cfg.episodes, workers=cfg.workers):
+    for result in generator.generate(gen_config, cfg.episodes, workers=self._workers):
       stats["tries"] += 1
       for element, n in result.attempts.items():
         attempted[element] += 1

@@ -90,12 +90,19 @@ class ArmController:
       active[blocked] = 0.0
     return dq
 
-  def action(self, measured_qpos: np.ndarray, target_pos: np.ndarray,
+  def action(self, measured_qpos: np.ndarray, target_pos: Optional[np.ndarray],
              target_rot: Optional[np.ndarray] = None, gripper: float = GRIPPER_OPEN) -> np.ndarray:
-    """One env action toward the target; `measured_qpos` is observation[0:9] (what the env integrates from)."""
-    target_rot = self.home_rotation if target_rot is None else target_rot
-    dq = self._ik_step(self._task_error(np.asarray(target_pos, float), target_rot))
+    """One env action toward the target; `measured_qpos` is observation[0:9] (what the env integrates from).
+
+    `target_pos=None` means a joint-space move toward the home posture (re-homing between
+    subtasks keeps the arm out of awkward redundant configurations).
+    """
     q = self.data.qpos[ARM]
+    if target_pos is None:
+      dq = np.clip(self.home - self.q_cmd, -self.config.max_step_rad, self.config.max_step_rad)
+    else:
+      target_rot = self.home_rotation if target_rot is None else target_rot
+      dq = self._ik_step(self._task_error(np.asarray(target_pos, float), target_rot))
     lead = self.config.max_lead_rad
     self.q_cmd = np.clip(np.clip(self.q_cmd + dq, q - lead, q + lead), self.lo, self.hi)
     target = np.concatenate([self.q_cmd, [gripper, gripper]])

@@ -131,9 +131,9 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
     return True
 
   def via_point():
-    """Wander back toward a random pose near home between subtasks (human-like transitions)."""
+    """Between subtasks: back toward the home posture, then wander through a random point."""
     target = np.array([-0.35, 0.2, 2.1]) + rng.uniform([-0.12, -0.05, -0.1], [0.12, 0.08, 0.15])
-    return skills.move_to(scene, target, tol=0.05, max_steps=30)
+    return itertools.chain(skills.rehome(scene, rng), skills.move_to(scene, target, tol=0.05, max_steps=20))
 
   reason = "ok"
   for element in order:

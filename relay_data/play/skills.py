@@ -47,6 +47,12 @@ def move_to(scene: Scene, target, rot=None, grip=ctl.GRIPPER_OPEN, tol=0.01,
     yield target, rot, grip
 
 
+def rehome(scene: Scene, rng, steps: Optional[int] = None) -> Iterator[Command]:
+  """Joint-space move back toward the home posture (a `None` position command)."""
+  for _ in range(steps or int(rng.integers(12, 20))):
+    yield None, None, ctl.GRIPPER_OPEN
+
+
 def hold(scene: Scene, steps: int, grip: float, rot=None) -> Iterator[Command]:
   target = scene.arm.position
   for _ in range(steps):

@@ -1,0 +1,164 @@
+"""Kitchen evaluation on compound goals of four elements, as in the paper.
+
+A goal is the goal-space state with four elements at their targets (order-free: the agent picks
+the order), taken from the final state of a demo that completed that set. Goal sets: the
+`num_frequent` element sets most frequent in the demos (the paper uses 17), plus the held-out
+sets the generator kept out of every demo (compositional generalization), built from a demo's
+initial state with the four elements moved to their targets. Metrics: average step completion
+(elements done, 0-4, by the environment's own completion test) and success rate (all four).
+"""
+import collections
+import dataclasses
+import os
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from relay_data import kitchen, rlds_io
+
+
+@dataclasses.dataclass
+class EvalGoal:
+  elements: List[str]
+  goal_state: np.ndarray
+  heldout: bool = False
+  demos: int = 0
+
+  @property
+  def name(self) -> str:
+    return "+".join(e for e in kitchen.ELEMENTS if e in self.elements)
+
+
+def goal_sets(play_dir: str, num_frequent: int = 17, include_heldout: bool = True) -> List[EvalGoal]:
+  counts, finals = collections.Counter(), {}
+  first_state = None
+  for ep in rlds_io.iter_episodes(play_dir):
+    if first_state is None:
+      first_state = ep["goal_state"][0]
+    done = frozenset(kitchen.completion_order(ep["completed_tasks"])) if "completed_tasks" in ep else \
+        frozenset(s for s in ep["subtask_order"].split(",") if s)
+    if len(done) != 4:
+      continue
+    counts[done] += 1
+    finals.setdefault(done, ep["goal_state"][-1])
+  goals = [EvalGoal(sorted(s, key=kitchen.ELEMENTS.index), finals[s], demos=c)
+           for s, c in sorted(counts.items(), key=lambda kv: (-kv[1], sorted(kv[0])))[:num_frequent]]
+  if include_heldout and first_state is not None:
+    for name in rlds_io.read_metadata(play_dir).get("holdout", []):
+      elements = name.split("+")
+      goals.append(EvalGoal(elements, kitchen.set_goal_state(first_state, elements), heldout=True))
+  return goals
+
+
+@dataclasses.dataclass
+class Rollout:
+  completed: List[str]
+  steps: int
+  frames: Optional[List[np.ndarray]] = None
+
+
+def rollout(actor, goal: EvalGoal, max_steps: int, seed: int, render: bool = False,
+            render_size=(160, 120)) -> Rollout:
+  """One episode of `actor` toward `goal` in FrankaKitchen-v1 (ends when all four are done)."""
+  import dm_env  # pylint: disable=import-outside-toplevel
+  kwargs = {"render_mode": "rgb_array", "width": render_size[0], "height": render_size[1]} if render else {}
+  env = kitchen.make_env(tasks_to_complete=goal.elements, max_episode_steps=max_steps, **kwargs)
+  try:
+    obs, _ = env.reset(seed=seed)
+    actor.set_goal(goal.goal_state)
+    actor.observe_first(dm_env.restart(obs["observation"]))
+    frames = [env.render()] if render else None
+    completed: List[str] = []
+    steps = 0
+    for steps in range(1, max_steps + 1):
+      action = actor.select_action(obs["observation"].astype(np.float32))
+      obs, reward, terminated, truncated, info = env.step(action)
+      completed = list(info["episode_task_completions"])  # the env mutates this list: copy
+      actor.observe(action, dm_env.transition(np.float32(reward), obs["observation"]))
+      if render:
+        frames.append(env.render())
+      if terminated or truncated:
+        break
+    return Rollout(completed=[e for e in goal.elements if e in completed], steps=steps, frames=frames)
+  finally:
+    env.close()
+
+
+@dataclasses.dataclass
+class GoalResult:
+  goal: str
+  heldout: bool
+  completions: List[int]
+
+  @property
+  def step_completion(self) -> float:
+    return float(np.mean(self.completions))
+
+  @property
+  def success_rate(self) -> float:
+    return float(np.mean([c == 4 for c in self.completions]))
+
+
+def evaluate(make_actor: Callable[[int], object], goals: Sequence[EvalGoal], rollouts: int,
+             max_steps: int, seed: int = 0, progress: bool = True) -> List[GoalResult]:
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  results = []
+  bar = tqdm(total=len(goals) * rollouts, desc="evaluating", unit="rollout", disable=not progress, leave=False)
+  for gi, goal in enumerate(goals):
+    completions = []
+    for r in range(rollouts):
+      actor = make_actor(seed * 100003 + gi * 1009 + r)
+      completions.append(len(rollout(actor, goal, max_steps, seed=seed * 7919 + gi * 101 + r).completed))
+      bar.update(1)
+    results.append(GoalResult(goal.name, goal.heldout, completions))
+  bar.close()
+  return results
+
+
+def summarize(results: Sequence[GoalResult], heldout: Optional[bool] = False) -> Dict[str, float]:
+  chosen = [r for r in results if heldout is None or r.heldout == heldout]
+  if not chosen:
+    return {"success_rate": float("nan"), "step_completion": float("nan"), "goals": 0}
+  return {"success_rate": float(np.mean([r.success_rate for r in chosen])),
+          "step_completion": float(np.mean([r.step_completion for r in chosen])), "goals": len(chosen)}
+
+
+def format_table(results: Sequence[GoalResult]) -> str:
+  lines = [f"{'goal':58s} {'set':8s} {'success':>8s} {'steps done':>10s}"]
+  for r in results:
+    lines.append(f"{r.goal:58s} {'held-out' if r.heldout else 'demo':8s} {100 * r.success_rate:7.1f}% "
+                 f"{r.step_completion:10.2f}")
+  for label, flag in (("frequent goals", False), ("held-out goals", True)):
+    s = summarize(results, flag)
+    if s["goals"]:
+      lines.append(f"{'mean over ' + label:58s} {'':8s} {100 * s['success_rate']:7.1f}% {s['step_completion']:10.2f}")
+  return "\n".join(lines)
+
+
+def plot(results_by_method: Dict[str, Sequence[GoalResult]], png_path: str) -> str:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  methods = list(results_by_method)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, key, label in ((axes[0], "success_rate", "success rate"), (axes[1], "step_completion", "avg. elements done (0-4)")):
+    vals = [summarize(results_by_method[m], False)[key] for m in methods]
+    ax.bar(methods, vals, color="tab:blue")
+    ax.set_title(label)
+  fig.tight_layout()
+  tmp = png_path + ".tmp.png"
+  fig.savefig(tmp, dpi=100)
+  plt.close(fig)
+  os.replace(tmp, png_path)
+  return png_path
+
+
+def write_video(frames: Sequence[np.ndarray], path: str, fps: int = 12) -> str:
+  import imageio  # pylint: disable=import-outside-toplevel
+  tmp = path + ".tmp" + os.path.splitext(path)[1]
+  if path.endswith(".gif"):
+    imageio.mimsave(tmp, list(frames), duration=1.0 / fps)
+  else:
+    imageio.mimsave(tmp, list(frames), fps=fps)
+  os.replace(tmp, path)
+  return path

@@ -1,0 +1,33 @@
+"""Configuration of a goal-conditioned BC agent."""
+import dataclasses
+from typing import Tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class GoalBCConfig:
+  """Hyper-parameters; defaults are small MLPs that train in minutes on a CPU.
+
+  target: which example field the policy predicts ("action", or "subgoal" for the high level).
+  use_goal: False gives plain BC (the goal is not an input).
+  head: "gaussian" (diagonal Gaussian trained by log-likelihood) or "mse".
+  """
+  target: str = "action"
+  use_goal: bool = True
+  hidden_sizes: Tuple[int, ...] = (256, 256)
+  head: str = "gaussian"
+  min_log_std: float = -5.0
+  max_log_std: float = 1.0
+  learning_rate: float = 1e-3
+  batch_size: int = 256
+  num_sgd_steps_per_step: int = 1
+  table_name: str = "relabeled"
+  max_replay_size: int = 1_000_000   # examples kept in Reverb (FIFO beyond): bounds memory
+  max_in_flight_samples_per_worker: int = 512
+
+  def __post_init__(self):
+    if self.target not in ("action", "subgoal"):
+      raise ValueError(f"target must be 'action' or 'subgoal', got {self.target!r}")
+    if self.head not in ("gaussian", "mse"):
+      raise ValueError(f"head must be 'gaussian' or 'mse', got {self.head!r}")
+    if self.batch_size <= 0 or self.learning_rate <= 0:
+      raise ValueError("batch_size and learning_rate must be positive")

@@ -1,0 +1,109 @@
+"""Goal-conditioned policy networks: an MLP over normalized [s, g] with a Gaussian or MSE head.
+
+Normalization statistics come from the training data (`Normalization.from_examples`) and are
+baked into the network as constants, so a saved parameter set plus its stats fully define the
+policy. Outputs are in raw units (the network predicts normalized targets internally).
+"""
+import dataclasses
+from typing import Callable, Dict, Iterable
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from relay_agents import acme_compat  # noqa: F401
+from acme.jax import networks as networks_lib  # pylint: disable=g-bad-import-order
+from relay_agents.gcbc.config import GoalBCConfig
+
+
+@dataclasses.dataclass
+class Normalization:
+  """Per-dimension mean/std of the policy input ([s, g]) and output."""
+  input_mean: np.ndarray
+  input_std: np.ndarray
+  output_mean: np.ndarray
+  output_std: np.ndarray
+
+  @classmethod
+  def from_arrays(cls, inputs: np.ndarray, outputs: np.ndarray, eps: float = 1e-3) -> "Normalization":
+    inputs, outputs = np.asarray(inputs, np.float64), np.asarray(outputs, np.float64)
+    if len(inputs) == 0:
+      raise ValueError("cannot compute normalization from zero examples")
+    return cls(inputs.mean(0).astype(np.float32), np.maximum(inputs.std(0), eps).astype(np.float32),
+               outputs.mean(0).astype(np.float32), np.maximum(outputs.std(0), eps).astype(np.float32))
+
+  def to_dict(self) -> Dict[str, np.ndarray]:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class GoalBCNetworks:
+  """The policy (for Acme's BC learner) and functions on its output."""
+  policy: networks_lib.FeedForwardNetwork      # apply(params, inputs) -> (mean, log_std)
+  log_prob: Callable                           # (output, target) -> [B]
+  mean: Callable                               # output -> [B, d_out]
+  sample: Callable                             # (output, key) -> [B, d_out]
+  input_dim: int
+  output_dim: int
+  normalization: Normalization
+
+
+def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
+                  normalization: Normalization) -> GoalBCNetworks:
+  norm = jax.tree_util.tree_map(jnp.asarray, normalization.to_dict())
+
+  def forward(inputs):
+    x = (inputs - norm["input_mean"]) / norm["input_std"]
+    h = hk.nets.MLP(list(config.hidden_sizes), activate_final=True, name="torso")(x)
+    mean = hk.Linear(output_dim, name="mean")(h)
+    log_std = hk.Linear(output_dim, name="log_std")(h)
+    log_std = jnp.clip(log_std, config.min_log_std, config.max_log_std)
+    # Back to raw units: predictions are made in normalized target space.
+    return mean * norm["output_std"] + norm["output_mean"], log_std + jnp.log(norm["output_std"])
+
+  transformed = hk.without_apply_rng(hk.transform(forward))
+  dummy = jnp.zeros((1, input_dim), jnp.float32)
+  policy = networks_lib.FeedForwardNetwork(
+      init=lambda key: transformed.init(key, dummy),
+      apply=lambda params, inputs, is_training=False, key=None: transformed.apply(params, inputs))
+
+  def log_prob(output, target):
+    mean, log_std = output
+    z = (target - mean) / jnp.exp(log_std)
+    return jnp.sum(-0.5 * z ** 2 - log_std - 0.5 * jnp.log(2 * jnp.pi), axis=-1)
+
+  def sample(output, key):
+    mean, log_std = output
+    return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+
+  return GoalBCNetworks(policy=policy, log_prob=log_prob, mean=lambda output: output[0], sample=sample,
+                        input_dim=input_dim, output_dim=output_dim, normalization=normalization)
+
+
+def policy_inputs(observation, goal, use_goal: bool):
+  """The policy input: [s, g], or s alone for plain BC. Works on numpy, jax and tf arrays."""
+  if not use_goal:
+    return observation
+  concat = np.concatenate if isinstance(observation, np.ndarray) else _tf_or_jnp_concat(observation)
+  return concat([observation, goal], -1)
+
+
+def _tf_or_jnp_concat(x):
+  if type(x).__module__.startswith("tensorflow"):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return lambda xs, axis: tf.concat(xs, axis)
+  return jnp.concatenate
+
+
+def stats_from_examples(examples: Iterable[Dict[str, np.ndarray]], config: GoalBCConfig,
+                        max_examples: int = 200_000) -> Normalization:
+  """Normalization from (up to `max_examples`) relabeled examples."""
+  inputs, outputs, n = [], [], 0
+  for ex in examples:
+    inputs.append(policy_inputs(ex["observation"], ex.get("goal"), config.use_goal))
+    outputs.append(ex[config.target])
+    n += len(outputs[-1])
+    if n >= max_examples:
+      break
+  return Normalization.from_arrays(np.concatenate(inputs), np.concatenate(outputs))
