@@ -34,12 +34,13 @@ def start_server(tables: Sequence[reverb.Table], port: Optional[int] = None) -> 
 
 
 def feed(address: str, table: str, examples: tf.data.Dataset, keys: Sequence[str],
-         limit: Optional[int] = None, progress: bool = True, flush_every: int = 256) -> int:
+         limit: Optional[int] = None, progress: bool = True, flush_every: int = 128,
+         total: Optional[int] = None) -> int:
   """Writes examples (dicts of [d] tensors) into `table`; returns how many were written."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   client = reverb.Client(address)
   written = 0
-  bar = tqdm(total=limit, desc=f"feeding {table}", unit="ex", disable=not progress, leave=False)
+  bar = tqdm(total=min(x for x in (limit, total, float("inf")) if x is not None), desc=f"feeding {table}", unit="ex", disable=not progress, leave=False)
   with client.trajectory_writer(num_keep_alive_refs=1) as writer:
     for batch in examples.batch(flush_every).as_numpy_iterator():
       n = len(batch[keys[0]])

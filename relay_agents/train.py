@@ -25,7 +25,7 @@ from acme.utils import loggers  # pylint: disable=g-bad-import-order
 from relay_agents import replay
 from relay_agents.gcbc import acting, builder as gcbc_builder, networks as gcbc_networks
 from relay_agents.gcbc.config import GoalBCConfig
-from relay_data import relabeled
+from relay_data import relabeled, rlds_io
 
 AGENTS = {
     # agent -> {level: (relabel level expected, GoalBCConfig overrides)}
@@ -96,7 +96,8 @@ def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_di
     address = f"localhost:{server.port}"
   try:
     fed = replay.feed(address, config.table_name, relabeled.load(data_dir), sorted(dims),
-                      limit=config.max_replay_size, progress=train.progress)
+                      limit=config.max_replay_size, progress=train.progress,
+                      total=rlds_io.load_builder(data_dir).info.splits["train"].num_examples)
     client = reverb.Client(address)
     logger = _TensorBoardLogger(os.path.join(os.path.dirname(out_dir), "tensorboard"),
                                 os.path.basename(out_dir), train.log_every)

@@ -22,3 +22,13 @@ def run_cli(*argv, timeout=600, check=False):
 @pytest.fixture
 def cli():
   return run_cli
+
+
+@pytest.fixture(scope="session")
+def kitchen_play_tiny(tmp_path_factory):
+  """A real 2-episode kitchen play dataset built with the TFDS builder (shared by tests)."""
+  from datasets.kitchen_play import KitchenPlay, KitchenPlayConfig
+  config = KitchenPlayConfig(name="test2", description="tests", episodes=2, seed=0)
+  builder = KitchenPlay(config=config, data_dir=str(tmp_path_factory.mktemp("play")), workers=1)
+  builder.download_and_prepare()
+  return builder.data_dir

@@ -151,11 +151,15 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
       break
   final = set(kitchen.ELEMENTS[i] for i in np.flatnonzero(masks[-1]))
   leaked = [s for s in config.holdout if s <= final]
+  undone = [e for e in order if e not in final]
+  if reason == "ok" and undone:
+    # The final state must show the episode's compound goal (evaluation goals come from it).
+    reason = f"{undone[0]} no longer complete at the end"
   if reason == "ok" and leaked:
     reason = f"completed held-out set {format_set(leaked[0])}"
   ok = reason == "ok"
   result = EpisodeResult(index=index, ok=ok, reason=reason, order=order, attempts=attempts,
-                         completed=[e for e in order if e in completions])
+                         completed=[e for e in order if e in completions and e in final])
   if ok:
     actions.append(np.zeros(kitchen.ACTION_DIM, np.float32))  # RLDS: the last step's action is unused
     rewards.append(np.float32(0.0))

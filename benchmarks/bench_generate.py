@@ -1,0 +1,36 @@
+"""Play generation env-steps/s vs raw FrankaKitchen-v1 random-action steps/s, one worker, same run
+(target >= 0.8x)."""
+import time
+
+import numpy as np
+
+from benchmarks.common import report
+from relay_data import kitchen
+from relay_data.play import generator
+
+
+def raw_steps_per_s(steps=2000):
+  env = kitchen.make_env(max_episode_steps=10_000)
+  env.reset(seed=0)
+  env.action_space.seed(0)
+  start = time.perf_counter()
+  for _ in range(steps):
+    env.step(env.action_space.sample())
+  return steps / (time.perf_counter() - start)
+
+
+def main():
+  config = generator.GeneratorConfig(seed=0)
+  generator.generate_episode(config, 0)  # warm up (env construction)
+  raw = raw_steps_per_s()
+  start, steps = time.perf_counter(), 0
+  for i in range(1, 4):
+    result = generator.generate_episode(config, i)
+    steps += sum(result.attempts.values()) and len(result.episode["action"]) if result.ok else 0
+  gen = steps / (time.perf_counter() - start)
+  report("play generation vs raw random-action env", gen, "raw env", raw, ">= 0.8x per worker")
+  del np
+
+
+if __name__ == "__main__":
+  main()

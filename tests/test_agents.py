@@ -1,0 +1,126 @@
+"""Relay IL agents on real components: Reverb server, Acme BC learner, kitchen rollouts."""
+import os
+
+import jax
+import numpy as np
+import pytest
+import reverb
+
+from pipelines import relabel as relabel_pipeline
+from relay_agents import evaluation, replay, train
+from relay_agents.gcbc import acting
+from relay_agents.gcbc.config import GoalBCConfig
+from relay_data import kitchen, relabeled, rlds_io
+
+
+def _structured_episodes(n_eps=6, length=40, seed=0):
+  """Episodes whose action is a fixed function of (state, future goal): learnable by GCBC."""
+  rng = np.random.default_rng(seed)
+  eps = []
+  for i in range(n_eps):
+    obs = rng.normal(size=(length, kitchen.OBS_DIM)).astype(np.float32)
+    action = np.tanh(obs[:, :9] * 0.5).astype(np.float32)
+    eps.append({"observation": obs, "action": action, "episode_id": f"e{i}"})
+  return eps
+
+
+@pytest.fixture(scope="module")
+def relabeled_dirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("agents")
+  src = rlds_io.write_episodes(_structured_episodes(), "structured", str(root), progress=False)
+  out = {}
+  for level, cfg in (("low", relabeled.RelabelConfig("low", window=5, goals_per_step=3)),
+                     ("high", relabeled.RelabelConfig("high", window=5, window_high=20, goals_per_step=3))):
+    out[level] = str(root / level)
+    relabel_pipeline.run_relabel(src, out[level], cfg)
+  return out
+
+
+def test_reverb_round_trip_into_learner_batches(relabeled_dirs):
+  config = GoalBCConfig(batch_size=16)
+  dims = replay.ExampleDims.of(relabeled_dirs["low"])
+  assert dims.dims == {"observation": 59, "action": 9, "goal": 30}
+  server = reverb.Server([replay.make_table(config.table_name, dims.dims, 10_000)])
+  try:
+    address = f"localhost:{server.port}"
+    written = replay.feed(address, config.table_name, relabeled.load(relabeled_dirs["low"]), dims.keys,
+                          progress=False)
+    info = reverb.Client(address).server_info()[config.table_name]
+    assert written == info.current_size == rlds_io.load_builder(relabeled_dirs["low"]).info.splits["train"].num_examples
+    batch = next(replay.numpy_iterator(replay.learner_dataset(address, config.table_name, config)))
+    assert batch.observation.shape == (16, 59 + 30) and batch.action.shape == (16, 9)
+    # Every sampled example is one that was fed: its action is tanh(0.5 * state[:9]).
+    np.testing.assert_allclose(batch.action, np.tanh(0.5 * batch.observation[:, :9]), atol=1e-5)
+  finally:
+    server.stop()
+
+
+def test_training_through_reverb_lowers_the_loss_and_resumes(relabeled_dirs, tmp_path):
+  config = GoalBCConfig(batch_size=64, hidden_sizes=(64, 64), head="mse", learning_rate=3e-3)
+  out = str(tmp_path / "low")
+  summary = train.train_policy(relabeled_dirs["low"], config,
+                               train.TrainConfig(steps=300, progress=False, checkpoint_every=100), out)
+  assert summary["last_loss"] < 0.3 * summary["first_loss"]
+  assert os.path.exists(os.path.join(out, "checkpoint.pkl")) and os.path.exists(os.path.join(out, "policy.pkl"))
+  assert os.listdir(str(tmp_path / "tensorboard"))
+  again = train.train_policy(relabeled_dirs["low"], config,
+                             train.TrainConfig(steps=350, progress=False, checkpoint_every=100), out)
+  assert again["resumed_from"] == 300
+  policy = train.load_policy(out)
+  obs = np.random.default_rng(1).normal(size=59).astype(np.float32)
+  action = policy(obs, np.zeros(30, np.float32), jax.random.PRNGKey(0))
+  assert action.shape == (9,)
+  assert np.abs(action - np.tanh(0.5 * obs[:9])).mean() < 0.25
+
+
+@pytest.fixture(scope="module")
+def ril_model(relabeled_dirs, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("ril"))
+  train.train_agent("ril", {"low": relabeled_dirs["low"], "high": relabeled_dirs["high"]}, out,
+                    train.TrainConfig(steps=50, progress=False), GoalBCConfig(batch_size=32, hidden_sizes=(32,)))
+  return out
+
+
+def test_train_agent_checks_dataset_levels(relabeled_dirs, tmp_path):
+  with pytest.raises(ValueError, match="needs a 'high' relabeled dataset"):
+    train.train_agent("ril", {"low": relabeled_dirs["low"], "high": relabeled_dirs["low"]}, str(tmp_path),
+                      train.TrainConfig(steps=1, progress=False))
+  with pytest.raises(ValueError, match="gcbc needs datasets for \\['policy'\\]"):
+    train.train_agent("gcbc", {"low": relabeled_dirs["low"]}, str(tmp_path), train.TrainConfig(steps=1))
+
+
+def test_hierarchical_actor_replans_exactly_every_window(ril_model, kitchen_play_tiny):
+  actor = train.make_actor(ril_model)
+  assert isinstance(actor, acting.HierarchicalActor) and actor.replan_every == 5
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  subgoals = []
+  original = actor.high
+
+  def recording_high(observation, goal_state, key, deterministic=True):
+    out = original(observation, goal_state, key, deterministic)
+    subgoals.append(out)
+    return out
+
+  actor.high = recording_high
+  result = evaluation.rollout(actor, goal, max_steps=23, seed=0)
+  assert result.steps == 23
+  assert actor.replans == [0, 5, 10, 15, 20]
+  assert len(subgoals) == 5 and all(s.shape == (30,) for s in subgoals)
+
+
+def test_evaluation_on_a_tiny_goal_set(ril_model, kitchen_play_tiny):
+  goals = evaluation.goal_sets(kitchen_play_tiny, num_frequent=17)
+  frequent = [g for g in goals if not g.heldout]
+  assert 1 <= len(frequent) <= 2 and len([g for g in goals if g.heldout]) == 3
+  for g in frequent:  # the goal is a demo's final state: those four elements are at their targets
+    done = kitchen.completion_mask(g.goal_state)
+    assert {kitchen.ELEMENTS[i] for i in np.flatnonzero(done)} >= set(g.elements)
+  for g in goals:
+    if g.heldout:
+      assert all(kitchen.completion_mask(g.goal_state)[kitchen.ELEMENTS.index(e)] for e in g.elements)
+  results = evaluation.evaluate(lambda seed: train.make_actor(ril_model, seed), goals[:1] + goals[-1:],
+                                rollouts=2, max_steps=20, progress=False)
+  assert [r.heldout for r in results] == [False, True]
+  assert all(len(r.completions) == 2 and all(0 <= c <= 4 for c in r.completions) for r in results)
+  table = evaluation.format_table(results)
+  assert "mean over frequent goals" in table and "held-out" in table

@@ -1,0 +1,82 @@
+"""Scripted play in the real FrankaKitchen-v1: generator, TFDS builder, holdout, determinism."""
+import collections
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from relay_data import kitchen, rlds_io
+from relay_data.play import generator
+
+
+def test_sample_order_never_picks_a_heldout_set():
+  holdout = generator.default_holdout()
+  assert len(holdout) == 3 and all(len(s) == 4 for s in holdout)
+  rng = np.random.default_rng(0)
+  seen = collections.Counter()
+  for _ in range(3000):
+    order = generator.sample_order(rng, 4, holdout)
+    assert len(set(order)) == 4 and frozenset(order) not in holdout
+    seen[frozenset(order)] += 1
+  assert len(seen) == 35 - 3  # every other set appears
+
+
+def test_parse_holdout():
+  assert generator.parse_holdout("none") == []
+  assert generator.parse_holdout("default") == generator.default_holdout()
+  got = generator.parse_holdout("kettle+microwave+light switch+top burner")
+  assert got == [frozenset({"kettle", "microwave", "light switch", "top burner"})]
+  with pytest.raises(ValueError, match="unknown: \\['toaster'\\]"):
+    generator.parse_holdout("kettle+microwave+light switch+toaster")
+  with pytest.raises(ValueError, match="need 4 distinct"):
+    generator.parse_holdout("kettle+microwave")
+
+
+def test_episode_is_deterministic_and_completes_its_subtasks():
+  config = generator.GeneratorConfig(seed=3)
+  a = generator.generate_episode(config, 0)
+  b = generator.generate_episode(config, 0)
+  assert a.ok, a.reason
+  np.testing.assert_array_equal(a.episode["observation"], b.episode["observation"])
+  np.testing.assert_array_equal(a.episode["action"], b.episode["action"])
+  ep = a.episode
+  assert ep["observation"].shape[1] == kitchen.OBS_DIM and ep["action"].shape[1] == kitchen.ACTION_DIM
+  assert len(ep["observation"]) == len(ep["action"]) == len(ep["completed_tasks"])
+  assert np.abs(ep["action"]).max() <= 1.0
+  order = ep["subtask_order"].split(",")
+  # The env's completion test (on the true state) says all four were done.
+  assert set(order) <= set(kitchen.completion_order(ep["completed_tasks"]))
+  assert set(order) == set(a.completed)
+
+
+def test_tfds_builder_builds_and_loads(kitchen_play_tiny):
+  path = kitchen_play_tiny
+  builder = tfds.builder_from_directory(path)
+  assert builder.info.splits["train"].num_examples == 2
+  steps = builder.info.features["steps"]
+  assert steps["observation"]["state"].shape == (59,) and steps["observation"]["goal_state"].shape == (30,)
+  meta = json.load(open(os.path.join(path, "metadata.json")))
+  assert meta["generator_version"] == generator.GENERATOR_VERSION
+  assert meta["holdout"] == [generator.format_set(s) for s in generator.default_holdout()]
+  assert meta["subtask_success"]["completed"] >= 8
+  data_dir = os.path.dirname(os.path.dirname(os.path.dirname(path)))
+  loaded = tfds.load("kitchen_play/" + os.path.basename(os.path.dirname(path)), data_dir=data_dir, split="train")
+  episodes = list(loaded)
+  assert len(episodes) == 2
+  for ep in rlds_io.iter_episodes(path):
+    order = ep["subtask_order"].split(",")
+    assert len(order) == 4
+    final = set(kitchen.ELEMENTS[i] for i in np.flatnonzero(ep["completed_tasks"][-1]))
+    assert set(order) <= final
+    np.testing.assert_allclose(ep["goal_state"], kitchen.goal_state_from_observation(ep["observation"]))
+    assert not any(s <= final for s in generator.default_holdout())
+
+
+def test_cli_generate_rejects_bad_flags(cli, tmp_path):
+  proc = cli("generate", "--data-dir", str(tmp_path), "--episodes", "0")
+  assert proc.returncode == 2 and "--episodes must be positive" in proc.stderr
+  proc = cli("generate", "--data-dir", str(tmp_path), "--holdout", "kettle+toaster")
+  assert proc.returncode == 2 and "--holdout" in proc.stderr
+  assert not list(tmp_path.iterdir())
