@@ -1,7 +1,9 @@
 """Reverb plumbing shared by every agent: tables of relabeled examples, a feeder, datasets.
 
-A relabeled dataset (TFDS, from `pipelines.relabel`) is streamed into a Reverb table, one item
-per example; learners sample uniformly from it through Reverb's tf.data datasets. Server,
+A relabeled dataset (TFDS, from `pipelines.relabel`) is shuffled and streamed into a Reverb table
+in items of `examples_per_item` examples (one item per example costs a Reverb round trip per
+example and halves learner throughput); learners sample items uniformly through Reverb's tf.data
+datasets, unbatch and reshuffle them. Server,
 feeder and learner only share an address, so they can be separate processes or machines.
 Memory is bounded by the table's `max_size` (oldest examples are evicted first).
 """
@@ -18,43 +20,55 @@ from relay_agents.gcbc import networks as gcbc_networks
 from relay_agents.gcbc.config import GoalBCConfig
 
 
-def example_signature(dims: Dict[str, int]) -> Dict[str, tf.TensorSpec]:
-  return {k: tf.TensorSpec([d], tf.float32, name=k) for k, d in sorted(dims.items())}
+def example_signature(dims: Dict[str, int], per_item: int) -> Dict[str, tf.TensorSpec]:
+  return {k: tf.TensorSpec([per_item, d], tf.float32, name=k) for k, d in sorted(dims.items())}
 
 
-def make_table(name: str, dims: Dict[str, int], max_size: int, min_size: int = 1) -> reverb.Table:
-  """Uniform-sampling table of single examples; FIFO eviction bounds memory."""
+def make_table(name: str, dims: Dict[str, int], max_examples: int, per_item: int,
+               min_size: int = 1) -> reverb.Table:
+  """Uniform-sampling table of `per_item`-example items; FIFO eviction bounds memory."""
   return reverb.Table(name=name, sampler=reverb.selectors.Uniform(), remover=reverb.selectors.Fifo(),
-                      max_size=max_size, rate_limiter=reverb.rate_limiters.MinSize(min_size),
-                      signature=example_signature(dims))
+                      max_size=max(1, max_examples // per_item),
+                      rate_limiter=reverb.rate_limiters.MinSize(min_size),
+                      signature=example_signature(dims, per_item))
 
 
 def start_server(tables: Sequence[reverb.Table], port: Optional[int] = None) -> reverb.Server:
   return reverb.Server(tables=list(tables), port=port)
 
 
-def feed(address: str, table: str, examples: tf.data.Dataset, keys: Sequence[str],
-         limit: Optional[int] = None, progress: bool = True, flush_every: int = 128,
-         total: Optional[int] = None) -> int:
-  """Writes examples (dicts of [d] tensors) into `table`; returns how many were written."""
+def feed(address: str, table: str, examples: tf.data.Dataset, keys: Sequence[str], per_item: int,
+         limit: Optional[int] = None, progress: bool = True, total: Optional[int] = None,
+         shuffle_buffer: int = 10_000, seed: int = 0, flush_every: int = 64) -> int:
+  """Writes examples (dicts of [d] tensors) into `table` in items of `per_item` examples.
+
+  Examples are shuffled (bounded buffer) before chunking so an item is not one episode's slice.
+  The last partial item is completed with the stream's first examples, so every example is
+  stored at least once. Returns the number of distinct examples written.
+  """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   client = reverb.Client(address)
-  written = 0
-  bar = tqdm(total=min(x for x in (limit, total, float("inf")) if x is not None), desc=f"feeding {table}", unit="ex", disable=not progress, leave=False)
+  if limit is not None:
+    examples = examples.take(limit)
+  stream = examples.shuffle(shuffle_buffer, seed=seed).map(lambda ex: {k: ex[k] for k in keys})
+  written, head = 0, None
+  bar = tqdm(total=min(x for x in (limit, total, float("inf")) if x is not None), desc=f"feeding {table}",
+             unit="ex", disable=not progress, leave=False)
   with client.trajectory_writer(num_keep_alive_refs=1) as writer:
-    for batch in examples.batch(flush_every).as_numpy_iterator():
-      n = len(batch[keys[0]])
-      for i in range(n):
-        if limit is not None and written >= limit:
-          break
-        writer.append({k: batch[k][i] for k in keys})
-        writer.create_item(table, priority=1.0,
-                           trajectory={k: writer.history[k][-1] for k in keys})
-        written += 1
-      writer.flush()
+    for i, chunk in enumerate(stream.batch(per_item).as_numpy_iterator()):
+      n = len(chunk[keys[0]])
+      if head is None:
+        head = chunk
+      if n < per_item:  # Complete the last item with examples from the first one.
+        chunk = {k: np.concatenate([chunk[k], np.resize(head[k], (per_item - n,) + head[k].shape[1:])])
+                 for k in keys}
+      writer.append(chunk)
+      writer.create_item(table, priority=1.0, trajectory={k: writer.history[k][-1] for k in keys})
+      written += n
       bar.update(n)
-      if limit is not None and written >= limit:
-        break
+      if (i + 1) % flush_every == 0:
+        writer.flush()
+    writer.flush()
   bar.close()
   return written
 
@@ -63,21 +77,25 @@ def learner_dataset(address: str, table: str, config: GoalBCConfig) -> tf.data.D
   """Batches of acme `Transition`s (observation = policy input, action = target) from Reverb."""
   ds = reverb.TrajectoryDataset.from_table_signature(
       server_address=address, table=table,
-      max_in_flight_samples_per_worker=config.max_in_flight_samples_per_worker)
+      max_in_flight_samples_per_worker=config.max_in_flight_samples_per_worker,
+      num_workers_per_iterator=2)
 
-  def to_transition(sample):
-    data = sample.data
+  def to_transition(data):
     inputs = gcbc_networks.policy_inputs(data["observation"], data.get("goal"), config.use_goal)
     target = data[config.target]
     zeros = tf.zeros(tf.shape(target)[:-1])
     return types.Transition(observation=inputs, action=target, reward=zeros, discount=zeros,
                             next_observation=inputs)
 
-  return ds.batch(config.batch_size, drop_remainder=True).map(to_transition).prefetch(4)
+  return (ds.map(lambda sample: sample.data).unbatch().shuffle(4 * config.batch_size)
+          .batch(config.batch_size, drop_remainder=True)
+          .map(to_transition, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
 
 
-def numpy_iterator(dataset: tf.data.Dataset) -> Iterator[types.Transition]:
-  return dataset.as_numpy_iterator()
+def numpy_iterator(dataset: tf.data.Dataset, prefetch: int = 4) -> Iterator[types.Transition]:
+  """Numpy batches, fetched and put on the device by a background thread (overlaps with SGD)."""
+  from acme.jax import utils as jax_utils  # pylint: disable=import-outside-toplevel
+  return jax_utils.prefetch(dataset.as_numpy_iterator(), buffer_size=prefetch)
 
 
 def array_iterator(arrays: Dict[str, np.ndarray], config: GoalBCConfig, seed: int = 0) -> Iterator[types.Transition]:

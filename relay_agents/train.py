@@ -96,7 +96,8 @@ def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_di
     address = f"localhost:{server.port}"
   try:
     fed = replay.feed(address, config.table_name, relabeled.load(data_dir), sorted(dims),
-                      limit=config.max_replay_size, progress=train.progress,
+                      config.examples_per_item, limit=config.max_replay_size, progress=train.progress,
+                      seed=train.seed,
                       total=rlds_io.load_builder(data_dir).info.splits["train"].num_examples)
     client = reverb.Client(address)
     logger = _TensorBoardLogger(os.path.join(os.path.dirname(out_dir), "tensorboard"),

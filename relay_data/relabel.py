@@ -39,6 +39,11 @@ def _check_arrays(**arrays: np.ndarray) -> Tuple[int, Dict[str, np.ndarray]]:
   return length, out
 
 
+def _rows(array: np.ndarray, index: np.ndarray) -> np.ndarray:
+  """array[index] along axis 0; np.take is ~10x faster than fancy indexing for row gathers."""
+  return np.take(array, index, axis=0)
+
+
 def _check_window(name: str, window) -> int:
   if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window <= 0:
     raise ValueError(f"{name} must be a positive integer, got {window!r}")
@@ -87,8 +92,8 @@ def low_level_examples(states, goal_states, actions, window: int,
   """Low-level (or flat GCBC) examples: observation s_t, action a_t, goal g_{t+j}, 1 <= j <= window."""
   _, arr = _check_arrays(states=states, goal_states=goal_states, actions=actions)
   t, j = relabel_indices(arr["states"].shape[0], window, goals_per_step, seed)
-  return {"observation": arr["states"][t], "action": arr["actions"][t],
-          "goal": arr["goal_states"][t + j]}
+  return {"observation": _rows(arr["states"], t), "action": _rows(arr["actions"], t),
+          "goal": _rows(arr["goal_states"], t + j)}
 
 
 def high_level_examples(states, goal_states, window_low: int, window_high: int,
@@ -101,8 +106,8 @@ def high_level_examples(states, goal_states, window_low: int, window_high: int,
   _, arr = _check_arrays(states=states, goal_states=goal_states)
   t, j = relabel_indices(arr["states"].shape[0], window_high, goals_per_step, seed)
   g = arr["goal_states"]
-  return {"observation": arr["states"][t], "subgoal": g[t + np.minimum(j, window_low)],
-          "goal": g[t + j]}
+  return {"observation": _rows(arr["states"], t), "subgoal": _rows(g, t + np.minimum(j, window_low)),
+          "goal": _rows(g, t + j)}
 
 
 def final_goal_examples(states, goal_states, actions) -> Examples:
@@ -111,11 +116,11 @@ def final_goal_examples(states, goal_states, actions) -> Examples:
   t = np.arange(max(length - 1, 0))
   goal = np.broadcast_to(arr["goal_states"][-1:], (t.size, arr["goal_states"].shape[1])) \
       if length else arr["goal_states"][:0]
-  return {"observation": arr["states"][t], "action": arr["actions"][t], "goal": np.array(goal)}
+  return {"observation": _rows(arr["states"], t), "action": _rows(arr["actions"], t), "goal": np.array(goal)}
 
 
 def bc_examples(states, actions) -> Examples:
   """Plain BC: every (s_t, a_t), 0 <= t < T, no goal."""
   length, arr = _check_arrays(states=states, actions=actions)
   t = np.arange(max(length - 1, 0))
-  return {"observation": arr["states"][t], "action": arr["actions"][t]}
+  return {"observation": _rows(arr["states"], t), "action": _rows(arr["actions"], t)}

@@ -37,16 +37,17 @@ def relabeled_dirs(tmp_path_factory):
 
 
 def test_reverb_round_trip_into_learner_batches(relabeled_dirs):
-  config = GoalBCConfig(batch_size=16)
+  config = GoalBCConfig(batch_size=16, examples_per_item=8)
   dims = replay.ExampleDims.of(relabeled_dirs["low"])
   assert dims.dims == {"observation": 59, "action": 9, "goal": 30}
-  server = reverb.Server([replay.make_table(config.table_name, dims.dims, 10_000)])
+  server = reverb.Server([replay.make_table(config.table_name, dims.dims, 10_000, config.examples_per_item)])
   try:
     address = f"localhost:{server.port}"
     written = replay.feed(address, config.table_name, relabeled.load(relabeled_dirs["low"]), dims.keys,
-                          progress=False)
+                          config.examples_per_item, progress=False)
     info = reverb.Client(address).server_info()[config.table_name]
-    assert written == info.current_size == rlds_io.load_builder(relabeled_dirs["low"]).info.splits["train"].num_examples
+    total = rlds_io.load_builder(relabeled_dirs["low"]).info.splits["train"].num_examples
+    assert written == total and info.current_size == -(-total // 8)  # ceil: the last item is completed
     batch = next(replay.numpy_iterator(replay.learner_dataset(address, config.table_name, config)))
     assert batch.observation.shape == (16, 59 + 30) and batch.action.shape == (16, 9)
     # Every sampled example is one that was fed: its action is tanh(0.5 * state[:9]).

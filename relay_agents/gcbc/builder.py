@@ -24,7 +24,7 @@ class GoalBCBuilder(builders.ActorLearnerBuilder):
   def make_replay_tables(self, environment_spec=None) -> List[reverb.Table]:
     del environment_spec  # Tables hold relabeled examples, not environment transitions.
     return [replay.make_table(self.config.table_name, self.dims, self.config.max_replay_size,
-                              min_size=self.config.batch_size)]
+                              self.config.examples_per_item)]
 
   def make_dataset_iterator(self, replay_client: reverb.Client) -> Iterator[types.Transition]:
     address = replay_client.server_address

@@ -22,6 +22,7 @@ class GoalBCConfig:
   num_sgd_steps_per_step: int = 1
   table_name: str = "relabeled"
   max_replay_size: int = 1_000_000   # examples kept in Reverb (FIFO beyond): bounds memory
+  examples_per_item: int = 32        # examples per Reverb item (see relay_agents/replay.py)
   max_in_flight_samples_per_worker: int = 512
 
   def __post_init__(self):
@@ -29,5 +30,5 @@ class GoalBCConfig:
       raise ValueError(f"target must be 'action' or 'subgoal', got {self.target!r}")
     if self.head not in ("gaussian", "mse"):
       raise ValueError(f"head must be 'gaussian' or 'mse', got {self.head!r}")
-    if self.batch_size <= 0 or self.learning_rate <= 0:
-      raise ValueError("batch_size and learning_rate must be positive")
+    if self.batch_size <= 0 or self.learning_rate <= 0 or self.examples_per_item <= 0:
+      raise ValueError("batch_size, learning_rate and examples_per_item must be positive")
