@@ -73,11 +73,11 @@ def make_env(tasks_to_complete: Sequence[str] = tuple(ELEMENTS), max_episode_ste
 
 
 def completion_order(completed: np.ndarray, elements: Sequence[str] = ELEMENTS) -> List[str]:
-  """Elements done at the episode's end, in the order they were first completed.
+  """Elements completed at any step of the episode, in the order they were first completed.
 
   `completed` is the [L, len(elements)] per-step mask of `completion_mask`.
   """
   completed = np.asarray(completed, bool)
-  done = np.flatnonzero(completed[-1]) if len(completed) else np.zeros(0, int)
+  done = np.flatnonzero(completed.any(axis=0)) if len(completed) else np.zeros(0, int)
   first = [int(np.argmax(completed[:, i])) for i in done]
   return [elements[i] for _, i in sorted(zip(first, done))]
