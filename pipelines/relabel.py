@@ -10,12 +10,11 @@ and config give byte-identical shards whatever the runner's scheduling. The outp
 a temp sibling directory and renamed into place only on success (atomic on local filesystems).
 """
 import dataclasses
-import functools
 import json
 import math
 import os
 import subprocess
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 

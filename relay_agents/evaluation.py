@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from relay_data import kitchen, rlds_io
+from relay_data import atomic, kitchen, rlds_io
 
 
 @dataclasses.dataclass
@@ -147,12 +147,7 @@ def plot(results_by_method: Dict[str, Sequence[GoalResult]], png_path: str) -> s
     vals = [summarize(results_by_method[m], False)[key] for m in methods]
     ax.bar(methods, vals, color="tab:blue")
     ax.set_title(label)
-  fig.tight_layout()
-  tmp = png_path + ".tmp.png"
-  fig.savefig(tmp, dpi=100)
-  plt.close(fig)
-  os.replace(tmp, png_path)
-  return png_path
+  return atomic.save_figure(fig, png_path)
 
 
 def write_video(frames: Sequence[np.ndarray], path: str, fps: int = 12) -> str:

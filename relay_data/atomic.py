@@ -32,3 +32,18 @@ def atomic_directory(final_path: str, overwrite: bool = False) -> Iterator[str]:
   finally:
     if os.path.exists(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_figure(fig, png_path: str, dpi: int = 100) -> str:
+  """Saves a matplotlib figure to `png_path` via a temp file and closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig.tight_layout()
+  tmp = png_path + ".tmp.png"
+  try:
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, png_path)
+  finally:
+    plt.close(fig)
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return png_path

@@ -1,12 +1,11 @@
 """Summaries of relay datasets for `relay data info`: counts, subtask coverage, orders, lineage."""
 import collections
 import dataclasses
-import os
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from relay_data import kitchen, rlds_io
+from relay_data import atomic, kitchen, rlds_io
 
 
 @dataclasses.dataclass
@@ -70,12 +69,7 @@ def plot_play(summary: PlaySummary, png_path: str, top: int = 15) -> str:
   ax2.set_xlabel("episodes")
   ax2.set_title(f"subtask orders ({len(summary.orders)} distinct, top {len(common)})")
   ax2.tick_params(axis="y", labelsize=7)
-  fig.tight_layout()
-  tmp = png_path + ".tmp.png"
-  fig.savefig(tmp, dpi=100)
-  plt.close(fig)
-  os.replace(tmp, png_path)
-  return png_path
+  return atomic.save_figure(fig, png_path)
 
 
 def is_relabeled(path: str) -> bool:

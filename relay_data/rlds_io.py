@@ -12,8 +12,6 @@ import os
 import shutil
 from typing import Any, Dict, Iterable, Iterator, Optional
 
-import numpy as np
-
 from relay_data import atomic, schema
 from relay_data.errors import DataError
 

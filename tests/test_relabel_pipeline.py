@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipelines import relabel as pipeline
-from relay_data import relabel, relabeled, rlds_io
+from relay_data import relabeled, rlds_io
 from relay_data.errors import DataError
 from tests import helpers
 

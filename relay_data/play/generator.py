@@ -68,6 +68,7 @@ class EpisodeResult:
   order: List[str]
   attempts: Dict[str, int]         # element -> attempts used
   completed: List[str]             # scripted subtasks completed (env's own test)
+  steps: int = 0                   # env steps taken (kept or not)
   episode: Optional[Dict] = None   # RLDS-ready arrays when ok
 
 
@@ -157,7 +158,7 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
     reason = f"completed held-out set {format_set(leaked[0])}"
   ok = reason == "ok"
   result = EpisodeResult(index=index, ok=ok, reason=reason, order=order, attempts=attempts,
-                         completed=[e for e in order if e in completions])
+                         completed=[e for e in order if e in completions], steps=len(actions))
   if ok:
     actions.append(np.zeros(kitchen.ACTION_DIM, np.float32))  # RLDS: the last step's action is unused
     rewards.append(np.float32(0.0))
