@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--sample", action="store_true", help="sample actions instead of taking the mean")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--plot", default=None, help="PNG bar chart of the methods")
-  parser.add_argument("--video", default=None, help="GIF of one rollout of the first model on the first goal")
+  parser.add_argument("--video", default=None,
+                      help="MP4 or GIF of one rollout of the first model on the first goal (rendered offscreen)")
   parser.add_argument("--json", default=None, help="write all results as JSON here")
 
 
@@ -31,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
   from relay_agents import evaluation, train  # pylint: disable=import-outside-toplevel
   if args.rollouts <= 0 or args.goals < 0 or args.max_steps <= 0:
     raise UsageError("--rollouts and --max-steps must be positive, --goals non-negative")
+  if args.video and not args.video.lower().endswith((".mp4", ".gif")):
+    raise UsageError("--video must end in .mp4 or .gif")
   for m in args.model:
     if not os.path.exists(os.path.join(m, "agent.json")):
       raise UsageError(f"{m} is not a trained model directory (no agent.json)")

@@ -151,11 +151,20 @@ def plot(results_by_method: Dict[str, Sequence[GoalResult]], png_path: str) -> s
 
 
 def write_video(frames: Sequence[np.ndarray], path: str, fps: int = 12) -> str:
+  """MP4 (ffmpeg from the imageio-ffmpeg wheel) or GIF, by extension; written atomically."""
   import imageio  # pylint: disable=import-outside-toplevel
-  tmp = path + ".tmp" + os.path.splitext(path)[1]
-  if path.endswith(".gif"):
-    imageio.mimsave(tmp, list(frames), duration=1.0 / fps)
-  else:
-    imageio.mimsave(tmp, list(frames), fps=fps)
-  os.replace(tmp, path)
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in (".mp4", ".gif"):
+    raise ValueError(f"video path must end in .mp4 or .gif, got {path!r}")
+  tmp = path + ".tmp" + ext
+  try:
+    if ext == ".gif":
+      imageio.mimsave(tmp, list(frames), duration=1000.0 / fps, loop=0)
+    else:
+      # 16-pixel macro blocks: pass sizes through unchanged, no rescaling warnings.
+      imageio.mimsave(tmp, list(frames), fps=fps, macro_block_size=1)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
   return path

@@ -125,3 +125,16 @@ def test_evaluation_on_a_tiny_goal_set(ril_model, kitchen_play_tiny):
   assert all(len(r.completions) == 2 and all(0 <= c <= 4 for c in r.completions) for r in results)
   table = evaluation.format_table(results)
   assert "mean over frequent goals" in table and "held-out" in table
+
+
+def test_rollout_video_is_rendered_offscreen(ril_model, kitchen_play_tiny, tmp_path):
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  result = evaluation.rollout(train.make_actor(ril_model), goal, max_steps=3, seed=0, render=True,
+                              render_size=(64, 48))
+  assert len(result.frames) == 4 and result.frames[0].shape == (48, 64, 3)
+  for ext in ("mp4", "gif"):
+    path = evaluation.write_video(result.frames, str(tmp_path / f"r.{ext}"))
+    assert os.path.getsize(path) > 100
+  with pytest.raises(ValueError, match="must end in .mp4 or .gif"):
+    evaluation.write_video(result.frames, str(tmp_path / "r.avi"))
+  assert sorted(os.listdir(tmp_path)) == ["r.gif", "r.mp4"]
