@@ -71,11 +71,12 @@ def _relabel(item: Tuple[int, schema.Episode], config: relabeled.RelabelConfig, 
   if ep["observation"].shape[0] < schema.MIN_STEPS:
     Metrics.counter(NAMESPACE, "episodes_skipped_too_short").inc()
     return
-  for field in ("observation", "goal_state", "action"):
+  for field, stored_as in (("observation", "observation/state"), ("goal_state", "observation/goal_state"),
+                           ("action", "action")):
     if not np.all(np.isfinite(ep[field])):
       bad = int(np.argwhere(~np.isfinite(ep[field]))[0][0])
       raise DataError(f"contains NaN or inf (first at step {bad})", path=source,
-                      episode=f"#{index} (id {ep['episode_id']!r})", field=f"steps/{field}")
+                      episode=f"#{index} (id {ep['episode_id']!r})", field=f"steps/{stored_as}")
   examples = relabeled.relabel_episode(config, ep["observation"], ep["goal_state"], ep["action"], key)
   n = len(next(iter(examples.values())))
   if n == 0:
@@ -196,14 +197,10 @@ def _write_json(path: str, value) -> None:
 
 
 def _unwrap(error: Exception) -> Exception:
-  """Finds our DataError in a Beam-wrapped worker exception (by chain, else by message)."""
+  """Our DataError from a worker, if it is in the exception chain (Beam re-raises it wrapped)."""
   seen = error
   while seen is not None:
     if isinstance(seen, DataError):
       return seen
     seen = seen.__cause__ or seen.__context__
-  text = str(error)
-  if "DataError" in text or "file " in text and "field '" in text:
-    line = next((l for l in text.splitlines() if "field '" in l), text.splitlines()[0])
-    return DataError(line.split("DataError: ")[-1].strip())
   return error

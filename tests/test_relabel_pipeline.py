@@ -86,7 +86,7 @@ def test_nan_episode_fails_clearly_and_leaves_nothing(tmp_path):
   with pytest.raises(DataError) as err:
     pipeline.run_relabel(src, str(out), relabeled.RelabelConfig("low", window=2))
   message = str(err.value)
-  assert "ep2" in message and "steps/goal_state" in message and "NaN" in message and "step 4" in message
+  assert "ep2" in message and "steps/observation/goal_state" in message and "NaN" in message and "step 4" in message
   assert not out.exists()
   assert not [e for e in os.listdir(tmp_path) if e.startswith(".out")]
 
