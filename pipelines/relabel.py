@@ -1,12 +1,12 @@
 """Relabel RLDS play episodes into goal-conditioned examples, as an Apache Beam pipeline.
 
-    read episode ranges ──> relabel each episode (relay_data.relabel) ──> group by shard
-        ──> write each shard sorted by episode ──> TFDS metadata + lineage ──> rename into place
+    episode ranges ──> per range: read, validate, relabel (relay_data.relabel), encode and
+        stream into one shard ──> TFDS metadata + lineage ──> rename into place
 
 Runs on the DirectRunner by default; pass Beam pipeline options (`--runner=FlinkRunner ...`) to
-scale out. Every worker must see the source and output paths. Output is deterministic: episodes
-go to shard `index % num_shards` and each shard is written in episode order, so the same input
-and config give byte-identical shards whatever the runner's scheduling. The output is built in
+scale out. Every worker must see the source and output paths. Output is deterministic: shard i
+holds the i-th range of consecutive episodes in episode order, so the same input and config
+give byte-identical shards whatever the runner's scheduling. The output is built in
 a temp sibling directory and renamed into place only on success (atomic on local filesystems).
 """
 import dataclasses
@@ -19,7 +19,7 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 import numpy as np
 
 import relay
-from relay_data import atomic, relabeled, rlds_io, schema
+from relay_data import atomic, example_codec, relabeled, rlds_io, schema
 from relay_data.errors import DataError
 
 NAMESPACE = "relay.relabel"
@@ -28,9 +28,13 @@ REQUIRED_STEP_FIELDS = ("observation/state", "observation/goal_state", "action")
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-  """Sharding and reading knobs (not part of the data's meaning, so not in lineage config)."""
-  episodes_per_read: int = 8      # episodes per Beam read task
-  episodes_per_shard: int = 8     # bounds a shard's size, so peak memory stays flat as data grows
+  """Sharding knobs (not part of the data's meaning, so not in the lineage config).
+
+  Each Beam task reads `episodes_per_shard` consecutive episodes and streams their examples
+  into one output shard, so a worker holds one episode's examples at a time: peak memory stays
+  flat as the dataset grows, and there is no shuffle of the (large) relabeled data.
+  """
+  episodes_per_shard: int = 8
   num_shards: Optional[int] = None  # overrides episodes_per_shard
 
 
@@ -55,48 +59,45 @@ def _check_source(builder, path: str) -> Tuple[int, int, int]:
   return tuple(int(flat[n].shape[0]) for n in REQUIRED_STEP_FIELDS)
 
 
-def _read_range(bounds: Tuple[int, int], source: str) -> Iterator[Tuple[int, schema.Episode]]:
+def _relabel_one(index: int, ep: schema.Episode, config: relabeled.RelabelConfig, source: str):
+  """Validated relabeling of one episode; None (and a counter) when it yields nothing."""
   from apache_beam.metrics import Metrics  # pylint: disable=import-outside-toplevel
-  counter = Metrics.counter(NAMESPACE, "episodes_read")
-  for offset, episode in enumerate(rlds_io.iter_episodes(source, *bounds)):
-    counter.inc()
-    yield bounds[0] + offset, episode
-
-
-def _relabel(item: Tuple[int, schema.Episode], config: relabeled.RelabelConfig, features,
-             num_shards: int, source: str):
-  from apache_beam.metrics import Metrics  # pylint: disable=import-outside-toplevel
-  index, ep = item
-  key = f"{index}/{ep['episode_id']}"
   if ep["observation"].shape[0] < schema.MIN_STEPS:
     Metrics.counter(NAMESPACE, "episodes_skipped_too_short").inc()
-    return
+    return None
   for field, stored_as in (("observation", "observation/state"), ("goal_state", "observation/goal_state"),
                            ("action", "action")):
     if not np.all(np.isfinite(ep[field])):
       bad = int(np.argwhere(~np.isfinite(ep[field]))[0][0])
       raise DataError(f"contains NaN or inf (first at step {bad})", path=source,
                       episode=f"#{index} (id {ep['episode_id']!r})", field=f"steps/{stored_as}")
-  examples = relabeled.relabel_episode(config, ep["observation"], ep["goal_state"], ep["action"], key)
-  n = len(next(iter(examples.values())))
-  if n == 0:
+  examples = relabeled.relabel_episode(config, ep["observation"], ep["goal_state"], ep["action"],
+                                       f"{index}/{ep['episode_id']}")
+  if len(next(iter(examples.values()))) == 0:
     Metrics.counter(NAMESPACE, "episodes_without_examples").inc()
-    return
-  serialized = [features.serialize_example({k: v[i] for k, v in examples.items()}) for i in range(n)]
-  Metrics.counter(NAMESPACE, "examples_written").inc(n)
-  yield index % num_shards, (index, serialized)
+    return None
+  return examples
 
 
-def _write_shard(item, prefix: str, num_shards: int) -> Tuple[int, int, int]:
+def _write_shard(task: Tuple[int, Tuple[int, int]], source: str, config: relabeled.RelabelConfig,
+                 codec: example_codec.FloatExampleCodec, prefix: str, num_shards: int) -> Tuple[int, int, int]:
+  """Relabels episodes [start, end) in order and streams them into shard `shard` (idempotent)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  shard, episodes = item
+  from apache_beam.metrics import Metrics  # pylint: disable=import-outside-toplevel
+  shard, (start, end) = task
   path = f"{prefix}-{shard:05d}-of-{num_shards:05d}"
   count = 0
   with tf.io.TFRecordWriter(path) as writer:
-    for _, records in sorted(episodes, key=lambda e: e[0]):
+    for offset, episode in enumerate(rlds_io.iter_episodes(source, start, end)):
+      Metrics.counter(NAMESPACE, "episodes_read").inc()
+      examples = _relabel_one(start + offset, episode, config, source)
+      if examples is None:
+        continue
+      records = codec.encode(examples)
       for record in records:
         writer.write(record)
       count += len(records)
+      Metrics.counter(NAMESPACE, "examples_written").inc(len(records))
   return shard, count, os.path.getsize(path)
 
 
@@ -129,22 +130,21 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
   if num_episodes == 0:
     raise DataError("source dataset has no episodes", path=source_dir)
   features = relabeled.example_features(config.level, state_dim, goal_dim, action_dim)
-  num_shards = pipeline.num_shards or max(1, math.ceil(num_episodes / pipeline.episodes_per_shard))
+  codec = example_codec.FloatExampleCodec({k: int(v.shape[0]) for k, v in features.items()})
+  per_shard = (math.ceil(num_episodes / pipeline.num_shards) if pipeline.num_shards
+               else pipeline.episodes_per_shard)
+  ranges = [(s, min(s + per_shard, num_episodes)) for s in range(0, num_episodes, per_shard)]
+  num_shards = len(ranges)
   name = name or f"relabeled_{config.level.replace('-', '_')}"
-  ranges = [(s, min(s + pipeline.episodes_per_read, num_episodes))
-            for s in range(0, num_episodes, pipeline.episodes_per_read)]
 
   options = PipelineOptions(list(beam_args) or ["--runner=DirectRunner"])
   with atomic.atomic_directory(output, overwrite=overwrite) as tmp:
     prefix = os.path.join(tmp, f"{name}-train.tfrecord")
     p = beam.Pipeline(options=options)
     shards = (p
-              | "EpisodeRanges" >> beam.Create(ranges)
+              | "ShardTasks" >> beam.Create(list(enumerate(ranges)))
               | "Spread" >> beam.Reshuffle()
-              | "ReadEpisodes" >> beam.FlatMap(_read_range, source_dir)
-              | "Relabel" >> beam.FlatMap(_relabel, config, features, num_shards, source_dir)
-              | "GroupByShard" >> beam.GroupByKey()
-              | "WriteShards" >> beam.Map(_write_shard, prefix, num_shards))
+              | "RelabelAndWrite" >> beam.Map(_write_shard, source_dir, config, codec, prefix, num_shards))
     written = shards | "Collect" >> beam.combiners.ToList()
     _ = written | "Record" >> beam.Map(
         lambda rows: _write_json(os.path.join(tmp, "_shards.json"), sorted(rows)))
@@ -158,12 +158,8 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
     with open(os.path.join(tmp, "_shards.json")) as f:
       rows = {shard: (count, size) for shard, count, size in json.load(f)}
     os.remove(os.path.join(tmp, "_shards.json"))
-    lengths, total_bytes = [], 0
-    for shard in range(num_shards):  # Shards that got no episode still exist, empty.
-      if shard not in rows:
-        open(f"{prefix}-{shard:05d}-of-{num_shards:05d}", "wb").close()
-      lengths.append(rows.get(shard, (0, 0))[0])
-      total_bytes += rows.get(shard, (0, 0))[1]
+    lengths = [rows[shard][0] for shard in range(num_shards)]
+    total_bytes = sum(rows[shard][1] for shard in range(num_shards))
     template = tfds.core.ShardedFileTemplate(data_dir=tmp, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
                                              dataset_name=name, split="train", filetype_suffix="tfrecord")
     tfds.folder_dataset.write_metadata(

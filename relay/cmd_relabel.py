@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--seed", type=int, default=0, help="seed of the goal sampling (default 0)")
   parser.add_argument("--output", required=True, help="output dataset directory")
   parser.add_argument("--name", default=None, help="dataset name inside the output (default relabeled_<level>)")
-  parser.add_argument("--episodes-per-shard", type=int, default=8, help="episodes per output shard (default 8)")
+  parser.add_argument("--episodes-per-shard", type=int, default=8,
+                      help="episodes per output shard and per Beam task (default 8)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
   parser.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner)")
   parser.add_argument("beam_args", nargs=argparse.REMAINDER,

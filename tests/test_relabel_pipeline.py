@@ -38,8 +38,7 @@ def _expected(source_dir, config):
 ])
 def test_pipeline_output_equals_the_pure_functions(source, tmp_path, config):
   out = str(tmp_path / "out")
-  lineage = pipeline.run_relabel(source, out, config, pipeline=pipeline.PipelineConfig(episodes_per_shard=2,
-                                                                                        episodes_per_read=3))
+  lineage = pipeline.run_relabel(source, out, config, pipeline=pipeline.PipelineConfig(episodes_per_shard=2))
   got = _read_all(out)
   expected = _expected(source, config)
   assert lineage["num_shards"] == 4
