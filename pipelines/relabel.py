@@ -153,7 +153,7 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
       result.wait_until_finish()
     except Exception as e:  # Beam wraps worker errors; surface ours unwrapped.
       raise _unwrap(e) from e
-    counters = {m.key.metric.name: int(m.committed)
+    counters = {m.key.metric.name: int(m.committed if m.committed is not None else m.attempted)
                 for m in result.metrics().query()["counters"] if m.key.metric.namespace == NAMESPACE}
     with open(os.path.join(tmp, "_shards.json")) as f:
       rows = {shard: (count, size) for shard, count, size in json.load(f)}
