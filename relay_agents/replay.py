@@ -81,7 +81,7 @@ def learner_dataset(address: str, table: str, config: GoalBCConfig) -> tf.data.D
       num_workers_per_iterator=2)
 
   def to_transition(data):
-    inputs = gcbc_networks.policy_inputs(data["observation"], data.get("goal"), config.use_goal)
+    inputs = gcbc_networks.policy_inputs(data["observation"], data.get("goal"), config.use_goal, tf.concat)
     target = data[config.target]
     zeros = tf.zeros(tf.shape(target)[:-1])
     return types.Transition(observation=inputs, action=target, reward=zeros, discount=zeros,

@@ -13,6 +13,7 @@ from relay_agents import acme_compat  # noqa: F401
 from acme import core  # pylint: disable=g-bad-import-order
 from relay_agents.gcbc.config import GoalBCConfig
 from relay_agents.gcbc.networks import GoalBCNetworks
+from relay_agents.gcbc.networks import policy_inputs
 
 
 class GoalPolicy:
@@ -22,7 +23,7 @@ class GoalPolicy:
     self.networks, self.params, self.config = networks, params, config
 
     def act(params, observation, goal, key, deterministic):
-      inputs = observation if not config.use_goal else jax.numpy.concatenate([observation, goal], -1)
+      inputs = policy_inputs(observation, goal, config.use_goal, jax.numpy.concatenate)
       output = networks.policy.apply(params, inputs[None])
       sampled = networks.sample(output, key)[0]
       return jax.numpy.where(deterministic, networks.mean(output)[0], sampled)

@@ -81,19 +81,9 @@ def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
                         input_dim=input_dim, output_dim=output_dim, normalization=normalization)
 
 
-def policy_inputs(observation, goal, use_goal: bool):
-  """The policy input: [s, g], or s alone for plain BC. Works on numpy, jax and tf arrays."""
-  if not use_goal:
-    return observation
-  concat = np.concatenate if isinstance(observation, np.ndarray) else _tf_or_jnp_concat(observation)
-  return concat([observation, goal], -1)
-
-
-def _tf_or_jnp_concat(x):
-  if type(x).__module__.startswith("tensorflow"):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    return lambda xs, axis: tf.concat(xs, axis)
-  return jnp.concatenate
+def policy_inputs(observation, goal, use_goal: bool, concat=np.concatenate):
+  """The policy input: [s, g], or s alone for plain BC (`concat`: np/jnp/tf concatenation)."""
+  return concat([observation, goal], -1) if use_goal else observation
 
 
 def stats_from_examples(examples: Iterable[Dict[str, np.ndarray]], config: GoalBCConfig,
