@@ -17,6 +17,9 @@ from acme.jax import networks as networks_lib  # pylint: disable=g-bad-import-or
 from relay_agents.gcbc.config import GoalBCConfig
 
 
+INPUT_CLIP = 10.0  # normalized inputs beyond +-10 std carry no extra signal, only instability
+
+
 @dataclasses.dataclass
 class Normalization:
   """Per-dimension mean/std of the policy input ([s, g]) and output."""
@@ -26,7 +29,9 @@ class Normalization:
   output_std: np.ndarray
 
   @classmethod
-  def from_arrays(cls, inputs: np.ndarray, outputs: np.ndarray, eps: float = 1e-3) -> "Normalization":
+  def from_arrays(cls, inputs: np.ndarray, outputs: np.ndarray, eps: float = 1e-2) -> "Normalization":
+    """`eps` floors the std: nearly constant dims (e.g. object velocities at rest) would
+    otherwise turn a rare large value into a huge normalized input."""
     inputs, outputs = np.asarray(inputs, np.float64), np.asarray(outputs, np.float64)
     if len(inputs) == 0:
       raise ValueError("cannot compute normalization from zero examples")
@@ -54,7 +59,7 @@ def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
   norm = jax.tree_util.tree_map(jnp.asarray, normalization.to_dict())
 
   def forward(inputs):
-    x = (inputs - norm["input_mean"]) / norm["input_std"]
+    x = jnp.clip((inputs - norm["input_mean"]) / norm["input_std"], -INPUT_CLIP, INPUT_CLIP)
     h = hk.nets.MLP(list(config.hidden_sizes), activate_final=True, name="torso")(x)
     mean = hk.Linear(output_dim, name="mean")(h)
     log_std = hk.Linear(output_dim, name="log_std")(h)
