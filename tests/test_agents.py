@@ -138,3 +138,22 @@ def test_rollout_video_is_rendered_offscreen(ril_model, kitchen_play_tiny, tmp_p
   with pytest.raises(ValueError, match="must end in .mp4 or .gif"):
     evaluation.write_video(result.frames, str(tmp_path / "r.avi"))
   assert sorted(os.listdir(tmp_path)) == ["r.gif", "r.mp4"]
+
+
+def test_near_constant_input_dims_cannot_blow_up_the_policy():
+  from relay_agents.gcbc import networks as gcbc_networks
+  rng = np.random.default_rng(0)
+  inputs = rng.normal(size=(1000, 4)).astype(np.float32)
+  inputs[:, 2] = 0.0  # e.g. an object velocity that is always at rest in the sample
+  norm = gcbc_networks.Normalization.from_arrays(inputs, rng.normal(size=(1000, 2)))
+  assert norm.input_std[2] == pytest.approx(1e-2)
+  nets = gcbc_networks.make_networks(4, 2, GoalBCConfig(hidden_sizes=(8,)), norm)
+  params = nets.policy.init(jax.random.PRNGKey(0))
+  calm = np.zeros((1, 4), np.float32)
+  wild = calm.copy()
+  wild[0, 2] = 1e6  # a rare huge value is clipped to 10 std, like any value beyond it
+  beyond = calm.copy()
+  beyond[0, 2] = 10 * 1e-2
+  mean_wild, _ = nets.policy.apply(params, wild)
+  mean_beyond, _ = nets.policy.apply(params, beyond)
+  np.testing.assert_allclose(mean_wild, mean_beyond, rtol=1e-5)
