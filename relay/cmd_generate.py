@@ -9,8 +9,10 @@ held-out 4-element sets are never completed together in any kept episode.
   relay generate --config tiny --data-dir data             # named TFDS config (tiny/small/default)
 """
 import argparse
+import hashlib
 import json
 import os
+import shutil
 
 from relay.cli import UsageError
 
@@ -45,13 +47,16 @@ def run(args: argparse.Namespace) -> int:
     config = args.config
   else:
     episodes = args.episodes or (named[args.config].episodes if args.config else 400)
-    config = KitchenPlayConfig(name=f"n{episodes}_s{args.seed}" + ("" if args.holdout == "default" else "_custom"),
+    suffix = "" if args.holdout == "default" else "_h" + hashlib.sha1(";".join(holdout_names).encode()).hexdigest()[:6]
+    config = KitchenPlayConfig(name=f"n{episodes}_s{args.seed}{suffix}",
                                description="relay generate", episodes=episodes, seed=args.seed,
                                holdout=holdout_names)
   builder = KitchenPlay(config=config, data_dir=args.data_dir, workers=args.workers)
-  if os.path.exists(builder.data_dir) and args.overwrite:
-    import shutil  # pylint: disable=import-outside-toplevel
-    shutil.rmtree(builder.data_dir)
+  if os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+    if not args.overwrite:
+      print(f"kitchen play: reusing the dataset already built at {builder.data_dir} (--overwrite rebuilds it)")
+    else:
+      shutil.rmtree(builder.data_dir)
   builder.download_and_prepare()
   with open(os.path.join(builder.data_dir, "metadata.json")) as f:
     meta = json.load(f)
