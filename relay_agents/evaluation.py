@@ -143,9 +143,11 @@ def plot(results_by_method: Dict[str, Sequence[GoalResult]], png_path: str) -> s
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   methods = list(results_by_method)
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, key, label in ((axes[0], "success_rate", "success rate"), (axes[1], "step_completion", "avg. elements done (0-4)")):
+  for ax, key, label, top in ((axes[0], "success_rate", "success rate (all 4 done)", 1.0),
+                              (axes[1], "step_completion", "avg. elements done (0-4)", 4.0)):
     vals = [summarize(results_by_method[m], False)[key] for m in methods]
     ax.bar(methods, vals, color="tab:blue")
+    ax.set_ylim(0, top)
     ax.set_title(label)
   return atomic.save_figure(fig, png_path)
 
