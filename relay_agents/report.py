@@ -30,14 +30,39 @@ def markdown(agg: Dict[str, Dict[str, List[float]]]) -> str:
   return "\n".join(lines)
 
 
+def plot(agg: Dict[str, Dict[str, List[float]]], png_path: str) -> str:
+  """Bar chart of mean ± std over seeds: success rate and elements done, demo and held-out goals."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from relay_data import atomic  # pylint: disable=import-outside-toplevel
+  methods = list(agg)
+  x = np.arange(len(methods))
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, key, label, top in ((axes[0], "success_rate", "success rate", 1.0),
+                              (axes[1], "step_completion", "avg. elements done (0-4)", 4.0)):
+    for offset, split, color in ((-0.2, "frequent", "tab:blue"), (0.2, "heldout", "tab:orange")):
+      values = [np.asarray(agg[m][f"{split}/{key}"], float) for m in methods]
+      ax.bar(x + offset, [v.mean() for v in values], 0.4, yerr=[v.std() for v in values], color=color,
+             label="demo goals" if split == "frequent" else "held-out goals", capsize=3)
+    ax.set_xticks(x, methods)
+    ax.set_ylim(0, top)
+    ax.set_title(f"{label} (mean ± std over seeds)")
+    ax.legend()
+  return atomic.save_figure(fig, png_path)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("runs", nargs="+", help="eval JSON files")
   parser.add_argument("--out", default=None, help="write the markdown table here too")
+  parser.add_argument("--plot", default=None, help="PNG bar chart (mean ± std over seeds)")
   args = parser.parse_args(argv)
   runs = [json.load(open(p)) for p in args.runs]
   table = markdown(aggregate(runs))
   print(table)
+  if args.plot:
+    plot(aggregate(runs), args.plot)
   if args.out:
     with open(args.out, "w") as f:
       f.write(table + "\n")

@@ -31,4 +31,4 @@ for seed in $SEEDS; do
       --play "$PLAY" --goals 17 --rollouts "$ROLLOUTS" --max-steps "$HORIZON" --seed "$seed" \
       --json "$OUT/eval_s$seed.json" --plot "$OUT/eval_s$seed.png"
 done
-.venv/bin/python -m relay_agents.report "$OUT"/eval_s*.json --out "$OUT/summary.md"
+.venv/bin/python -m relay_agents.report "$OUT"/eval_s*.json --out "$OUT/summary.md" --plot "$OUT/summary.png"
