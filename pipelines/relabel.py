@@ -14,7 +14,7 @@ import json
 import math
 import os
 import subprocess
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
