@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--level", required=True, choices=LEVELS, help="which examples to emit (see above)")
   parser.add_argument("--window", type=int, default=30, help="W_l for low/high, W for flat (default 30, the paper's)")
   parser.add_argument("--window-high", type=int, default=280,
-                      help="W_h for the high level (default 280: a whole kitchen episode)")
+                      help="W_h for the high level (default 280: a FrankaKitchen-v1 episode, like D4RL "
+                           "demos; scripted play episodes run 500-1900 steps, so use ~1200 for those)")
   parser.add_argument("--goals-per-step", type=int, default=None,
                       help="draw k distinct goals per step instead of all (bounds output size)")
   parser.add_argument("--seed", type=int, default=0, help="seed of the goal sampling (default 0)")
