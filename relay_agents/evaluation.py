@@ -59,31 +59,42 @@ class Rollout:
   frames: Optional[List[np.ndarray]] = None
 
 
+_ENVS: Dict[tuple, object] = {}
+
+
+def _goal_env(goal: EvalGoal, max_steps: int, render: bool, render_size):
+  """A kitchen env whose tasks are `goal`'s elements; one env per (horizon, rendering) is reused
+  across rollouts (building the MuJoCo model costs ~0.5 s), its tasks swapped before reset."""
+  key = (max_steps, render, tuple(render_size) if render else None)
+  if key not in _ENVS:
+    kwargs = {"render_mode": "rgb_array", "width": render_size[0], "height": render_size[1]} if render else {}
+    _ENVS[key] = kitchen.make_env(tasks_to_complete=goal.elements, max_episode_steps=max_steps, **kwargs)
+  env = _ENVS[key]
+  env.unwrapped.goal = {e: kitchen.ELEMENT_GOALS[e] for e in goal.elements}  # reset() derives the tasks
+  return env
+
+
 def rollout(actor, goal: EvalGoal, max_steps: int, seed: int, render: bool = False,
             render_size=(160, 120)) -> Rollout:
   """One episode of `actor` toward `goal` in FrankaKitchen-v1 (ends when all four are done)."""
   import dm_env  # pylint: disable=import-outside-toplevel
-  kwargs = {"render_mode": "rgb_array", "width": render_size[0], "height": render_size[1]} if render else {}
-  env = kitchen.make_env(tasks_to_complete=goal.elements, max_episode_steps=max_steps, **kwargs)
-  try:
-    obs, _ = env.reset(seed=seed)
-    actor.set_goal(goal.goal_state)
-    actor.observe_first(dm_env.restart(obs["observation"]))
-    frames = [env.render()] if render else None
-    completed: List[str] = []
-    steps = 0
-    for steps in range(1, max_steps + 1):
-      action = actor.select_action(obs["observation"].astype(np.float32))
-      obs, reward, terminated, truncated, info = env.step(action)
-      completed = list(info["episode_task_completions"])  # the env mutates this list: copy
-      actor.observe(action, dm_env.transition(np.float32(reward), obs["observation"]))
-      if render:
-        frames.append(env.render())
-      if terminated or truncated:
-        break
-    return Rollout(completed=[e for e in goal.elements if e in completed], steps=steps, frames=frames)
-  finally:
-    env.close()
+  env = _goal_env(goal, max_steps, render, render_size)
+  obs, _ = env.reset(seed=seed)
+  actor.set_goal(goal.goal_state)
+  actor.observe_first(dm_env.restart(obs["observation"]))
+  frames = [env.render()] if render else None
+  completed: List[str] = []
+  steps = 0
+  for steps in range(1, max_steps + 1):
+    action = actor.select_action(obs["observation"].astype(np.float32))
+    obs, reward, terminated, truncated, info = env.step(action)
+    completed = list(info["episode_task_completions"])  # the env mutates this list: copy
+    actor.observe(action, dm_env.transition(np.float32(reward), obs["observation"]))
+    if render:
+      frames.append(env.render())
+    if terminated or truncated:
+      break
+  return Rollout(completed=[e for e in goal.elements if e in completed], steps=steps, frames=frames)
 
 
 @dataclasses.dataclass

@@ -157,3 +157,12 @@ def test_near_constant_input_dims_cannot_blow_up_the_policy():
   mean_wild, _ = nets.policy.apply(params, wild)
   mean_beyond, _ = nets.policy.apply(params, beyond)
   np.testing.assert_allclose(mean_wild, mean_beyond, rtol=1e-5)
+
+
+def test_reused_env_takes_each_goals_tasks(ril_model, kitchen_play_tiny):
+  goals = evaluation.goal_sets(kitchen_play_tiny, num_frequent=17)
+  first, last = goals[0], goals[-1]
+  evaluation.rollout(train.make_actor(ril_model), first, max_steps=5, seed=0)
+  evaluation.rollout(train.make_actor(ril_model), last, max_steps=5, seed=0)
+  env = evaluation._goal_env(last, 5, False, (160, 120))  # pylint: disable=protected-access
+  assert env.unwrapped.tasks_to_complete == set(last.elements)
