@@ -52,7 +52,7 @@ def learner_benchmark():
 
 
 def actor_benchmark(networks, learner, steps=300):
-  params = jax.device_get(learner.get_variables(["policy"])[0])
+  params = learning.params_of(learner)
   high_config = GoalBCConfig(target="subgoal")
   high_networks = gcbc_networks.make_networks(89, 30, high_config, gcbc_networks.Normalization(
       np.zeros(89, np.float32), np.ones(89, np.float32), np.zeros(30, np.float32), np.ones(30, np.float32)))

@@ -30,6 +30,5 @@ def run(args: argparse.Namespace) -> int:
     path = converters.ingest(args.format, args.path, args.name, args.data_dir, overwrite=args.overwrite)
   except FileExistsError as e:
     raise UsageError(str(e)) from e
-  builder = rlds_io.load_builder(path)
-  print(f"ingested {builder.info.splits['train'].num_examples} episodes from {args.path} into {path}")
+  print(f"ingested {rlds_io.num_examples(path)} episodes from {args.path} into {path}")
   return 0

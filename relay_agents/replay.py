@@ -33,10 +33,6 @@ def make_table(name: str, dims: Dict[str, int], max_examples: int, per_item: int
                       signature=example_signature(dims, per_item))
 
 
-def start_server(tables: Sequence[reverb.Table], port: Optional[int] = None) -> reverb.Server:
-  return reverb.Server(tables=list(tables), port=port)
-
-
 def feed(address: str, table: str, examples: tf.data.Dataset, keys: Sequence[str], per_item: int,
          limit: Optional[int] = None, progress: bool = True, total: Optional[int] = None,
          shuffle_buffer: int = 10_000, seed: int = 0, flush_every: int = 64) -> int:

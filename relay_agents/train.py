@@ -23,7 +23,7 @@ import tensorflow as tf
 from relay_agents import acme_compat  # noqa: F401
 from acme.utils import loggers  # pylint: disable=g-bad-import-order
 from relay_agents import replay
-from relay_agents.gcbc import acting, builder as gcbc_builder, networks as gcbc_networks
+from relay_agents.gcbc import acting, builder as gcbc_builder, learning, networks as gcbc_networks
 from relay_agents.gcbc.config import GoalBCConfig
 from relay_data import relabeled, rlds_io
 
@@ -98,7 +98,7 @@ def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_di
     fed = replay.feed(address, config.table_name, relabeled.load(data_dir), sorted(dims),
                       config.examples_per_item, limit=config.max_replay_size, progress=train.progress,
                       seed=train.seed,
-                      total=rlds_io.load_builder(data_dir).info.splits["train"].num_examples)
+                      total=rlds_io.num_examples(data_dir))
     client = reverb.Client(address)
     logger = _TensorBoardLogger(os.path.join(os.path.dirname(out_dir), "tensorboard"),
                                 os.path.basename(out_dir), train.log_every)
@@ -121,7 +121,7 @@ def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_di
       if (step + 1) % train.checkpoint_every == 0 or step + 1 == train.steps:
         _atomic_pickle({"state": jax.device_get(learner.save()), "step": step + 1}, ckpt)
     logger.close()
-    params = jax.device_get(learner.get_variables(["policy"])[0])
+    params = learning.params_of(learner)
     _atomic_pickle({"params": params, "normalization": norm, "config": config, "dims": dims,
                     "input_dim": input_dim, "source": data_dir}, os.path.join(out_dir, "policy.pkl"))
     return {"examples_fed": fed, "steps": train.steps, "resumed_from": start,

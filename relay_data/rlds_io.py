@@ -129,7 +129,8 @@ def read_metadata(path: str) -> dict:
     return json.load(f)
 
 
-def num_episodes(path: str) -> int:
+def num_examples(path: str) -> int:
+  """Records in the train split: episodes of an RLDS dataset, examples of a relabeled one."""
   return int(load_builder(path).info.splits["train"].num_examples)
 
 
@@ -151,7 +152,3 @@ def _to_numpy(tree):
   value = tree.numpy()
   return value
 
-
-def load_episodes_tf(path: str, split: str = "train"):
-  """The dataset as a `tf.data.Dataset` of RLDS episodes (nested `steps` datasets)."""
-  return load_builder(path).as_dataset(split=split, shuffle_files=False)
