@@ -147,7 +147,7 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
               | "RelabelAndWrite" >> beam.Map(_write_shard, source_dir, config, codec, prefix, num_shards))
     written = shards | "Collect" >> beam.combiners.ToList()
     _ = written | "Record" >> beam.Map(
-        lambda rows: _write_json(os.path.join(tmp, "_shards.json"), sorted(rows)))
+        lambda rows: atomic.write_json(os.path.join(tmp, "_shards.json"), sorted(rows), sort_keys=True))
     try:
       result = p.run()
       result.wait_until_finish()
@@ -183,13 +183,8 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
     if sum(lengths) != lineage["counts"]["examples_written"]:
       raise RuntimeError(f"shards hold {sum(lengths)} examples but the pipeline counted "
                          f"{lineage['counts']['examples_written']}")
-    _write_json(os.path.join(tmp, "metadata.json"), lineage)
+    atomic.write_json(os.path.join(tmp, "metadata.json"), lineage, sort_keys=True)
   return lineage
-
-
-def _write_json(path: str, value) -> None:
-  with open(path, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
 
 
 def _unwrap(error: Exception) -> Exception:

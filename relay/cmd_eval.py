@@ -1,16 +1,18 @@
 """Evaluate trained agents on multi-stage kitchen goals (per-goal table, bar chart, video).
 
-  relay eval --model models/ril --play data/kitchen_play/small/1.0.0 --rollouts 20
+  relay eval --model models/ril --play data/kitchen_play/small/1.1.0 --rollouts 20
   relay eval --model models/ril --model models/gcbc --play DIR --goals 17 --plot out.png --video ril.gif
 
 Goals: the `--goals` most frequent 4-element sets in the play data plus the generator's held-out
 sets. Metrics: success rate (all 4 done) and average elements done, by the env's own test.
 """
 import argparse
+import functools
 import json
 import os
 
 from relay.cli import UsageError
+from relay_data import atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,12 +28,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--video", default=None,
                       help="MP4 or GIF of one rollout of the first model on the first goal (rendered offscreen)")
   parser.add_argument("--json", default=None, help="write all results as JSON here")
+  parser.add_argument("--workers", type=int, default=1,
+                      help="rollouts run in this many processes (default 1; results do not depend on it)")
+  parser.add_argument("--resume-log", default=None,
+                      help="JSONL of finished rollouts: appended as they finish, reused on a rerun with the "
+                           "same model, seed, horizon and action mode (resume an interrupted evaluation)")
 
 
 def run(args: argparse.Namespace) -> int:
   from relay_agents import evaluation, train  # pylint: disable=import-outside-toplevel
-  if args.rollouts <= 0 or args.goals < 0 or args.max_steps <= 0:
-    raise UsageError("--rollouts and --max-steps must be positive, --goals non-negative")
+  if args.rollouts <= 0 or args.goals < 0 or args.max_steps <= 0 or args.workers <= 0:
+    raise UsageError("--rollouts, --max-steps and --workers must be positive, --goals non-negative")
   if args.video and not args.video.lower().endswith((".mp4", ".gif")):
     raise UsageError("--video must end in .mp4 or .gif")
   for m in args.model:
@@ -43,8 +50,11 @@ def run(args: argparse.Namespace) -> int:
   by_method, out = {}, {}
   for model in args.model:
     name = os.path.basename(os.path.normpath(model))
-    results = evaluation.evaluate(lambda seed: train.make_actor(model, seed, not args.sample), goals,
-                                  args.rollouts, args.max_steps, args.seed)
+    key = json.dumps({"model": os.path.abspath(model), "fingerprint": train.model_fingerprint(model),
+                      "max_steps": args.max_steps, "seed": args.seed, "sample": args.sample}, sort_keys=True)
+    results = evaluation.evaluate(functools.partial(train.make_actor, model, deterministic=not args.sample),
+                                  goals, args.rollouts, args.max_steps, args.seed, workers=args.workers,
+                                  log=evaluation.RolloutLog(args.resume_log, key))
     by_method[name] = results
     print(f"== {name}")
     print(evaluation.format_table(results))
@@ -58,6 +68,5 @@ def run(args: argparse.Namespace) -> int:
                            seed=args.seed, render=True)
     print(f"video: {evaluation.write_video(r.frames, args.video)} ({len(r.completed)} of 4 done)")
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump(out, f, indent=2)
+    print(f"json: {atomic.write_json(args.json, out)}")
   return 0

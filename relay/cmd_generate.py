@@ -5,7 +5,7 @@ cabinet, hinge cabinet, bottom burner, top burner) in a random order, without re
 noisy closed-loop controller. Episodes whose subtasks fail after retries are dropped; the
 held-out 4-element sets are never completed together in any kept episode.
 
-  relay generate --episodes 400 --data-dir data            # -> data/kitchen_play/n400_s0/1.0.0
+  relay generate --episodes 400 --data-dir data            # -> data/kitchen_play/n400_s0/1.1.0
   relay generate --config tiny --data-dir data             # named TFDS config (tiny/small/default)
 """
 import argparse

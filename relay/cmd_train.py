@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
   parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
   parser.add_argument("--hidden", default="256,256", help="MLP hidden sizes (default 256,256)")
-  parser.add_argument("--head", default="gaussian", choices=["gaussian", "mse"], help="policy head")
+  parser.add_argument("--head", default="gaussian", choices=["gaussian", "mixture", "mse"],
+                      help="policy head: gaussian (default), mixture of Gaussians (multimodal play), mse")
+  parser.add_argument("--components", type=int, default=5, help="mixture head: components (default 5)")
   parser.add_argument("--max-replay-size", type=int, default=1_000_000, help="examples kept in Reverb")
   parser.add_argument("--reverb-address", default=None, help="host:port of a running Reverb server")
   parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     raise UsageError("--steps must be positive")
   try:
     hidden = tuple(int(h) for h in args.hidden.split(","))
-    config = GoalBCConfig(hidden_sizes=hidden, head=args.head, learning_rate=args.learning_rate,
+    config = GoalBCConfig(hidden_sizes=hidden, head=args.head, num_components=args.components,
+                          learning_rate=args.learning_rate,
                           batch_size=args.batch_size, max_replay_size=args.max_replay_size)
     summary = train.train_agent(args.agent, data, args.out,
                                 train.TrainConfig(steps=args.steps, seed=args.seed,
@@ -56,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
   except ValueError as e:
     raise UsageError(str(e)) from e
   for level, s in summary["levels"].items():
+    if s["first_loss"] is None:  # the checkpoint was already at --steps: nothing left to train
+      print(f"{args.agent}/{level}: already trained ({s['steps']} steps, from its checkpoint)")
+      continue
     print(f"{args.agent}/{level}: {s['examples_fed']} examples fed to Reverb, {s['steps']} steps, "
           f"loss {s['first_loss']:.3f} -> {s['last_loss']:.3f} ({s['steps_per_s']:.0f} steps/s)")
   print(f"model: {args.out}  ({json.dumps({'replan_every': summary['replan_every']})})")

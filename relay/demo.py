@@ -16,6 +16,7 @@ import shlex
 import time
 
 from relay import cli, doctor
+from relay_data.play import generator
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
       return 1
   data_dir = os.path.join(out, "data")
   name = f"n{args.episodes}_s{args.seed}"
-  play = os.path.join(data_dir, "kitchen_play", name, "1.0.0")
+  play = os.path.join(data_dir, "kitchen_play", name, generator.GENERATOR_VERSION)
   if os.path.exists(os.path.join(play, "dataset_info.json")):
     print(f"\n== [2] play data: reusing {play}")
   else:

@@ -10,6 +10,8 @@ initial state with the four elements moved to their targets. Metrics: average st
 """
 import collections
 import dataclasses
+import json
+import multiprocessing
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -112,20 +114,82 @@ class GoalResult:
     return float(np.mean([c == 4 for c in self.completions]))
 
 
+def rollout_seeds(seed: int, goal_index: int, r: int):
+  """(actor seed, env seed) of rollout `r` on goal `goal_index`: fixed, so runs resume and compare."""
+  return seed * 100003 + goal_index * 1009 + r, seed * 7919 + goal_index * 101 + r
+
+
+def _rollout_task(task):
+  """One rollout in a worker: (make_actor, goal, goal index, r, max_steps, seed) -> summary."""
+  make_actor, goal, gi, r, max_steps, seed = task
+  actor_seed, env_seed = rollout_seeds(seed, gi, r)
+  result = rollout(make_actor(actor_seed), goal, max_steps, seed=env_seed)
+  return gi, r, len(result.completed), result.steps
+
+
+class RolloutLog:
+  """Append-only JSONL of finished rollouts, so an interrupted evaluation resumes where it stopped.
+
+  A record is reused only under the same `key` (which names the model, its training record, the
+  horizon, the seed and the action mode) and goal name; a torn last line (a crash mid-write) is
+  ignored. The log is a cache, not a result: `relay eval --json` writes the result atomically.
+  """
+
+  def __init__(self, path: Optional[str], key: str):
+    self.path, self.key, self.done = path, key, {}
+    if path and os.path.exists(path):
+      with open(path) as f:
+        text = f.read()
+      for line in text.splitlines():
+        try:
+          rec = json.loads(line)
+        except ValueError:
+          continue
+        if rec.get("key") == key:
+          self.done[(rec["goal"], rec["rollout"])] = rec["completed"]
+      if text and not text.endswith("\n"):
+        with open(path, "a") as f:  # end the torn line, so the next record starts on its own
+          f.write("\n")
+
+  def add(self, goal: str, r: int, completed: int, steps: int) -> None:
+    self.done[(goal, r)] = completed
+    if self.path:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"key": self.key, "goal": goal, "rollout": r, "completed": completed,
+                            "steps": steps}) + "\n")
+
+
 def evaluate(make_actor: Callable[[int], object], goals: Sequence[EvalGoal], rollouts: int,
-             max_steps: int, seed: int = 0, progress: bool = True) -> List[GoalResult]:
+             max_steps: int, seed: int = 0, progress: bool = True, workers: int = 1,
+             log: Optional[RolloutLog] = None) -> List[GoalResult]:
+  """`rollouts` rollouts of the actor from `make_actor(seed)` on every goal.
+
+  workers > 1 runs rollouts in that many spawned processes (`make_actor` must then be picklable,
+  e.g. a functools.partial of a module-level function); results do not depend on `workers`.
+  `log` skips rollouts it already holds and records new ones as they finish.
+  """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  results = []
-  bar = tqdm(total=len(goals) * rollouts, desc="evaluating", unit="rollout", disable=not progress, leave=False)
-  for gi, goal in enumerate(goals):
-    completions = []
-    for r in range(rollouts):
-      actor = make_actor(seed * 100003 + gi * 1009 + r)
-      completions.append(len(rollout(actor, goal, max_steps, seed=seed * 7919 + gi * 101 + r).completed))
+  log = log if log is not None else RolloutLog(None, "")
+  tasks = [(make_actor, goal, gi, r, max_steps, seed) for gi, goal in enumerate(goals)
+           for r in range(rollouts) if (goal.name, r) not in log.done]
+  bar = tqdm(total=len(goals) * rollouts, initial=len(goals) * rollouts - len(tasks), desc="evaluating",
+             unit="rollout", disable=not progress, leave=False)
+  pool = None
+  try:
+    if workers > 1 and len(tasks) > 1:
+      pool = multiprocessing.get_context("spawn").Pool(workers)
+      finished = pool.imap_unordered(_rollout_task, tasks, chunksize=1)
+    else:
+      finished = map(_rollout_task, tasks)
+    for gi, r, completed, steps in finished:
+      log.add(goals[gi].name, r, completed, steps)
       bar.update(1)
-    results.append(GoalResult(goal.name, goal.heldout, completions))
-  bar.close()
-  return results
+  finally:
+    bar.close()
+    if pool is not None:
+      pool.terminate()
+  return [GoalResult(goal.name, goal.heldout, [log.done[(goal.name, r)] for r in range(rollouts)])
+          for goal in goals]
 
 
 def summarize(results: Sequence[GoalResult], heldout: Optional[bool] = False) -> Dict[str, float]:

@@ -3,7 +3,7 @@
 A relabeled dataset (TFDS, from `pipelines.relabel`) is shuffled and streamed into a Reverb table
 in items of `examples_per_item` examples (one item per example costs a Reverb round trip per
 example and halves learner throughput); learners sample items uniformly through Reverb's tf.data
-datasets, unbatch and reshuffle them. Server,
+datasets and flatten batch_size / examples_per_item of them into a batch. Server,
 feeder and learner only share an address, so they can be separate processes or machines.
 Memory is bounded by the table's `max_size` (oldest examples are evicted first).
 """
@@ -83,9 +83,16 @@ def learner_dataset(address: str, table: str, config: GoalBCConfig) -> tf.data.D
     return types.Transition(observation=inputs, action=target, reward=zeros, discount=zeros,
                             next_observation=inputs)
 
-  return (ds.map(lambda sample: sample.data).unbatch().shuffle(4 * config.batch_size)
-          .batch(config.batch_size, drop_remainder=True)
-          .map(to_transition, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+  items = ds.map(lambda sample: sample.data)
+  per_item = config.examples_per_item
+  if config.batch_size % per_item == 0:
+    # A batch is batch_size / per_item whole items, flattened: no per-example tf.data work. The
+    # feeder shuffled examples across episodes before chunking, and items are sampled uniformly.
+    examples = items.batch(config.batch_size // per_item, drop_remainder=True).map(
+        lambda d: {k: tf.reshape(v, [config.batch_size, v.shape[-1]]) for k, v in d.items()})
+  else:
+    examples = items.unbatch().shuffle(4 * config.batch_size).batch(config.batch_size, drop_remainder=True)
+  return examples.map(to_transition, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def numpy_iterator(dataset: tf.data.Dataset, prefetch: int = 4) -> Iterator[types.Transition]:

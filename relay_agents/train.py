@@ -9,6 +9,8 @@ scalars go to TensorBoard (`<out>/tensorboard`), checkpoints to `<out>/<level>/c
 (resumed automatically), and the final policy to `<out>/<level>/policy.pkl`.
 """
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 import pickle
@@ -25,7 +27,7 @@ from acme.utils import loggers  # pylint: disable=g-bad-import-order
 from relay_agents import replay
 from relay_agents.gcbc import acting, builder as gcbc_builder, learning, networks as gcbc_networks
 from relay_agents.gcbc.config import GoalBCConfig
-from relay_data import relabeled, rlds_io
+from relay_data import atomic, relabeled, rlds_io
 
 AGENTS = {
     # agent -> {level: (relabel level expected, GoalBCConfig overrides)}
@@ -133,7 +135,16 @@ def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_di
 
 
 def load_policy(level_dir: str) -> acting.GoalPolicy:
-  with open(os.path.join(level_dir, "policy.pkl"), "rb") as f:
+  """The trained policy in `level_dir`; cached per file version, so an evaluation that builds an
+  actor per rollout loads and jit-compiles each policy once."""
+  path = os.path.join(level_dir, "policy.pkl")
+  stat = os.stat(path)
+  return _load_policy(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_policy(path: str, mtime_ns: int, size: int) -> acting.GoalPolicy:  # pylint: disable=unused-argument
+  with open(path, "rb") as f:
     saved = pickle.load(f)
   config = saved["config"]
   networks = gcbc_networks.make_networks(saved["input_dim"], saved["dims"][config.target], config,
@@ -165,9 +176,19 @@ def train_agent(agent: str, data: Dict[str, str], out_dir: str, train: TrainConf
   for level, path in data.items():
     level_config = dataclasses.replace(config, **AGENTS[agent][level][1])
     summary["levels"][level] = train_policy(path, level_config, train, os.path.join(out_dir, level))
-  with open(os.path.join(out_dir, "agent.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  atomic.write_json(os.path.join(out_dir, "agent.json"), summary)  # last: marks the agent complete
   return summary
+
+
+def model_fingerprint(model_dir: str) -> str:
+  """Content hash of a trained agent (agent.json and every policy.pkl): names it in eval logs."""
+  h = hashlib.sha256()
+  for root, _, files in sorted(os.walk(model_dir)):
+    for name in sorted(files):
+      if name in ("agent.json", "policy.pkl"):
+        with open(os.path.join(root, name), "rb") as f:
+          h.update(os.path.relpath(os.path.join(root, name), model_dir).encode() + f.read())
+  return h.hexdigest()[:16]
 
 
 def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True):

@@ -47,3 +47,17 @@ def save_figure(fig, png_path: str, dpi: int = 100) -> str:
     if os.path.exists(tmp):
       os.remove(tmp)
   return png_path
+
+
+def write_json(path: str, value, **kwargs) -> str:
+  """`json.dump(value)` to `path` via a temp file: readers never see a torn file."""
+  import json  # pylint: disable=import-outside-toplevel
+  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    with open(tmp, "w") as f:
+      json.dump(value, f, indent=2, **kwargs)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path

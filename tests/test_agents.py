@@ -166,3 +166,51 @@ def test_reused_env_takes_each_goals_tasks(ril_model, kitchen_play_tiny):
   evaluation.rollout(train.make_actor(ril_model), last, max_steps=5, seed=0)
   env = evaluation._goal_env(last, 5, False, (160, 120))  # pylint: disable=protected-access
   assert env.unwrapped.tasks_to_complete == set(last.elements)
+
+
+def test_parallel_evaluation_resumes_from_its_rollout_log(ril_model, kitchen_play_tiny, tmp_path):
+  import functools
+  import json
+  goals = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1)[:2]
+  log_path = str(tmp_path / "rollouts.jsonl")
+  with open(log_path, "w") as f:  # a finished rollout of this key, one of another key, a torn line
+    f.write(json.dumps({"key": "k", "goal": goals[0].name, "rollout": 0, "completed": 4, "steps": 9}) + "\n")
+    f.write(json.dumps({"key": "other", "goal": goals[0].name, "rollout": 1, "completed": 3, "steps": 9}) + "\n")
+    f.write('{"key": "k", "goal": "')
+  make = functools.partial(train.make_actor, ril_model, deterministic=True)
+  results = evaluation.evaluate(make, goals, rollouts=2, max_steps=6, progress=False, workers=2,
+                                log=evaluation.RolloutLog(log_path, "k"))
+  # The logged rollout is reused as is (6 steps cannot complete 4 elements); the rest ran.
+  assert results[0].completions == [4, 0] and results[1].completions == [0, 0]
+  rerun = evaluation.RolloutLog(log_path, "k")
+  assert sorted(rerun.done) == sorted((g.name, r) for g in goals for r in range(2))
+  with open(log_path) as f:
+    steps = [json.loads(line)["steps"] for line in f.read().splitlines()[3:]]
+  assert steps == [6, 6, 6]  # the three rollouts that were missing ran in the workers, once each
+  serial = evaluation.evaluate(make, goals, rollouts=2, max_steps=6, progress=False)
+  assert [r.completions for r in serial] == [[0, 0], [0, 0]]
+
+
+def test_mixture_head_acts_on_a_mode_where_the_gaussian_averages():
+  """Play is multimodal: half the demos go left (+0.8), half right (-0.8) from the same state."""
+  from relay_agents.gcbc import learning, networks as gcbc_networks
+  rng = np.random.default_rng(0)
+  obs = rng.normal(size=(2048, 3)).astype(np.float32)
+  action = np.where(rng.random((2048, 1)) < 0.5, 0.8, -0.8).astype(np.float32)
+  arrays = {"observation": obs, "action": action}
+  modes = {}
+  for head in ("gaussian", "mixture"):
+    config = GoalBCConfig(use_goal=False, hidden_sizes=(32, 32), head=head, num_components=3,
+                          batch_size=128, learning_rate=3e-3)
+    nets = gcbc_networks.make_networks(3, 1, config, gcbc_networks.Normalization.from_arrays(obs, action))
+    learner = learning.make_learner(nets, replay.array_iterator(arrays, config), config, jax.random.PRNGKey(0))
+    for _ in range(400):
+      learner.step()
+    params = learning.params_of(learner)
+    modes[head] = np.asarray(nets.mean(nets.policy.apply(params, obs[:256])))[:, 0]
+    samples = np.asarray(nets.sample(nets.policy.apply(params, obs[:256]), jax.random.PRNGKey(1)))[:, 0]
+    assert np.isfinite(samples).all()
+  assert np.abs(modes["gaussian"]).mean() < 0.3                # the mean of the two modes: ~0
+  assert np.abs(np.abs(modes["mixture"]) - 0.8).max() < 0.15   # always one of the two modes
+  with pytest.raises(ValueError, match="head must be one of"):
+    GoalBCConfig(head="flow")

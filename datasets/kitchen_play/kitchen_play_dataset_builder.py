@@ -38,8 +38,11 @@ def _example_episode():
 class KitchenPlay(tfds.core.GeneratorBasedBuilder):
   """Unsegmented multi-subtask kitchen play (RLDS)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Scripted play, generator " + generator.GENERATOR_VERSION}
+  VERSION = tfds.core.Version(generator.GENERATOR_VERSION)
+  RELEASE_NOTES = {
+      "1.1.0": "Markovian controller: each action is a function of the observation and the skill's target.",
+      "1.0.0": "Scripted play; the controller integrated a hidden joint command.",
+  }
   BUILDER_CONFIGS = [
       KitchenPlayConfig(name="tiny", description="4 episodes (tests)", episodes=4),
       KitchenPlayConfig(name="small", description="24 episodes (demo)", episodes=24),

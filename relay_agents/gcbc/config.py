@@ -2,6 +2,8 @@
 import dataclasses
 from typing import Tuple
 
+HEADS = ("gaussian", "mixture", "mse")
+
 
 @dataclasses.dataclass(frozen=True)
 class GoalBCConfig:
@@ -9,12 +11,14 @@ class GoalBCConfig:
 
   target: which example field the policy predicts ("action", or "subgoal" for the high level).
   use_goal: False gives plain BC (the goal is not an input).
-  head: "gaussian" (diagonal Gaussian trained by log-likelihood) or "mse".
+  head: "gaussian" (diagonal Gaussian trained by log-likelihood), "mixture" (mixture of
+    `num_components` diagonal Gaussians; acts with the likeliest component's mean) or "mse".
   """
   target: str = "action"
   use_goal: bool = True
   hidden_sizes: Tuple[int, ...] = (256, 256)
   head: str = "gaussian"
+  num_components: int = 5
   min_log_std: float = -5.0
   max_log_std: float = 1.0
   learning_rate: float = 1e-3
@@ -28,7 +32,9 @@ class GoalBCConfig:
   def __post_init__(self):
     if self.target not in ("action", "subgoal"):
       raise ValueError(f"target must be 'action' or 'subgoal', got {self.target!r}")
-    if self.head not in ("gaussian", "mse"):
-      raise ValueError(f"head must be 'gaussian' or 'mse', got {self.head!r}")
+    if self.head not in HEADS:
+      raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+    if self.num_components <= 0:
+      raise ValueError(f"num_components must be positive, got {self.num_components}")
     if self.batch_size <= 0 or self.learning_rate <= 0 or self.examples_per_item <= 0:
       raise ValueError("batch_size, learning_rate and examples_per_item must be positive")

@@ -17,7 +17,7 @@ from relay_agents.gcbc.networks import GoalBCNetworks
 
 
 def make_loss(networks: GoalBCNetworks, config: GoalBCConfig):
-  if config.head == "gaussian":
+  if config.head in ("gaussian", "mixture"):
     return bc.logp(networks.log_prob)
   return bc.mse(lambda output, key: networks.mean(output))
 

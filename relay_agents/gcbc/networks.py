@@ -1,4 +1,7 @@
-"""Goal-conditioned policy networks: an MLP over normalized [s, g] with a Gaussian or MSE head.
+"""Goal-conditioned policy networks: an MLP over normalized [s, g] with a Gaussian, mixture or MSE head.
+
+Play is multimodal (from one state the demos go on to any of several subtasks); a unimodal
+Gaussian's mean then averages the modes, which the mixture head avoids.
 
 Normalization statistics come from the training data (`Normalization.from_examples`) and are
 baked into the network as constants, so a saved parameter set plus its stats fully define the
@@ -45,9 +48,9 @@ class Normalization:
 @dataclasses.dataclass
 class GoalBCNetworks:
   """The policy (for Acme's BC learner) and functions on its output."""
-  policy: networks_lib.FeedForwardNetwork      # apply(params, inputs) -> (mean, log_std)
+  policy: networks_lib.FeedForwardNetwork      # apply(params, inputs) -> head output
   log_prob: Callable                           # (output, target) -> [B]
-  mean: Callable                               # output -> [B, d_out]
+  mean: Callable                               # output -> [B, d_out] (mixture: the likeliest mode)
   sample: Callable                             # (output, key) -> [B, d_out]
   input_dim: int
   output_dim: int
@@ -58,14 +61,23 @@ def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
                   normalization: Normalization) -> GoalBCNetworks:
   norm = jax.tree_util.tree_map(jnp.asarray, normalization.to_dict())
 
+  out_mean, out_log_std = norm["output_mean"], jnp.log(norm["output_std"])
+  k = config.num_components
+
   def forward(inputs):
     x = jnp.clip((inputs - norm["input_mean"]) / norm["input_std"], -INPUT_CLIP, INPUT_CLIP)
     h = hk.nets.MLP(list(config.hidden_sizes), activate_final=True, name="torso")(x)
+    if config.head == "mixture":  # (logits [B,k], means [B,k,d], log_stds [B,k,d])
+      logits = hk.Linear(k, name="logits")(h)
+      mean = hk.Linear(k * output_dim, name="mean")(h).reshape(-1, k, output_dim)
+      log_std = hk.Linear(k * output_dim, name="log_std")(h).reshape(-1, k, output_dim)
+      log_std = jnp.clip(log_std, config.min_log_std, config.max_log_std)
+      return logits, mean * norm["output_std"] + out_mean, log_std + out_log_std
     mean = hk.Linear(output_dim, name="mean")(h)
     log_std = hk.Linear(output_dim, name="log_std")(h)
     log_std = jnp.clip(log_std, config.min_log_std, config.max_log_std)
     # Back to raw units: predictions are made in normalized target space.
-    return mean * norm["output_std"] + norm["output_mean"], log_std + jnp.log(norm["output_std"])
+    return mean * norm["output_std"] + out_mean, log_std + out_log_std
 
   transformed = hk.without_apply_rng(hk.transform(forward))
   dummy = jnp.zeros((1, input_dim), jnp.float32)
@@ -73,16 +85,39 @@ def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
       init=lambda key: transformed.init(key, dummy),
       apply=lambda params, inputs, is_training=False, key=None: transformed.apply(params, inputs))
 
-  def log_prob(output, target):
-    mean, log_std = output
+  def gaussian_log_prob(mean, log_std, target):
     z = (target - mean) / jnp.exp(log_std)
     return jnp.sum(-0.5 * z ** 2 - log_std - 0.5 * jnp.log(2 * jnp.pi), axis=-1)
 
-  def sample(output, key):
-    mean, log_std = output
-    return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+  if config.head == "mixture":
+    def log_prob(output, target):
+      logits, mean, log_std = output
+      per_component = gaussian_log_prob(mean, log_std, target[:, None, :])
+      return jax.nn.logsumexp(jax.nn.log_softmax(logits) + per_component, axis=-1)
 
-  return GoalBCNetworks(policy=policy, log_prob=log_prob, mean=lambda output: output[0], sample=sample,
+    def mode(output):
+      """The mean of the most probable component: a deterministic action that is one of the
+      modes, never the average of two (e.g. halfway between two subtasks)."""
+      logits, mean, _ = output
+      return jnp.take_along_axis(mean, jnp.argmax(logits, -1)[:, None, None], axis=1)[:, 0]
+
+    def sample(output, key):
+      logits, mean, log_std = output
+      k1, k2 = jax.random.split(key)
+      idx = jax.random.categorical(k1, logits)[:, None, None]
+      pick = lambda x: jnp.take_along_axis(x, idx, axis=1)[:, 0]
+      return pick(mean) + jnp.exp(pick(log_std)) * jax.random.normal(k2, pick(mean).shape)
+  else:
+    def log_prob(output, target):
+      return gaussian_log_prob(*output, target)
+
+    mode = lambda output: output[0]
+
+    def sample(output, key):
+      mean, log_std = output
+      return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+
+  return GoalBCNetworks(policy=policy, log_prob=log_prob, mean=mode, sample=sample,
                         input_dim=input_dim, output_dim=output_dim, normalization=normalization)
 
 

@@ -7,6 +7,13 @@ command `q_cmd`, moves it by a damped-least-squares IK step toward the end-effec
 (position + orientation, joint limits respected, a weak pull toward the home posture in the
 null space), and emits the velocity that makes the env's position target equal `q_cmd`.
 Tracking its own command makes the loop integrate away steady-state sag.
+
+That command is hidden state: the same observation can get different actions depending on how
+far the command has run ahead, which a Markovian policy cannot imitate. With `markovian=True`
+(the default) the command is instead rebuilt every step from the observation alone: measured
+joints + the offset that holds them against gravity (qfrc_bias / kp of the position actuators)
++ `lead_gain` times the IK step. The action is then a function of the observation and the
+skill's target, so behaviour cloning can reproduce it.
 """
 import dataclasses
 from typing import Optional
@@ -30,6 +37,8 @@ class ControllerConfig:
   limit_margin: float = 0.05      # rad kept from joint limits
   max_lead_rad: float = 0.15      # q_cmd may lead the measured arm by at most this much
   action_noise: float = 0.0       # std of Gaussian noise added to actions (before clipping)
+  markovian: bool = True          # command from the observation alone (see module doc)
+  lead_gain: float = 2.0          # markovian: command = measured + sag offset + lead_gain * IK step
 
 
 class ArmController:
@@ -41,6 +50,7 @@ class ArmController:
     self.site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "end_effector")
     self.lo = model.jnt_range[ARM, 0] + config.limit_margin
     self.hi = model.jnt_range[ARM, 1] - config.limit_margin
+    self.kp = model.actuator_gainprm[ARM, 0].copy()  # position actuators: torque = kp (ctrl - q)
     self._jp = np.zeros((3, model.nv))
     self._jr = np.zeros((3, model.nv))
     self.reset()
@@ -97,14 +107,21 @@ class ArmController:
     `target_pos=None` means a joint-space move toward the home posture (re-homing between
     subtasks keeps the arm out of awkward redundant configurations).
     """
+    c = self.config
     q = self.data.qpos[ARM]
+    measured = np.asarray(measured_qpos[ARM], float)
     if target_pos is None:
-      dq = np.clip(self.home - self.q_cmd, -self.config.max_step_rad, self.config.max_step_rad)
+      start = measured if c.markovian else self.q_cmd
+      dq = np.clip(self.home - start, -c.max_step_rad, c.max_step_rad)
     else:
       target_rot = self.home_rotation if target_rot is None else target_rot
       dq = self._ik_step(self._task_error(np.asarray(target_pos, float), target_rot))
-    lead = self.config.max_lead_rad
-    self.q_cmd = np.clip(np.clip(self.q_cmd + dq, q - lead, q + lead), self.lo, self.hi)
+    lead = c.max_lead_rad
+    if c.markovian:
+      hold = self.data.qfrc_bias[ARM] / self.kp  # joint offset that balances gravity
+      self.q_cmd = np.clip(measured + hold + np.clip(c.lead_gain * dq, -lead, lead), self.lo, self.hi)
+    else:
+      self.q_cmd = np.clip(np.clip(self.q_cmd + dq, q - lead, q + lead), self.lo, self.hi)
     target = np.concatenate([self.q_cmd, [gripper, gripper]])
     act = (target - measured_qpos[:9]) / (ACTION_SCALE * DT)
     if self.config.action_noise > 0:
