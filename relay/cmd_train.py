@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
   parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
   parser.add_argument("--hidden", default="256,256", help="MLP hidden sizes (default 256,256)")
-  parser.add_argument("--head", default="gaussian", choices=["gaussian", "mixture", "mse"],
-                      help="policy head: gaussian (default), mixture of Gaussians (multimodal play), mse")
+  parser.add_argument("--head", default="mixture", choices=["gaussian", "mixture", "mse"],
+                      help="policy head: mixture of Gaussians (default; play is multimodal and the mode is "
+                           "acted on, not the average of modes), gaussian, or mse")
   parser.add_argument("--components", type=int, default=5, help="mixture head: components (default 5)")
   parser.add_argument("--max-replay-size", type=int, default=1_000_000, help="examples kept in Reverb")
   parser.add_argument("--reverb-address", default=None, help="host:port of a running Reverb server")

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
           "--steps", str(args.steps), "--seed", str(args.seed)])
   _stage("[5] evaluate on kitchen goals",
          ["eval", "--model", model, "--play", play, "--goals", str(args.goals), "--rollouts", str(args.rollouts),
-          "--max-steps", str(args.max_steps), "--seed", str(args.seed), "--json", os.path.join(out, "eval.json")])
+          "--max-steps", str(args.max_steps), "--seed", str(args.seed), "--workers", "2",
+          "--json", os.path.join(out, "eval.json")])
   print(f"\ndemo finished in {time.time() - start:.0f}s; artifacts in {out}")
   return 0

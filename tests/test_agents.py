@@ -214,3 +214,32 @@ def test_mixture_head_acts_on_a_mode_where_the_gaussian_averages():
   assert np.abs(np.abs(modes["mixture"]) - 0.8).max() < 0.15   # always one of the two modes
   with pytest.raises(ValueError, match="head must be one of"):
     GoalBCConfig(head="flow")
+
+
+def test_cli_train_il_and_eval(cli, relabeled_dirs, kitchen_play_tiny, tmp_path):
+  import json
+  model = str(tmp_path / "ril")
+  bad = cli("train-il", "--agent", "ril", "--data", relabeled_dirs["low"], "--out", model)
+  assert bad.returncode == 2 and "needs --low and --high" in bad.stderr
+  wrong_level = cli("train-il", "--agent", "ril", "--low", relabeled_dirs["high"], "--high", relabeled_dirs["high"],
+                    "--out", model, "--steps", "5")
+  assert wrong_level.returncode == 2 and "needs a 'low' relabeled dataset" in wrong_level.stderr
+  args = ("train-il", "--agent", "ril", "--low", relabeled_dirs["low"], "--high", relabeled_dirs["high"],
+          "--out", model, "--steps", "30", "--hidden", "16", "--batch-size", "16")
+  first = cli(*args, check=True)
+  assert "ril/low:" in first.stdout and "ril/high:" in first.stdout and "loss" in first.stdout
+  assert "already trained" in cli(*args, check=True).stdout  # checkpoints at --steps: nothing to redo
+  log, out = str(tmp_path / "rollouts.jsonl"), str(tmp_path / "eval.json")
+  eval_args = ("eval", "--model", model, "--play", kitchen_play_tiny, "--goals", "1", "--no-heldout",
+               "--rollouts", "2", "--max-steps", "4", "--workers", "2", "--resume-log", log, "--json", out)
+  cli(*eval_args, check=True)
+  with open(out) as f:
+    result = json.load(f)["ril"]
+  assert len(result["per_goal"]) == 1 and len(result["per_goal"][0]["completions"]) == 2
+  with open(log) as f:
+    assert [json.loads(line)["steps"] for line in f] == [4, 4]
+  cli(*eval_args, check=True)  # a rerun takes every rollout from the log
+  with open(log) as f:
+    assert len(f.readlines()) == 2
+  bad_eval = cli("eval", "--model", model, "--play", kitchen_play_tiny, "--workers", "0")
+  assert bad_eval.returncode == 2 and "--workers" in bad_eval.stderr

@@ -40,16 +40,17 @@ class _GoalActor(core.Actor):
   """Shared bookkeeping: the episode goal, an RNG key, and no learning (pure evaluation)."""
 
   def __init__(self, seed: int, deterministic: bool):
-    self._key = jax.random.PRNGKey(seed)
+    # Keys are drawn with numpy (a raw uint32[2] key per step): an eager jax.random.split per
+    # env step costs about as much as the policy's own forward pass.
+    self._rng = np.random.default_rng(seed)
     self.deterministic = deterministic
     self.goal: Optional[np.ndarray] = None
 
   def set_goal(self, goal: np.ndarray) -> None:
     self.goal = np.asarray(goal, np.float32)
 
-  def _next_key(self):
-    self._key, key = jax.random.split(self._key)
-    return key
+  def _next_key(self) -> np.ndarray:
+    return self._rng.integers(0, 2 ** 32, size=2, dtype=np.uint32)
 
   def observe_first(self, timestep) -> None:
     del timestep
