@@ -14,6 +14,7 @@ def aggregate(runs: List[Dict]) -> Dict[str, Dict[str, List[float]]]:
       for split in ("frequent", "heldout"):
         for key in ("success_rate", "step_completion"):
           out.setdefault(method, {}).setdefault(f"{split}/{key}", []).append(result[split][key])
+      out[method].setdefault("rollouts", []).extend(len(g["completions"]) for g in result.get("per_goal", []))
   return out
 
 
@@ -21,10 +22,13 @@ def markdown(agg: Dict[str, Dict[str, List[float]]]) -> str:
   def cell(values, pct=False):
     v = np.asarray(values, float) * (100 if pct else 1)
     return f"{v.mean():.1f} ± {v.std():.1f}" if pct else f"{v.mean():.2f} ± {v.std():.2f}"
-  lines = ["| method | seeds | success % (demo goals) | avg. elements done | success % (held-out) | avg. done (held-out) |",
-           "|---|---|---|---|---|---|"]
+  lines = ["| method | seeds | rollouts/goal | success % (demo goals) | avg. elements done | success % (held-out) | "
+           "avg. done (held-out) |", "|---|---|---|---|---|---|---|"]
   for method, m in agg.items():
-    lines.append(f"| {method} | {len(m['frequent/success_rate'])} | {cell(m['frequent/success_rate'], True)} | "
+    counts = m.get("rollouts") or [0]
+    rollouts = str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+    lines.append(f"| {method} | {len(m['frequent/success_rate'])} | {rollouts} | "
+                 f"{cell(m['frequent/success_rate'], True)} | "
                  f"{cell(m['frequent/step_completion'])} | {cell(m['heldout/success_rate'], True)} | "
                  f"{cell(m['heldout/step_completion'])} |")
   return "\n".join(lines)
