@@ -243,3 +243,14 @@ def test_cli_train_il_and_eval(cli, relabeled_dirs, kitchen_play_tiny, tmp_path)
     assert len(f.readlines()) == 2
   bad_eval = cli("eval", "--model", model, "--play", kitchen_play_tiny, "--workers", "0")
   assert bad_eval.returncode == 2 and "--workers" in bad_eval.stderr
+
+
+def test_oracle_subgoal_rollout_starts_in_the_demos_state(ril_model, kitchen_play_tiny):
+  from relay_agents import diagnostics
+  episode = next(rlds_io.iter_episodes(kitchen_play_tiny, 0, 1))
+  low = train.load_policy(os.path.join(ril_model, "low"))
+  result = diagnostics.oracle_subgoal_rollout(low, episode, replan_every=5, max_steps=11)
+  assert result.demo_subtasks == episode["subtask_order"].split(",") and len(result.demo_subtasks) == 4
+  assert result.steps == 11 and len(result.arm_error) == 3  # re-plans at steps 0, 5, 10
+  assert result.arm_error[0] < 0.02  # reset with the recorded seed: the demo's own initial state
+  assert set(result.completed) <= set(result.demo_subtasks)
