@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from relay_agents.gcbc import acting
 from relay_data import kitchen
 
 
@@ -24,7 +25,7 @@ class OracleResult:
 
 def oracle_subgoal_rollout(low_policy, episode: Dict, replan_every: int = 30, max_steps: Optional[int] = None,
                            seed: int = 0) -> OracleResult:
-  """`low_policy(observation, subgoal, key)` -> action; `episode` from `rlds_io.iter_episodes`.
+  """`low_policy`: a trained low-level `GoalPolicy`; `episode` from `rlds_io.iter_episodes`.
 
   The env is reset with the episode's recorded seed (generated play), so the rollout starts in
   the demo's initial state (ingested data has none: `seed` is used); it runs for `max_steps`
@@ -38,18 +39,16 @@ def oracle_subgoal_rollout(low_policy, episode: Dict, replan_every: int = 30, ma
                          terminate_on_tasks_completed=bool(order))
   recorded = int(episode.get("seed", -1))  # -1: ingested data, no recorded reset seed
   obs, _ = env.reset(seed=(recorded if recorded >= 0 else seed) % (2 ** 31))
-  rng = np.random.default_rng(seed)
+  actor = acting.FlatActor(low_policy, seed=seed)  # the low level acting alone, toward set subgoals
   completed: List[str] = []
   arm_error: List[float] = []
   steps = 0
   for steps in range(1, max_steps + 1):
     t = steps - 1
     if t % replan_every == 0:
-      subgoal = goal_states[min(t + replan_every, length - 1)]
+      actor.set_goal(goal_states[min(t + replan_every, length - 1)])
       arm_error.append(float(np.abs(obs["observation"][:7] - goal_states[min(t, length - 1)][:7]).max()))
-    key = rng.integers(0, 2 ** 32, size=2, dtype=np.uint32)
-    action = np.clip(low_policy(obs["observation"].astype(np.float32), subgoal, key), -1.0, 1.0)
-    obs, _, terminated, truncated, info = env.step(action)
+    obs, _, terminated, truncated, info = env.step(actor.select_action(obs["observation"].astype(np.float32)))
     completed = list(info["episode_task_completions"])
     if terminated or truncated:
       break

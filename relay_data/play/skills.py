@@ -178,8 +178,8 @@ def turn_knob(scene: Scene, rng, site: str, joint: str, target: float) -> Iterat
 
 def bottom_burner(scene: Scene, rng) -> Iterator[Command]:
   # Goal -0.88 rad; done within 0.3 of it. Aim just short of the goal: the knob overshoots.
-  # (Not a generator itself: the target is drawn when the skill is created, keeping the
-  # random stream, and so generated datasets, unchanged by that refactor.)
+  # (Not a generator itself: the target is drawn when the skill is created, before the
+  # skill's own draws, so the episode's random stream does not depend on this wrapper.)
   return turn_knob(scene, rng, "knob2_site", "knob_Joint_2", -rng.uniform(0.85, 0.92))
 
 
