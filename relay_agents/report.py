@@ -62,14 +62,20 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default=None, help="write the markdown table here too")
   parser.add_argument("--plot", default=None, help="PNG bar chart (mean ± std over seeds)")
   args = parser.parse_args(argv)
-  runs = [json.load(open(p)) for p in args.runs]
+  runs = []
+  for path in args.runs:
+    try:
+      with open(path) as f:
+        runs.append(json.load(f))
+    except (OSError, ValueError) as e:
+      parser.error(f"cannot read eval JSON {path}: {e}")
   table = markdown(aggregate(runs))
   print(table)
   if args.plot:
     plot(aggregate(runs), args.plot)
   if args.out:
-    with open(args.out, "w") as f:
-      f.write(table + "\n")
+    from relay_data import atomic  # pylint: disable=import-outside-toplevel
+    atomic.write_text(args.out, table + "\n")
   return 0
 
 

@@ -49,15 +49,20 @@ def save_figure(fig, png_path: str, dpi: int = 100) -> str:
   return png_path
 
 
-def write_json(path: str, value, **kwargs) -> str:
-  """`json.dump(value)` to `path` via a temp file: readers never see a torn file."""
-  import json  # pylint: disable=import-outside-toplevel
+def write_text(path: str, text: str) -> str:
+  """Writes `text` to `path` via a temp file in the same directory: readers never see a torn file."""
   tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
   try:
     with open(tmp, "w") as f:
-      json.dump(value, f, indent=2, **kwargs)
+      f.write(text)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
   return path
+
+
+def write_json(path: str, value, **kwargs) -> str:
+  """`json.dump(value)` to `path` atomically (see `write_text`)."""
+  import json  # pylint: disable=import-outside-toplevel
+  return write_text(path, json.dumps(value, indent=2, **kwargs))

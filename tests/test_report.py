@@ -19,3 +19,18 @@ def test_aggregate_markdown_and_plot(tmp_path):
   table = (tmp_path / "t.md").read_text()
   assert "| ril | 2 | 3 | 30.0 ± 10.0 | 2.50 ± 0.50 | 30.0 ± 10.0 | 2.50 ± 0.50 |" in table
   assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_truncated_eval_json_names_the_file_and_writes_nothing(tmp_path, capsys):
+  good, bad = tmp_path / "eval_s0.json", tmp_path / "eval_s1.json"
+  json.dump(_run(0.2, 2.0), open(good, "w"))
+  bad.write_text(json.dumps(_run(0.4, 3.0))[:50])  # torn mid-write
+  out = tmp_path / "t.md"
+  try:
+    report.main([str(good), str(bad), "--out", str(out)])
+  except SystemExit as e:
+    assert e.code == 2
+  else:
+    raise AssertionError("a torn eval JSON must be an error")
+  assert str(bad) in capsys.readouterr().err
+  assert sorted(tmp_path.iterdir()) == sorted([good, bad])  # no table, no temp file left behind
