@@ -23,15 +23,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--high", help="ril: high-level relabeled dataset")
   parser.add_argument("--data", help="baselines: their relabeled dataset")
   parser.add_argument("--out", required=True, help="model directory")
+  from relay_agents.gcbc.config import HEADS, GoalBCConfig  # pylint: disable=import-outside-toplevel
+  d = GoalBCConfig()  # the one home of the policy defaults
   parser.add_argument("--steps", type=int, default=5000, help="learner steps per policy (default 5000)")
-  parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
-  parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-  parser.add_argument("--hidden", default="256,256", help="MLP hidden sizes (default 256,256)")
-  parser.add_argument("--head", default="mixture", choices=["gaussian", "mixture", "mse"],
-                      help="policy head: mixture of Gaussians (default; play is multimodal and the mode is "
-                           "acted on, not the average of modes), gaussian, or mse")
-  parser.add_argument("--components", type=int, default=5, help="mixture head: components (default 5)")
-  parser.add_argument("--max-replay-size", type=int, default=1_000_000, help="examples kept in Reverb")
+  hidden = ",".join(map(str, d.hidden_sizes))
+  parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
+  parser.add_argument("--learning-rate", type=float, default=d.learning_rate,
+                      help=f"Adam learning rate (default {d.learning_rate:g})")
+  parser.add_argument("--hidden", default=hidden, help=f"MLP hidden sizes (default {hidden})")
+  parser.add_argument("--head", default=d.head, choices=list(HEADS),
+                      help=f"policy head (default {d.head}): mixture of Gaussians (play is multimodal and the "
+                           "mode is acted on, not the average of modes), gaussian, or mse")
+  parser.add_argument("--components", type=int, default=d.num_components,
+                      help=f"mixture head: components (default {d.num_components})")
+  parser.add_argument("--max-replay-size", type=int, default=d.max_replay_size,
+                      help=f"examples kept in Reverb (default {d.max_replay_size:,}; FIFO beyond)")
   parser.add_argument("--reverb-address", default=None, help="host:port of a running Reverb server")
   parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
 

@@ -1,5 +1,6 @@
 """Acme agents for Relay Policy Learning.
 
-`acme_compat` is imported first so that every `relay_agents` module can `import acme`.
+Every module here that imports `acme` imports `relay_agents.acme_compat` first (it patches
+dm-acme 0.4.0 for this stack). The package itself imports nothing heavy, so light modules such
+as `relay_agents.gcbc.config` can be read by the CLI without loading JAX and Acme.
 """
-from relay_agents import acme_compat  # noqa: F401  (must precede any acme import)

@@ -1,6 +1,6 @@
 """Make dm-acme 0.4.0 importable and working on this project's stack (py3.11, jax 0.4.34, reverb 0.14).
 
-Import this module before `acme` (``relay_agents/__init__.py`` does so). It applies three
+Import this module before `acme` (every `relay_agents` module that uses acme does so). It applies three
 patches, each idempotent, each only when the environment lacks the thing patched:
 
 1. ``launchpad`` stub. ``import acme`` imports ``launchpad`` (stop-signal handlers in

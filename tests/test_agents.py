@@ -147,7 +147,7 @@ def test_near_constant_input_dims_cannot_blow_up_the_policy():
   inputs[:, 2] = 0.0  # e.g. an object velocity that is always at rest in the sample
   norm = gcbc_networks.Normalization.from_arrays(inputs, rng.normal(size=(1000, 2)))
   assert norm.input_std[2] == pytest.approx(1e-2)
-  nets = gcbc_networks.make_networks(4, 2, GoalBCConfig(hidden_sizes=(8,)), norm)
+  nets = gcbc_networks.make_networks(4, 2, GoalBCConfig(hidden_sizes=(8,), head="gaussian"), norm)
   params = nets.policy.init(jax.random.PRNGKey(0))
   calm = np.zeros((1, 4), np.float32)
   wild = calm.copy()

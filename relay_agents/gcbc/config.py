@@ -11,13 +11,14 @@ class GoalBCConfig:
 
   target: which example field the policy predicts ("action", or "subgoal" for the high level).
   use_goal: False gives plain BC (the goal is not an input).
-  head: "gaussian" (diagonal Gaussian trained by log-likelihood), "mixture" (mixture of
-    `num_components` diagonal Gaussians; acts with the likeliest component's mean) or "mse".
+  head: "mixture" (mixture of `num_components` diagonal Gaussians trained by log-likelihood;
+    acts with the likeliest component's mean, so on multimodal play it picks a mode instead of
+    averaging modes), "gaussian" (one diagonal Gaussian) or "mse".
   """
   target: str = "action"
   use_goal: bool = True
   hidden_sizes: Tuple[int, ...] = (256, 256)
-  head: str = "gaussian"
+  head: str = "mixture"
   num_components: int = 5
   min_log_std: float = -5.0
   max_log_std: float = 1.0
