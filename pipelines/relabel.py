@@ -13,12 +13,14 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 import relay
+from pipelines import progress
 from relay_data import atomic, example_codec, relabeled, rlds_io, schema
 from relay_data.errors import DataError
 
@@ -79,6 +81,10 @@ def _relabel_one(index: int, ep: schema.Episode, config: relabeled.RelabelConfig
   return examples
 
 
+def _progress_dir(prefix: str) -> str:
+  return os.path.join(os.path.dirname(prefix), "_progress")
+
+
 def _write_shard(task: Tuple[int, Tuple[int, int]], source: str, config: relabeled.RelabelConfig,
                  codec: example_codec.FloatExampleCodec, prefix: str, num_shards: int) -> Tuple[int, int, int]:
   """Relabels episodes [start, end) in order and streams them into shard `shard` (idempotent)."""
@@ -91,13 +97,13 @@ def _write_shard(task: Tuple[int, Tuple[int, int]], source: str, config: relabel
     for offset, episode in enumerate(rlds_io.iter_episodes(source, start, end)):
       Metrics.counter(NAMESPACE, "episodes_read").inc()
       examples = _relabel_one(start + offset, episode, config, source)
-      if examples is None:
-        continue
-      records = codec.encode(examples)
-      for record in records:
-        writer.write(record)
-      count += len(records)
-      Metrics.counter(NAMESPACE, "examples_written").inc(len(records))
+      if examples is not None:
+        records = codec.encode(examples)
+        for record in records:
+          writer.write(record)
+        count += len(records)
+        Metrics.counter(NAMESPACE, "examples_written").inc(len(records))
+      progress.report(_progress_dir(prefix), shard, offset + 1)
   return shard, count, os.path.getsize(path)
 
 
@@ -113,9 +119,11 @@ def _code_version() -> str:
 
 def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
                 beam_args: Sequence[str] = (), pipeline: PipelineConfig = PipelineConfig(),
-                overwrite: bool = False, name: Optional[str] = None) -> Dict:
+                overwrite: bool = False, name: Optional[str] = None, show_progress: bool = True) -> Dict:
   """Runs the relabeling pipeline; returns the lineage record written next to the data.
 
+  With `show_progress`, a bar counts relabeled episodes (`pipelines.progress`; live when the
+  workers share this machine's filesystem, as on the DirectRunner).
   `output` becomes a TFDS dataset directory (readable with `relay_data.relabeled.load`).
   `beam_args` are Beam pipeline options, e.g. ["--runner=DirectRunner", "--direct_num_workers=2"].
   """
@@ -149,10 +157,13 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
     _ = written | "Record" >> beam.Map(
         lambda rows: atomic.write_json(os.path.join(tmp, "_shards.json"), sorted(rows), sort_keys=True))
     try:
-      result = p.run()
-      result.wait_until_finish()
+      with progress.watch(_progress_dir(prefix), num_episodes, f"relabeling ({config.level})", "ep",
+                          enabled=show_progress):
+        result = p.run()
+        result.wait_until_finish()
     except Exception as e:  # Beam wraps worker errors; surface ours unwrapped.
       raise _unwrap(e) from e
+    shutil.rmtree(_progress_dir(prefix), ignore_errors=True)
     counters = {m.key.metric.name: int(m.committed if m.committed is not None else m.attempted)
                 for m in result.metrics().query()["counters"] if m.key.metric.namespace == NAMESPACE}
     with open(os.path.join(tmp, "_shards.json")) as f:

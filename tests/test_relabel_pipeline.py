@@ -36,9 +36,12 @@ def _expected(source_dir, config):
     relabeled.RelabelConfig("final-goal"),
     relabeled.RelabelConfig("bc"),
 ])
-def test_pipeline_output_equals_the_pure_functions(source, tmp_path, config):
+def test_pipeline_output_equals_the_pure_functions(source, tmp_path, config, capfd):
   out = str(tmp_path / "out")
   lineage = pipeline.run_relabel(source, out, config, pipeline=pipeline.PipelineConfig(episodes_per_shard=2))
+  # The live bar counted every episode, and its per-task files are gone from the output.
+  assert f"{len(LENGTHS)}/{len(LENGTHS)}" in capfd.readouterr().err
+  assert "_progress" not in os.listdir(out)
   got = _read_all(out)
   expected = _expected(source, config)
   assert lineage["num_shards"] == 4
