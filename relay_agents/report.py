@@ -69,10 +69,11 @@ def main(argv=None) -> int:
         runs.append(json.load(f))
     except (OSError, ValueError) as e:
       parser.error(f"cannot read eval JSON {path}: {e}")
-  table = markdown(aggregate(runs))
+  agg = aggregate(runs)
+  table = markdown(agg)
   print(table)
   if args.plot:
-    plot(aggregate(runs), args.plot)
+    plot(agg, args.plot)
   if args.out:
     from relay_data import atomic  # pylint: disable=import-outside-toplevel
     atomic.write_text(args.out, table + "\n")
