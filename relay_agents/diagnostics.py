@@ -5,14 +5,22 @@ own future goal-space states as subgoals (re-planned every W_l steps, indexed by
 level that cannot redo the demo's subtasks even with these perfect subgoals points at the low
 level or at the demonstrations, not at the high level's planning. This is the check that found
 the hidden state in generator 1.0.0's demonstrations (docs/results.md).
+
+`subgoal_trace` runs a hierarchical actor on an evaluation goal and records every re-plan:
+which goal elements are done, which the proposed subgoal has done, how far the subgoal asks the
+arm to go and how far the arm then went. It is how docs/results.md found that RIL stops chaining
+because the low level stalls short of ordinary subgoals once it is off the demos' paths.
 """
 import dataclasses
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from relay_agents import evaluation
 from relay_agents.gcbc import acting
 from relay_data import kitchen
+
+ARM = slice(0, 7)  # the arm joints in both the observation and the goal space
 
 
 @dataclasses.dataclass
@@ -54,3 +62,57 @@ def oracle_subgoal_rollout(low_policy, episode: Dict, replan_every: int = 30, ma
       break
   env.close()
   return OracleResult(demo_subtasks=order, completed=completed, steps=steps, arm_error=arm_error)
+
+
+@dataclasses.dataclass
+class Replan:
+  step: int
+  done: List[str]               # goal elements done at this step (env's threshold, goal space)
+  subgoal_done: List[str]       # goal elements done in the proposed subgoal
+  subgoal_arm_distance: float   # L2 over the 7 arm joints: proposed subgoal vs now
+  arm_moved: float              # L2 arm motion until the next re-plan (nan for the last one)
+
+
+class _ReplanRecorder:
+  """Passes everything to a `HierarchicalActor` and keeps (step, observation, subgoal) per re-plan."""
+
+  def __init__(self, actor: acting.HierarchicalActor):
+    self.actor = actor
+    self.records = []
+
+  def set_goal(self, goal):
+    self.actor.set_goal(goal)
+
+  def observe_first(self, timestep):
+    self.actor.observe_first(timestep)
+    self.records = []
+
+  def select_action(self, observation):
+    step = self.actor.steps
+    action = self.actor.select_action(observation)
+    if self.actor.replans and self.actor.replans[-1] == step:
+      self.records.append((step, np.array(observation), np.array(self.actor.subgoal)))
+    return action
+
+  def observe(self, action, next_timestep):
+    self.actor.observe(action, next_timestep)
+
+
+def subgoal_trace(actor: acting.HierarchicalActor, goal: evaluation.EvalGoal, max_steps: int,
+                  seed: int = 0) -> Tuple[evaluation.Rollout, List[Replan]]:
+  """One evaluation rollout of `actor` toward `goal`, with a `Replan` record per re-plan."""
+  recorder = _ReplanRecorder(actor)
+  result = evaluation.rollout(recorder, goal, max_steps, seed=seed)
+
+  def done(goal_state):
+    mask = kitchen.completion_mask(goal_state[None], goal.elements)[0]
+    return [e for e, m in zip(goal.elements, mask) if m]
+
+  trace = []
+  for i, (step, observation, subgoal) in enumerate(recorder.records):
+    now = kitchen.goal_state_from_observation(observation)
+    after = recorder.records[i + 1][1] if i + 1 < len(recorder.records) else None
+    moved = float(np.linalg.norm(after[ARM] - observation[ARM])) if after is not None else float("nan")
+    trace.append(Replan(step=step, done=done(now), subgoal_done=done(subgoal),
+                        subgoal_arm_distance=float(np.linalg.norm(subgoal[ARM] - now[ARM])), arm_moved=moved))
+  return result, trace

@@ -254,3 +254,16 @@ def test_oracle_subgoal_rollout_starts_in_the_demos_state(ril_model, kitchen_pla
   assert result.steps == 11 and len(result.arm_error) == 3  # re-plans at steps 0, 5, 10
   assert result.arm_error[0] < 0.02  # reset with the recorded seed: the demo's own initial state
   assert set(result.completed) <= set(result.demo_subtasks)
+
+
+def test_subgoal_trace_records_every_replan(ril_model, kitchen_play_tiny):
+  from relay_agents import diagnostics
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  actor = train.make_actor(ril_model)
+  result, trace = diagnostics.subgoal_trace(actor, goal, max_steps=12, seed=0)
+  assert result.steps == 12
+  assert [r.step for r in trace] == actor.replans == [0, 5, 10]  # W_l = 5 in this model
+  assert all(set(r.done) <= set(goal.elements) and set(r.subgoal_done) <= set(goal.elements) for r in trace)
+  assert all(r.subgoal_arm_distance > 0 for r in trace)
+  assert all(r.arm_moved >= 0 for r in trace[:-1]) and np.isnan(trace[-1].arm_moved)
+  assert trace[0].done == []  # a fresh kitchen has nothing done
