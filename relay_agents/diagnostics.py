@@ -20,8 +20,6 @@ from relay_agents import evaluation
 from relay_agents.gcbc import acting
 from relay_data import kitchen
 
-ARM = slice(0, 7)  # the arm joints in both the observation and the goal space
-
 
 @dataclasses.dataclass
 class OracleResult:
@@ -55,7 +53,8 @@ def oracle_subgoal_rollout(low_policy, episode: Dict, replan_every: int = 30, ma
     t = steps - 1
     if t % replan_every == 0:
       actor.set_goal(goal_states[min(t + replan_every, length - 1)])
-      arm_error.append(float(np.abs(obs["observation"][:7] - goal_states[min(t, length - 1)][:7]).max()))
+      demo_arm = goal_states[min(t, length - 1)][kitchen.ARM]
+      arm_error.append(float(np.abs(obs["observation"][kitchen.ARM] - demo_arm).max()))
     obs, _, terminated, truncated, info = env.step(actor.select_action(obs["observation"].astype(np.float32)))
     completed = list(info["episode_task_completions"])
     if terminated or truncated:
@@ -112,7 +111,9 @@ def subgoal_trace(actor: acting.HierarchicalActor, goal: evaluation.EvalGoal, ma
   for i, (step, observation, subgoal) in enumerate(recorder.records):
     now = kitchen.goal_state_from_observation(observation)
     after = recorder.records[i + 1][1] if i + 1 < len(recorder.records) else None
-    moved = float(np.linalg.norm(after[ARM] - observation[ARM])) if after is not None else float("nan")
-    trace.append(Replan(step=step, done=done(now), subgoal_done=done(subgoal),
-                        subgoal_arm_distance=float(np.linalg.norm(subgoal[ARM] - now[ARM])), arm_moved=moved))
+    arm = observation[kitchen.ARM]
+    moved = float(np.linalg.norm(after[kitchen.ARM] - arm)) if after is not None else float("nan")
+    reach = float(np.linalg.norm(subgoal[kitchen.ARM] - arm))
+    trace.append(Replan(step=step, done=done(now), subgoal_done=done(subgoal), subgoal_arm_distance=reach,
+                        arm_moved=moved))
   return result, trace

@@ -21,7 +21,9 @@ from typing import Optional
 import mujoco
 import numpy as np
 
-ARM = slice(0, 7)
+from relay_data import kitchen
+
+ARM = kitchen.ARM
 DT = 0.08
 ACTION_SCALE = 2.0
 GRIPPER_OPEN = 0.04
