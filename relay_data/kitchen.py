@@ -5,7 +5,8 @@ object part of qpos, their goal values, and the completion threshold. The goal-s
 the D4RL layout: robot joint positions (9) + object positions (21) = 30 dims, which is
 observation[0:9] ++ observation[18:39] of the 59-d env observation.
 """
-from typing import Dict, List, Sequence
+import dataclasses
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -62,15 +63,57 @@ def set_goal_state(goal_state: np.ndarray, elements: Sequence[str]) -> np.ndarra
   return out
 
 
-def make_env(tasks_to_complete: Sequence[str] = tuple(ELEMENTS), max_episode_steps: int = 280,
-             **kwargs):
-  """Builds FrankaKitchen-v1 (registers gymnasium-robotics envs on first use)."""
+ENV_LIMIT_STEPS = 280  # FrankaKitchen-v1's own episode limit (gymnasium-robotics default)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSettings:
+  """The environment settings a dataset was recorded with; evaluation and finetuning rebuild the
+  same environment from them, so data and evaluation never disagree.
+
+  The default follows RPL's kitchen (robot observation noise ratio 0.1, i.e. about +-0.01 rad on
+  the joints); `GYMNASIUM_DEFAULTS` is what FrankaKitchen-v1 uses when nothing is said, and what a
+  dataset without recorded settings (play data before 2.0.0, most ingested files) is read as.
+  """
+  env_id: str = ENV_ID
+  robot_noise_ratio: float = 0.1
+  object_noise_ratio: float = 0.0005
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values: Optional[Mapping[str, Any]]) -> "EnvSettings":
+    """Settings from a metadata dict; None (nothing recorded) means the gymnasium defaults."""
+    if values is None:
+      return GYMNASIUM_DEFAULTS
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown environment settings {unknown} (known: {sorted(known)})")
+    return cls(**dict(values))
+
+  def env_kwargs(self) -> Dict[str, float]:
+    return {"robot_noise_ratio": self.robot_noise_ratio, "object_noise_ratio": self.object_noise_ratio}
+
+
+GYMNASIUM_DEFAULTS = EnvSettings(robot_noise_ratio=0.01, object_noise_ratio=0.0005)
+DEFAULT_SETTINGS = EnvSettings()
+
+
+def make_env(tasks_to_complete: Sequence[str] = tuple(ELEMENTS), max_episode_steps: int = ENV_LIMIT_STEPS,
+             settings: Optional[EnvSettings] = None, **kwargs):
+  """Builds FrankaKitchen-v1 (registers gymnasium-robotics envs on first use) with `settings`
+  (default: `DEFAULT_SETTINGS`, RPL's observation noise)."""
   import gymnasium as gym  # pylint: disable=import-outside-toplevel
   import gymnasium_robotics  # pylint: disable=import-outside-toplevel
   gym.register_envs(gymnasium_robotics)
+  settings = DEFAULT_SETTINGS if settings is None else settings
+  if settings.env_id != ENV_ID:
+    raise ValueError(f"environment {settings.env_id!r} is not supported (only {ENV_ID})")
   kwargs.setdefault("disable_env_checker", True)
   return gym.make(ENV_ID, tasks_to_complete=list(tasks_to_complete),
-                  max_episode_steps=max_episode_steps, **kwargs)
+                  max_episode_steps=max_episode_steps, **settings.env_kwargs(), **kwargs)
 
 
 def completion_order(completed: np.ndarray, elements: Sequence[str] = ELEMENTS) -> List[str]:
