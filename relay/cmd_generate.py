@@ -2,13 +2,16 @@
 
 Each episode performs 4 of the 7 kitchen elements (microwave, kettle, light switch, slide
 cabinet, hinge cabinet, bottom burner, top burner) in a random order, without resets, with a
-noisy closed-loop controller. Episodes whose subtasks fail after retries are dropped; the
+closed-loop scripted expert at the pace of human play (~60-70 steps per subtask). The stored
+`action` is the expert's clean intended action; `executed_action` is what was sent after the
+DART-style perturbation (--perturb). Episodes whose subtasks fail after retries are dropped; the
 held-out 4-element sets are never completed together in any kept episode.
 
-  relay generate --episodes 400 --data-dir data            # -> data/kitchen_play/n400_s0/1.1.0
+  relay generate --episodes 400 --data-dir data            # -> data/kitchen_play/n400_s0/2.0.0
   relay generate --config tiny --data-dir data             # named TFDS config (tiny/small/default)
 """
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,12 +30,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--holdout", default="default",
                       help="held-out 4-element sets: 'default' (3 fixed sets), 'none', or "
                            "'a+b+c+d;e+f+g+h' with element names")
+  parser.add_argument("--perturb", default="dart",
+                      help="DART-style execution perturbation (labels stay the expert's clean action): "
+                           "'dart' (default: correlated 0.1-0.3 rad bursts in free space, small arm noise, "
+                           "short detours after subtasks), 'none' (plain data, for the ablation), or a preset "
+                           "followed by overrides, e.g. 'dart,burst_rate=0.05,detour_prob=0'")
+  parser.add_argument("--robot-noise", type=float, default=None,
+                      help="robot observation noise ratio of FrankaKitchen-v1 (default 0.1 as in RPL's kitchen; "
+                           "gymnasium's own default is 0.01); recorded in the dataset, evaluation reuses it")
   parser.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
 
 
 def run(args: argparse.Namespace) -> int:
   from datasets.kitchen_play import KitchenPlay, KitchenPlayConfig  # pylint: disable=import-outside-toplevel
-  from relay_data.play import generator  # pylint: disable=import-outside-toplevel
+  from relay_data import kitchen  # pylint: disable=import-outside-toplevel
+  from relay_data.play import generator, perturb  # pylint: disable=import-outside-toplevel
   if args.episodes is not None and args.episodes <= 0:
     raise UsageError("--episodes must be positive")
   if args.workers <= 0:
@@ -42,15 +54,30 @@ def run(args: argparse.Namespace) -> int:
   except ValueError as e:
     raise UsageError(f"--holdout: {e}") from e
   holdout_names = tuple(generator.format_set(s) for s in holdout)
+  try:
+    perturb_config = perturb.parse(args.perturb)
+  except ValueError as e:
+    raise UsageError(f"--perturb: {e}") from e
+  if args.robot_noise is not None and not 0 <= args.robot_noise <= 1:
+    raise UsageError("--robot-noise must be in [0, 1]")
+  settings = (kitchen.DEFAULT_SETTINGS if args.robot_noise is None else
+              dataclasses.replace(kitchen.DEFAULT_SETTINGS, robot_noise_ratio=args.robot_noise))
   named = {c.name: c for c in KitchenPlay.BUILDER_CONFIGS}
-  if args.config and args.episodes is None and args.seed == 0 and args.holdout == "default":
+  plain = (args.seed == 0 and args.holdout == "default" and args.perturb == perturb.DEFAULT_PRESET
+           and settings == kitchen.DEFAULT_SETTINGS)
+  if args.config and args.episodes is None and plain:
     config = args.config
   else:
     episodes = args.episodes or (named[args.config].episodes if args.config else 400)
     suffix = "" if args.holdout == "default" else "_h" + hashlib.sha1(";".join(holdout_names).encode()).hexdigest()[:6]
+    if args.perturb != perturb.DEFAULT_PRESET:  # a distinct config name per perturbation
+      suffix += "_p" + (args.perturb if args.perturb.isalnum() else
+                        hashlib.sha1(json.dumps(perturb_config.to_dict(), sort_keys=True).encode()).hexdigest()[:6])
+    if settings != kitchen.DEFAULT_SETTINGS:
+      suffix += "_e" + hashlib.sha1(json.dumps(settings.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
     config = KitchenPlayConfig(name=f"n{episodes}_s{args.seed}{suffix}",
                                description="relay generate", episodes=episodes, seed=args.seed,
-                               holdout=holdout_names)
+                               holdout=holdout_names, perturb=args.perturb, env_settings=settings)
   builder = KitchenPlay(config=config, data_dir=args.data_dir, workers=args.workers)
   if os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
     if not args.overwrite:
@@ -67,5 +94,8 @@ def run(args: argparse.Namespace) -> int:
           f"({100.0 * success['completed'] / max(success['attempted'], 1):.1f}%), "
           f"first try {success['completed_first_try']}; generation: {json.dumps(meta['generation'])}")
   print(f"  held out: {', '.join(meta.get('holdout', [])) or 'none'}")
+  if "pace" in meta:
+    from relay_data import pace  # pylint: disable=import-outside-toplevel
+    print("  " + "\n  ".join(pace.format_pace(meta["pace"])))
   return 0
 

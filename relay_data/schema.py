@@ -5,13 +5,15 @@ action of the last row is not used):
 
   observation [L, d_s] float   policy input (59-d env observation for our kitchen play data)
   goal_state  [L, d_g] float   goal-space state (kitchen: robot qpos 9 + object qpos 21 = 30)
-  action      [L, d_a] float
+  action      [L, d_a] float   the demonstrator's intended action (the label policies imitate)
+  executed_action [L, d_a] float  what was sent to the env, when it differs (perturbed play) (optional)
   reward      [L] float, discount [L] float, is_terminal [L] bool      (optional, defaulted)
   completed_tasks [L, 7] bool  per-step kitchen completion mask         (optional, derived)
   episode_id (str), subtask_order (str, comma-separated), seed (int)     (optional metadata)
 
 On disk each episode is an RLDS record: `steps` (observation = {state, goal_state}, action,
-reward, discount, is_first, is_last, is_terminal[, completed_tasks]) and `episode_metadata`.
+reward, discount, is_first, is_last, is_terminal[, executed_action][, completed_tasks]) and
+`episode_metadata`. RLDS alignment: step t's reward is the result of step t's action.
 """
 from typing import Any, Dict, Optional
 
@@ -49,7 +51,7 @@ def normalize_episode(raw: Episode, path: Optional[str] = None, episode_id: Any 
     if key not in raw:
       raise DataError("missing", path=path, episode=episode_id, field=key)
   ep: Episode = {}
-  for key in ("observation", "goal_state", "action"):
+  for key in ("observation", "goal_state", "action", "executed_action"):
     if key not in raw:
       continue
     arr = _float_array(raw[key], key, path, episode_id)
@@ -73,7 +75,12 @@ def normalize_episode(raw: Episode, path: Optional[str] = None, episode_id: Any 
   else:
     ep["is_terminal"] = np.zeros(length, bool)
     ep["is_terminal"][-1] = terminal
-  for key in ("goal_state", "action", "reward", "discount", "is_terminal"):
+  if "executed_action" in ep and ep["executed_action"].shape[1] != ep["action"].shape[1]:
+    raise DataError(f"has width {ep['executed_action'].shape[1]} but action has {ep['action'].shape[1]}",
+                    path=path, episode=episode_id, field="executed_action")
+  for key in ("goal_state", "action", "executed_action", "reward", "discount", "is_terminal"):
+    if key not in ep:
+      continue
     if ep[key].shape[0] != length:
       raise DataError(f"has {ep[key].shape[0]} steps but observation has {length}", path=path,
                       episode=episode_id, field=key)
@@ -105,6 +112,8 @@ def features_for(ep: Episode):
       "is_last": np.bool_,
       "is_terminal": np.bool_,
   }
+  if "executed_action" in ep:
+    steps["executed_action"] = tfds.features.Tensor(shape=(ep["action"].shape[1],), dtype=np.float32)
   if "completed_tasks" in ep:
     steps["completed_tasks"] = tfds.features.Tensor(shape=(ep["completed_tasks"].shape[1],),
                                                     dtype=np.bool_)
@@ -130,6 +139,8 @@ def to_rlds_record(ep: Episode) -> Dict[str, Any]:
       "action": ep["action"], "reward": ep["reward"], "discount": ep["discount"],
       "is_first": is_first, "is_last": is_last, "is_terminal": ep["is_terminal"],
   }
+  if "executed_action" in ep:
+    steps["executed_action"] = ep["executed_action"]
   if "completed_tasks" in ep:
     steps["completed_tasks"] = ep["completed_tasks"]
   return {"steps": steps, "episode_metadata": {
@@ -148,6 +159,8 @@ def from_rlds_record(record: Dict[str, Any]) -> Episode:
       "episode_id": decode(meta["episode_id"]), "subtask_order": decode(meta["subtask_order"]),
       "seed": int(meta["seed"]),
   }
+  if "executed_action" in steps:
+    ep["executed_action"] = np.asarray(steps["executed_action"])
   if "completed_tasks" in steps:
     ep["completed_tasks"] = np.asarray(steps["completed_tasks"])
   return ep

@@ -32,13 +32,12 @@ GRIPPER_CLOSED = 0.0
 
 @dataclasses.dataclass
 class ControllerConfig:
-  max_step_m: float = 0.03        # end-effector translation per env step
-  max_step_rad: float = 0.08      # end-effector rotation per env step
+  max_step_m: float = 0.05        # end-effector translation per env step
+  max_step_rad: float = 0.15      # end-effector rotation per env step
   damping: float = 0.05           # DLS damping
   posture_gain: float = 0.0      # null-space pull toward the home posture
   limit_margin: float = 0.05      # rad kept from joint limits
-  max_lead_rad: float = 0.15      # q_cmd may lead the measured arm by at most this much
-  action_noise: float = 0.0       # std of Gaussian noise added to actions (before clipping)
+  max_lead_rad: float = 0.3      # q_cmd may lead the measured arm by at most this much
   markovian: bool = True          # command from the observation alone (see module doc)
   lead_gain: float = 2.0          # markovian: command = measured + sag offset + lead_gain * IK step
 
@@ -46,9 +45,8 @@ class ControllerConfig:
 class ArmController:
   """Turns (position, rotation, gripper) targets into FrankaKitchen-v1 actions."""
 
-  def __init__(self, model, data, config: ControllerConfig = ControllerConfig(), rng=None):
+  def __init__(self, model, data, config: ControllerConfig = ControllerConfig()):
     self.model, self.data, self.config = model, data, config
-    self.rng = rng if rng is not None else np.random.default_rng(0)
     self.site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "end_effector")
     self.lo = model.jnt_range[ARM, 0] + config.limit_margin
     self.hi = model.jnt_range[ARM, 1] - config.limit_margin
@@ -126,8 +124,6 @@ class ArmController:
       self.q_cmd = np.clip(np.clip(self.q_cmd + dq, q - lead, q + lead), self.lo, self.hi)
     target = np.concatenate([self.q_cmd, [gripper, gripper]])
     act = (target - measured_qpos[:9]) / (ACTION_SCALE * DT)
-    if self.config.action_noise > 0:
-      act = act + self.rng.normal(0.0, self.config.action_noise, size=act.shape)
     return np.clip(act, -1.0, 1.0).astype(np.float32)
 
 

@@ -1,17 +1,20 @@
 """Generate unsegmented kitchen play: 4 subtasks per episode, random order, no reset between.
 
 Each episode picks four of the seven kitchen elements in a random order (never one of the
-held-out compound goals), runs the closed-loop skill of each in turn with action noise and
-randomized waypoints, retries a subtask whose skill ended without completing it, and keeps the
-episode only if the environment's own completion test reports all four done and no held-out set
-got completed along the way. Episodes are deterministic functions of (seed, index), so the
-parallel generator returns the same dataset for any number of workers.
+held-out compound goals), runs the closed-loop skill of each in turn, retries a subtask whose
+skill ended without completing it, and keeps the episode only if the environment's own
+completion test reports all four done and no held-out set got completed along the way. Episodes
+are deterministic functions of (seed, index), so the parallel generator returns the same dataset
+for any number of workers.
 
-The demonstrator is built to be imitable by a Markovian goal-conditioned policy (version 1.1.0):
-the controller keeps no hidden command (its action is a function of the observation and the
-skill's current target), and every skill phase ends on an observable event (a pose reached, the
-fingers stopped), never after a fixed number of steps. Version 1.0.0 had both kinds of hidden
-state; policies cloned from it drifted within 30 steps even when fed the demo's own subgoals.
+Version 2.0.0 (this one) plays at the pace of human kitchen play (~60 steps per subtask, the
+paper's W_l = 30 spans about half a subtask), in an environment with RPL's observation noise
+(`kitchen.EnvSettings`), and stores clean labels: a step's `action` is the demonstrator's
+intended action from the state it observed, and `executed_action` what was actually sent to the
+environment after DART-style perturbations (`relay_data.play.perturb`), so the data holds
+corrective actions from off-path states. A step's `reward` is the env reward of that step's
+action (RLDS alignment). Versions 1.x were ~3.7x slower than human play and stored the executed,
+noise-corrupted action as the label.
 """
 import dataclasses
 import hashlib
@@ -22,8 +25,9 @@ from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from relay_data import kitchen
+from relay_data.play import perturb as perturb_lib
 
-GENERATOR_VERSION = "1.1.0"  # = the kitchen_play TFDS version; bump when episodes change
+GENERATOR_VERSION = "2.0.0"  # = the kitchen_play TFDS version; bump when episodes change
 ALL_SETS: List[FrozenSet[str]] = [frozenset(c) for c in itertools.combinations(kitchen.ELEMENTS, 4)]
 
 
@@ -61,11 +65,11 @@ class GeneratorConfig:
   seed: int = 0
   subtasks: int = 4
   holdout: Tuple[FrozenSet[str], ...] = tuple(default_holdout())
-  action_noise: float = 0.05
-  markovian: bool = True           # controller acts from the observation alone (see controller.py)
+  perturb: perturb_lib.PerturbConfig = perturb_lib.PRESETS[perturb_lib.DEFAULT_PRESET]
+  env: kitchen.EnvSettings = kitchen.DEFAULT_SETTINGS
   lead_gain: float = 2.0           # markovian controller: how far the command leads the arm
   max_attempts: int = 3            # tries per subtask before the episode is dropped
-  max_steps: int = 2000            # hard cap on an episode's env steps
+  max_steps: int = 800             # hard cap on an episode's env steps
 
 
 @dataclasses.dataclass
@@ -77,6 +81,7 @@ class EpisodeResult:
   attempts: Dict[str, int]         # element -> attempts used
   completed: List[str]             # scripted subtasks completed (env's own test)
   steps: int = 0                   # env steps taken (kept or not)
+  completion_steps: Dict[str, int] = dataclasses.field(default_factory=dict)  # element -> first step done
   episode: Optional[Dict] = None   # RLDS-ready arrays when ok
 
 
@@ -94,16 +99,19 @@ def sample_order(rng: np.random.Generator, subtasks: int, holdout: Sequence[Froz
   return chosen
 
 
+FREE_SPACE_M = 0.1  # hand farther than this from its target, gripper open: no contact expected
+
+
 class _Env:
-  """One kitchen env + controller per process (MuJoCo models are not picklable)."""
-  _instance = None
+  """One kitchen env per process and settings (MuJoCo models are not picklable)."""
+  _instances: Dict[kitchen.EnvSettings, object] = {}
 
   @classmethod
-  def get(cls, max_steps):
-    if cls._instance is None:
-      cls._instance = kitchen.make_env(max_episode_steps=max_steps + 10,
-                                       terminate_on_tasks_completed=False)
-    return cls._instance
+  def get(cls, settings: kitchen.EnvSettings, max_steps: int):
+    if settings not in cls._instances:
+      cls._instances[settings] = kitchen.make_env(max_episode_steps=max_steps + 50, settings=settings,
+                                                  terminate_on_tasks_completed=False)
+    return cls._instances[settings]
 
 
 def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
@@ -112,45 +120,68 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
   from relay_data.play import skills  # pylint: disable=import-outside-toplevel
   seed = episode_seed(config.seed, index)
   rng = np.random.default_rng(seed)
+  # The perturbation draws from its own stream, so with and without it an episode has the same
+  # order and waypoints (the ablation changes one thing).
+  perturber = perturb_lib.Perturber(config.perturb, np.random.default_rng([seed, 1]))
   order = sample_order(rng, config.subtasks, config.holdout)
-  env = _Env.get(config.max_steps)
+  env = _Env.get(config.env, config.max_steps)
   env.unwrapped.tasks_to_complete = set(order)
   env.unwrapped.goal = {e: kitchen.ELEMENT_GOALS[e] for e in order}
   obs, _ = env.reset(seed=seed % (2 ** 31))
   u = env.unwrapped
-  arm = ctl.ArmController(u.model, u.data, ctl.ControllerConfig(
-      action_noise=config.action_noise, markovian=config.markovian, lead_gain=config.lead_gain), rng)
+  arm = ctl.ArmController(u.model, u.data, ctl.ControllerConfig(lead_gain=config.lead_gain))
   scene = skills.Scene(u.model, u.data, arm)
   observations = [obs["observation"].astype(np.float32)]
-  actions, rewards, masks = [], [], [kitchen.completion_mask(u.data.qpos[:30])]
+  actions, executed, rewards, masks = [], [], [], [kitchen.completion_mask(u.data.qpos[:30])]
   attempts: Dict[str, int] = {}
   completions: List[str] = []
+  first_done: Dict[str, int] = {}
 
-  def run(commands) -> bool:
+  def step(label, sent) -> None:
     nonlocal obs
-    for pos, rot, grip in commands:
+    obs, reward, _, _, info = env.step(sent)
+    actions.append(label)
+    executed.append(sent)
+    rewards.append(np.float32(reward))
+    observations.append(obs["observation"].astype(np.float32))
+    masks.append(kitchen.completion_mask(u.data.qpos[:30]))
+    completions[:] = list(info["episode_task_completions"])  # env mutates its list: copy
+    for e in completions:
+      first_done.setdefault(e, len(actions))
+
+  def run(commands, detour=None) -> bool:
+    """Executes a skill. `detour` (point, steps): first head for a random point for a few steps,
+    labelled with the skill's first command (the expert's action toward its real target)."""
+    commands = iter(commands)
+    first = next(commands, None)
+    if first is None:
+      return True
+    if detour is not None:
+      point, steps = detour
+      for _ in range(steps):
+        if len(actions) >= config.max_steps:
+          return False
+        label = arm.action(obs["observation"], *first)
+        step(label, perturber.execute(arm.action(obs["observation"], point)))
+    for pos, rot, grip in itertools.chain([first], commands):
       if len(actions) >= config.max_steps:
         return False
-      action = arm.action(obs["observation"], pos, rot, grip)
-      obs, reward, _, _, info = env.step(action)
-      actions.append(action)
-      rewards.append(np.float32(reward))
-      observations.append(obs["observation"].astype(np.float32))
-      masks.append(kitchen.completion_mask(u.data.qpos[:30]))
-      completions[:] = list(info["episode_task_completions"])  # env mutates its list: copy
+      label = arm.action(obs["observation"], pos, rot, grip)
+      # Free space: re-homing, or heading for a point more than FREE_SPACE_M away with the hand open.
+      free = pos is None or (grip > 0 and np.linalg.norm(arm.position - pos) > FREE_SPACE_M)
+      step(label, perturber.execute(label, free_space=free))
     return True
 
-  def via_point():
-    """Between subtasks: back toward the home posture, then wander through a random point."""
-    target = np.array([-0.35, 0.2, 2.1]) + rng.uniform([-0.12, -0.05, -0.1], [0.12, 0.08, 0.15])
-    return itertools.chain(skills.rehome(scene, rng), skills.move_to(scene, target, tol=0.05, max_steps=40))
-
   reason = "ok"
-  for element in order:
+  for i, element in enumerate(order):
     done = False
     for attempt in range(1, config.max_attempts + 1):
       attempts[element] = attempt
-      if not run(itertools.chain(via_point(), skills.SKILLS[element](scene, rng))):
+      detour = perturber.detour(arm.position) if i > 0 or attempt > 1 else None
+      commands = skills.SKILLS[element](scene, rng)
+      if i > 0 or attempt > 1:
+        commands = itertools.chain(skills.rehome(scene, rng), commands)
+      if not run(commands, detour):
         reason = f"step limit ({config.max_steps}) reached during {element}"
         break
       if element in completions:
@@ -167,14 +198,16 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
     reason = f"completed held-out set {format_set(leaked[0])}"
   ok = reason == "ok"
   result = EpisodeResult(index=index, ok=ok, reason=reason, order=order, attempts=attempts,
-                         completed=[e for e in order if e in completions], steps=len(actions))
+                         completed=[e for e in order if e in completions], steps=len(actions),
+                         completion_steps={e: first_done[e] for e in order if e in first_done})
   if ok:
-    actions.append(np.zeros(kitchen.ACTION_DIM, np.float32))  # RLDS: the last step's action is unused
-    rewards.append(np.float32(0.0))
+    # RLDS: step t holds s_t, a_t and the reward of a_t; the last step (final state) has no action.
+    zeros = np.zeros(kitchen.ACTION_DIM, np.float32)
     result.episode = {
         "observation": np.stack(observations),
-        "action": np.stack(actions),
-        "reward": np.asarray([0.0] + rewards[:-1], np.float32),  # reward for arriving at step t
+        "action": np.stack(actions + [zeros]),
+        "executed_action": np.stack(executed + [zeros]),
+        "reward": np.asarray(rewards + [0.0], np.float32),
         "completed_tasks": np.stack(masks),
         "episode_id": f"{config.seed}-{index}",
         "subtask_order": ",".join(order),

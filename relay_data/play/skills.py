@@ -1,16 +1,24 @@
-"""Closed-loop scripted skills, one per kitchen element.
+"""Closed-loop scripted skills, one per kitchen element, at the pace of human play (generator 2.0.0).
 
 A skill is a generator that yields one end-effector command (position, rotation, gripper) per
 env step and reads the live simulation between yields, so it reacts to where the handle, door
 or knob actually is (closed loop), not to a replayed trajectory. Waypoints are randomized per
-episode (offsets, pull lengths, approach heights), which with action noise makes every
-demonstration different, like human play.
+episode (offsets, approach distances, how far past the completion threshold to go), so every
+demonstration differs, like human play.
+
+Pace (2.0.0): human kitchen play takes ~60 steps per subtask. A skill approaches its contact
+point directly from wherever the previous one left the hand (no via points), manipulates until
+the element is a random margin inside the environment's completion threshold (not to a scripted
+angle the object may never reach), and backs off a few centimetres. Every phase ends on an
+observable event (a pose reached, the hand or fingers stalled against something, the element's
+state), never after a step count a Markovian policy could not see.
 """
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import mujoco
 import numpy as np
 
+from relay_data import kitchen
 from relay_data.play import controller as ctl
 
 Command = Tuple[np.ndarray, Optional[np.ndarray], float]
@@ -36,158 +44,173 @@ class Scene:
   def body_pos(self, name: str) -> np.ndarray:
     return self.data.xpos[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, name)].copy()
 
+  def element_error(self, element: str) -> float:
+    """L2 distance of the element's (noise-free) state to its goal: the env's completion measure."""
+    return float(np.linalg.norm(self.data.qpos[kitchen.ELEMENT_QPOS[element]] - kitchen.ELEMENT_GOALS[element]))
 
-def move_to(scene: Scene, target, rot=None, grip=ctl.GRIPPER_OPEN, tol=0.01,
-            max_steps=60, min_steps=3) -> Iterator[Command]:
+
+def done_margin(rng) -> float:
+  """How far inside the completion threshold a skill takes its element before letting go: far
+  enough that observation noise and a bump do not undo it, varied like a person's."""
+  return kitchen.BONUS_THRESH * rng.uniform(0.3, 0.7)
+
+
+def move_to(scene: Scene, target, rot=None, grip=ctl.GRIPPER_OPEN, tol=0.02, max_steps=40,
+            min_steps=2, stall_tol=0.08) -> Iterator[Command]:
+  """Move the hand to `target` until within `tol`, or until it has stalled within `stall_tol` of
+  it (pressed against the handle, switch or door it is reaching for)."""
   target = np.asarray(target, float)
+  recent = []
   for i in range(max_steps):
-    if i >= min_steps and np.linalg.norm(scene.arm.position - target) < tol:
+    pos = scene.arm.position
+    err = np.linalg.norm(pos - target)
+    # Stalled: moved less than 1 cm over the last 3 steps (more than observation-noise jitter).
+    stalled = len(recent) >= 3 and np.linalg.norm(pos - recent[-3]) < 0.01 and err < stall_tol
+    if i >= min_steps and (err < tol or stalled):
       return
+    recent.append(pos)
     yield target, rot, grip
 
 
-def rehome(scene: Scene, rng, max_steps: int = 40) -> Iterator[Command]:
-  """Joint-space move back toward the home posture (a `None` position command) until the arm is
-  within a random tolerance of it. Ends on the state, never on a step count: a phase switch the
-  observation cannot reveal (a timer) is one a Markovian policy cannot imitate."""
-  tol = rng.uniform(0.08, 0.2)
+def rehome(scene: Scene, rng, max_steps: int = 15) -> Iterator[Command]:
+  """Between subtasks: a short joint-space move toward the home posture, until within a random
+  (loose) tolerance of it. It keeps the arm out of awkward redundant configurations that the
+  next skill's straight-line approach could not leave; it ends on the state, never on a timer."""
+  tol = rng.uniform(0.25, 0.4)
   for _ in range(max_steps):
     if np.abs(scene.data.qpos[ctl.ARM] - scene.arm.home).max() < tol:
       return
     yield None, None, ctl.GRIPPER_OPEN
 
 
-def actuate_gripper(scene: Scene, grip: float, rot=None, max_steps: int = 12) -> Iterator[Command]:
+def actuate_gripper(scene: Scene, grip: float, rot=None, max_steps: int = 10) -> Iterator[Command]:
   """Hold the hand still while the fingers move to `grip`, until they get there or stop against
   something (a handle): an observable end, unlike a fixed number of steps."""
   target = scene.arm.position
   for i in range(max_steps):
     fingers, speed = scene.data.qpos[7:9], np.abs(scene.data.qvel[7:9]).max()
-    if np.abs(fingers - grip).max() < 0.004 or (i >= 2 and speed < 0.01):
+    if np.abs(fingers - grip).max() < 0.006 or (i >= 2 and speed < 0.01):
       return
     yield target, rot, grip
 
 
 def retreat(scene: Scene, rng, grip=ctl.GRIPPER_OPEN) -> Iterator[Command]:
-  """Open the gripper, back away toward the robot and up a little, keeping the hand's
-  orientation until clear (turning it while still in contact would disturb the object)."""
+  """Let go and back off a few centimetres toward the robot, keeping the hand's orientation
+  (turning it while still in contact would disturb the object)."""
   rot = scene.arm.rotation
-  yield from actuate_gripper(scene, grip, rot)
-  back = scene.arm.position + np.array([rng.uniform(-0.03, 0.03), -rng.uniform(0.12, 0.18),
-                                        rng.uniform(0.0, 0.05)])
-  yield from move_to(scene, back, rot=rot, grip=grip, tol=0.03, max_steps=25)
+  yield from actuate_gripper(scene, grip, rot, max_steps=6)
+  back = scene.arm.position + np.array([rng.uniform(-0.02, 0.02), -rng.uniform(0.06, 0.12),
+                                        rng.uniform(0.0, 0.04)])
+  yield from move_to(scene, back, rot=rot, grip=grip, tol=0.04, max_steps=10)
 
 
-def follow_arc(scene: Scene, joint: str, contact: np.ndarray, target_angle: float, lead: float,
-               grip: float, max_steps: int, rotate_gripper: bool = False) -> Iterator[Command]:
+def approach(scene: Scene, rng, contact: np.ndarray, rot=None, standoff=(0.08, 0.14),
+             tol=0.04, contact_steps=40) -> Iterator[Command]:
+  """Straight to a point in front of (toward the robot from) `contact`, then onto it."""
+  yield from move_to(scene, contact + [0.0, -rng.uniform(*standoff), 0.0], rot=rot, tol=tol)
+  yield from move_to(scene, contact, rot=rot, tol=0.015, max_steps=contact_steps)
+
+
+def follow_arc(scene: Scene, element: str, joint: str, contact: np.ndarray, direction: float,
+               lead: float, grip: float, margin: float, max_steps: int,
+               rotate_gripper: float = 0.0) -> Iterator[Command]:
   """Drive a hinge by moving `contact` (a point on the moving part, at the joint's current angle)
-  around the joint axis, always `lead` radians ahead of where the part is now (closed loop)."""
+  around the joint axis, always `lead` radians ahead of where the part is now (closed loop), until
+  the element is `margin` from its goal or the part stops following. `rotate_gripper` is the
+  fraction of the part's rotation the hand turns with it."""
   pivot = scene.anchor(joint)
   start = scene.joint(joint)
   radial = contact - pivot
-  sign = np.sign(target_angle - start)
   rot0 = scene.arm.rotation
+  last, still = start, 0
   for _ in range(max_steps):
     angle = scene.joint(joint)
-    if sign * (target_angle - angle) <= 0:
+    if scene.element_error(element) < margin:
       return
-    ahead = angle + sign * lead - start
-    target = pivot + ctl.rot_z(ahead) @ radial
-    rot = ctl.rot_z(angle - start) @ rot0 if rotate_gripper else None
+    still = still + 1 if abs(angle - last) < 1e-3 else 0
+    if still >= 6:  # the part no longer follows (slipped off, or against a stop)
+      return
+    last = angle
+    target = pivot + ctl.rot_z(angle + direction * lead - start) @ radial
+    rot = ctl.rot_z(rotate_gripper * (angle - start)) @ rot0 if rotate_gripper else None
     yield target, rot, grip
 
 
 def slide_cabinet(scene: Scene, rng) -> Iterator[Command]:
   handle = scene.site("slide_site")
   side = handle + [-rng.uniform(0.07, 0.09), 0.0, rng.uniform(-0.02, 0.02)]
-  yield from move_to(scene, side + [0, -rng.uniform(0.12, 0.18), 0], tol=0.03)
-  yield from move_to(scene, side)
-  yield from move_to(scene, side + [rng.uniform(0.38, 0.45), 0, 0], max_steps=80)
+  yield from approach(scene, rng, side)
+  margin = done_margin(rng)
+  push = side.copy()
+  for _ in range(40):  # push the door to the right, a lead ahead of where it is now
+    if scene.element_error("slide cabinet") < margin:
+      break
+    push[0] = scene.arm.position[0] + rng.uniform(0.06, 0.08)
+    yield push, None, ctl.GRIPPER_OPEN
   yield from retreat(scene, rng)
 
 
 def microwave(scene: Scene, rng) -> Iterator[Command]:
   handle = scene.site("microhandle_site") + [0, 0, rng.uniform(0.04, 0.06)]
-  yield from move_to(scene, handle + [0, -rng.uniform(0.1, 0.15), 0], tol=0.03)
-  yield from move_to(scene, handle)
+  yield from approach(scene, rng, handle)
   yield from actuate_gripper(scene, ctl.GRIPPER_CLOSED)
-  yield from follow_arc(scene, "microwave", scene.arm.position, -rng.uniform(0.9, 1.05),
-                        lead=rng.uniform(0.055, 0.065), grip=ctl.GRIPPER_CLOSED, max_steps=160,
-                        rotate_gripper=True)
+  yield from follow_arc(scene, "microwave", "microwave", scene.arm.position, -1.0,
+                        lead=rng.uniform(0.07, 0.09), grip=ctl.GRIPPER_CLOSED, margin=done_margin(rng),
+                        max_steps=50, rotate_gripper=1.0)
   yield from retreat(scene, rng)
 
 
 def light_switch(scene: Scene, rng) -> Iterator[Command]:
   tip = scene.site("light_site")
   contact = tip + [rng.uniform(0.035, 0.05), 0.0, rng.uniform(-0.015, 0.0)]
-  yield from move_to(scene, contact + [0, -rng.uniform(0.12, 0.18), 0], tol=0.03)
-  yield from move_to(scene, contact)
-  yield from follow_arc(scene, "light_switch", contact, -0.68, lead=rng.uniform(0.75, 0.85),
-                        grip=ctl.GRIPPER_OPEN, max_steps=60)
+  yield from approach(scene, rng, contact)
+  yield from follow_arc(scene, "light switch", "light_switch", contact, -1.0, lead=rng.uniform(0.75, 0.85),
+                        grip=ctl.GRIPPER_OPEN, margin=done_margin(rng), max_steps=30)
   yield from retreat(scene, rng)
-
-
 
 
 def hinge_cabinet(scene: Scene, rng) -> Iterator[Command]:
-  """Pull the right door open by its handle, then reach around its edge and push it the rest."""
-  joint = "right_hinge_cabinet"
+  """Grasp the right door's handle and swing it open in one continuous arc."""
   handle = scene.site("hinge_site2") + [0, 0, rng.uniform(-0.07, -0.05)]
-  yield from move_to(scene, handle + [0, -rng.uniform(0.1, 0.15), 0], tol=0.03)
-  yield from move_to(scene, handle)
+  yield from approach(scene, rng, handle)
   yield from actuate_gripper(scene, ctl.GRIPPER_CLOSED)
-  yield from follow_arc(scene, joint, scene.arm.position, rng.uniform(0.55, 0.65),
-                        lead=rng.uniform(0.09, 0.11), grip=ctl.GRIPPER_CLOSED, max_steps=120,
-                        rotate_gripper=True)
-  yield from actuate_gripper(scene, ctl.GRIPPER_OPEN)
-  # Door geometry at its current angle: direction from the hinge along the door and the normal
-  # of its inner face.
-  pivot, angle = scene.anchor(joint), scene.joint(joint)
-  along = ctl.rot_z(angle) @ np.array([-1.0, 0.0, 0.0])
-  inner = ctl.rot_z(angle) @ np.array([0.0, 1.0, 0.0])
-  z = handle[2]
-  radius = rng.uniform(0.22, 0.27)
-  edge = pivot + along * 0.36
-  yield from move_to(scene, scene.arm.position + [-0.05, -0.1, 0], tol=0.03, max_steps=20)
-  yield from move_to(scene, np.r_[(edge + along * 0.08 - inner * 0.02)[:2], z], tol=0.03, max_steps=40)
-  contact = pivot + along * radius + inner * rng.uniform(0.04, 0.06)
-  yield from move_to(scene, np.r_[contact[:2], z], tol=0.02, max_steps=40)
-  yield from follow_arc(scene, joint, np.r_[contact[:2], z], rng.uniform(1.5, 1.6),
-                        lead=rng.uniform(0.25, 0.35), grip=ctl.GRIPPER_OPEN, max_steps=120)
+  yield from follow_arc(scene, "hinge cabinet", "right_hinge_cabinet", scene.arm.position, 1.0,
+                        lead=rng.uniform(0.17, 0.21), grip=ctl.GRIPPER_CLOSED, margin=done_margin(rng),
+                        max_steps=70, rotate_gripper=HINGE_GRIPPER_TURN)
   yield from retreat(scene, rng)
 
 
-def turn_knob(scene: Scene, rng, site: str, joint: str, target: float) -> Iterator[Command]:
+HINGE_GRIPPER_TURN = 1.0
+
+
+def turn_knob(scene: Scene, rng, element: str, site: str, joint: str) -> Iterator[Command]:
   """Grasp a stove knob from the front and turn it by rotating the gripper about the knob axis."""
   knob = scene.site(site)
-  yield from move_to(scene, knob + [0, -rng.uniform(0.1, 0.14), 0], tol=0.02)
-  grasp = knob + [rng.uniform(-0.005, 0.005), rng.uniform(-0.005, 0.005), rng.uniform(-0.005, 0.005)]
-  yield from move_to(scene, grasp)
+  grasp = knob + rng.uniform(-0.005, 0.005, size=3)
+  yield from approach(scene, rng, grasp, standoff=(0.08, 0.12), tol=0.02, contact_steps=20)
   yield from actuate_gripper(scene, ctl.GRIPPER_CLOSED)
   axis = np.array([0.0, -1.0, 0.0])  # Knob joint axis in the world frame (points at the robot).
   rot0, start = scene.arm.rotation, scene.joint(joint)
-  lead = rng.uniform(0.15, 0.25)
-  for _ in range(60):
+  lead, margin = rng.uniform(0.3, 0.4), done_margin(rng)
+  goal = kitchen.ELEMENT_GOALS[element][0]
+  for _ in range(45):
     angle = scene.joint(joint)
-    if angle <= target + 0.03:
+    if scene.element_error(element) < margin:
       break
-    # Lead the knob, but never command past the target (the knob would overshoot the goal).
-    yield grasp, ctl.rot_about(axis, max(angle - lead, target) - start) @ rot0, ctl.GRIPPER_CLOSED
+    # Lead the knob, but never command past the goal (the knob would overshoot it).
+    yield grasp, ctl.rot_about(axis, max(angle - lead, goal) - start) @ rot0, ctl.GRIPPER_CLOSED
   yield from retreat(scene, rng)
 
 
 def bottom_burner(scene: Scene, rng) -> Iterator[Command]:
-  # Goal -0.88 rad; done within 0.3 of it. Aim just short of the goal: the knob overshoots.
-  # (Not a generator itself: the target is drawn when the skill is created, before the
-  # skill's own draws, so the episode's random stream does not depend on this wrapper.)
-  return turn_knob(scene, rng, "knob2_site", "knob_Joint_2", -rng.uniform(0.85, 0.92))
+  return turn_knob(scene, rng, "bottom burner", "knob2_site", "knob_Joint_2")
 
 
 def top_burner(scene: Scene, rng) -> Iterator[Command]:
-  return turn_knob(scene, rng, "knob4_site", "knob_Joint_4", -rng.uniform(0.85, 0.92))
+  return turn_knob(scene, rng, "top burner", "knob4_site", "knob_Joint_4")
 
 
-KETTLE_GOAL_XY = np.array([-0.23, 0.75])
+KETTLE_GOAL_XY = kitchen.ELEMENT_GOALS["kettle"][:2]
 
 
 def kettle(scene: Scene, rng) -> Iterator[Command]:
@@ -202,11 +225,11 @@ def kettle(scene: Scene, rng) -> Iterator[Command]:
     return np.r_[k - direction * offset, z]
 
   start = behind(standoff)
-  yield from move_to(scene, start + [0, -0.1, 0.08], tol=0.03)
-  yield from move_to(scene, start + [0, -0.05, 0], tol=0.02)
-  push = rng.uniform(0.03, 0.05)
-  for _ in range(150):
-    if np.linalg.norm(scene.body_pos("kettle")[:2] - goal) < 0.06:
+  yield from move_to(scene, start + [0, -0.06, 0.06], tol=0.04)
+  yield from move_to(scene, start, tol=0.03)
+  push, margin = rng.uniform(0.08, 0.11), done_margin(rng)
+  for _ in range(40):
+    if scene.element_error("kettle") < margin:
       break
     yield behind(standoff - push), None, ctl.GRIPPER_OPEN
   yield from retreat(scene, rng)

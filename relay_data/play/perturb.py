@@ -1,0 +1,134 @@
+"""DART-style execution perturbations for scripted play (generator 2.0.0).
+
+A cloned policy drifts off the demonstrator's path (0.1-0.3 rad of arm motion over tens of
+steps, measured by the oracle-subgoal diagnostic) and has then never seen how to come back. The
+scripted expert can label any state, so the generator perturbs what is *executed* while every
+stored label stays the expert's action from the state actually reached (Laskey et al., DART,
+2017): the data then holds corrective actions from off-path states.
+
+Two perturbations, both pure functions of a random stream:
+- **bursts**: a smooth (half-sine) joint-velocity offset in a random arm-joint direction, lasting
+  tens of steps, whose integral is `drift` rad of open-loop arm motion; the closed-loop expert
+  fights it, so the realised deviation is smaller (measured in tests/test_play_generator.py);
+- **detours**: after a subtask, the arm is sent for a few steps toward a random nearby point,
+  labelled with the expert's action toward its real next target.
+"""
+import dataclasses
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from relay_data import kitchen
+
+ACTION_SCALE_DT = 2.0 * 0.08  # rad of joint-target motion per unit of action per step
+
+
+@dataclasses.dataclass(frozen=True)
+class PerturbConfig:
+  """How execution is perturbed. The all-zero config (`NONE`) executes the labels exactly."""
+  white_noise: float = 0.0                  # std of i.i.d. Gaussian arm-action noise (action units)
+  burst_rate: float = 0.0                   # per-step chance that a burst starts (none active)
+  burst_steps: Tuple[int, int] = (10, 30)   # burst length range (steps)
+  burst_drift: Tuple[float, float] = (0.1, 0.3)  # open-loop arm drift of a burst (rad, L2)
+  detour_prob: float = 0.0                  # chance of a detour after each subtask
+  detour_steps: Tuple[int, int] = (4, 10)   # detour length range (steps)
+  detour_dist: Tuple[float, float] = (0.08, 0.2)  # detour point distance from the hand (m)
+
+  @property
+  def enabled(self) -> bool:
+    return self.white_noise > 0 or self.burst_rate > 0 or self.detour_prob > 0
+
+  def to_dict(self) -> Dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+  @classmethod
+  def from_dict(cls, values: Dict[str, Any]) -> "PerturbConfig":
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+NONE = PerturbConfig()
+DART = PerturbConfig(white_noise=0.05, burst_rate=0.03, detour_prob=0.5)
+PRESETS: Dict[str, PerturbConfig] = {"none": NONE, "dart": DART}
+DEFAULT_PRESET = "dart"
+
+
+def parse(spec: str) -> PerturbConfig:
+  """'none' | 'dart' | 'dart,burst_rate=0.05,detour_prob=0' (a preset, then field overrides)."""
+  name, *overrides = [p.strip() for p in spec.split(",") if p.strip()] or [""]
+  if name not in PRESETS:
+    raise ValueError(f"unknown preset {name!r} (choose one of {sorted(PRESETS)}, optionally "
+                     f"followed by ,field=value overrides)")
+  values = PRESETS[name].to_dict()
+  for item in overrides:
+    key, sep, raw = item.partition("=")
+    if not sep or key not in values:
+      raise ValueError(f"{item!r} is not field=value with a field of {sorted(values)}")
+    try:
+      value = [float(x) for x in raw.split(":")] if isinstance(values[key], list) else float(raw)
+    except ValueError as e:
+      raise ValueError(f"{key}: {raw!r} is not a number{' range a:b' if isinstance(values[key], list) else ''}") from e
+    if isinstance(values[key], list):
+      if len(value) != 2 or value[0] > value[1] or value[0] < 0:
+        raise ValueError(f"{key}: need a range lo:hi with 0 <= lo <= hi, got {raw!r}")
+      if key.endswith("_steps"):
+        value = [int(v) for v in value]
+    elif value < 0 or (key.endswith(("_rate", "_prob")) and value > 1):
+      raise ValueError(f"{key}: {raw!r} is out of range")
+    values[key] = value
+  return PerturbConfig.from_dict(values)
+
+
+def burst_profile(rng: np.random.Generator, config: PerturbConfig) -> np.ndarray:
+  """[steps, ACTION_DIM] action offsets of one burst: half-sine in time, a random unit direction
+  over the 7 arm joints (fingers untouched), integrating to `drift` rad of joint-target motion."""
+  steps = int(rng.integers(config.burst_steps[0], config.burst_steps[1] + 1))
+  drift = rng.uniform(*config.burst_drift)
+  direction = np.zeros(kitchen.ACTION_DIM)
+  arm = rng.normal(size=7)
+  direction[kitchen.ARM] = arm / np.linalg.norm(arm)
+  shape = np.sin(np.pi * (np.arange(steps) + 0.5) / steps)
+  shape *= drift / shape.sum()  # rad per step, summing to `drift`
+  return (shape[:, None] * direction[None, :] / ACTION_SCALE_DT).astype(np.float32)
+
+
+class Perturber:
+  """Per-episode state of the execution perturbation (the active burst)."""
+
+  def __init__(self, config: PerturbConfig, rng: np.random.Generator):
+    self.config, self.rng = config, rng
+    self._burst: Optional[np.ndarray] = None
+    self._k = 0
+
+  def execute(self, label: np.ndarray, free_space: bool = True) -> np.ndarray:
+    """The action sent to the environment for the expert's `label` this step.
+
+    Bursts run only while the hand moves in free space (`free_space`): one in the middle of a
+    grasp or a door's arc would mostly make the subtask fail, and failed demonstrations are
+    dropped, so they would teach nothing. An active burst ends when contact begins.
+    """
+    c = self.config
+    if not c.enabled:
+      return label
+    action = label.astype(np.float64)
+    if c.white_noise > 0:  # arm joints only: finger noise would loosen every grasp
+      action[kitchen.ARM] += self.rng.normal(0.0, c.white_noise, size=7)
+    if not free_space:
+      self._burst = None
+    elif self._burst is None and c.burst_rate > 0 and self.rng.random() < c.burst_rate:
+      self._burst, self._k = burst_profile(self.rng, c), 0
+    if self._burst is not None:
+      action = action + self._burst[self._k]
+      self._k += 1
+      if self._k >= len(self._burst):
+        self._burst = None
+    return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+  def detour(self, hand: np.ndarray) -> Optional[Tuple[np.ndarray, int]]:
+    """After a subtask: None, or (a random point near the hand, steps to head for it)."""
+    c = self.config
+    if c.detour_prob <= 0 or self.rng.random() >= c.detour_prob:
+      return None
+    direction = self.rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    point = hand + direction * self.rng.uniform(*c.detour_dist)
+    return point, int(self.rng.integers(c.detour_steps[0], c.detour_steps[1] + 1))
