@@ -1,5 +1,6 @@
 """Scripted play in the real FrankaKitchen-v1: generator, TFDS builder, holdout, determinism."""
 import collections
+import dataclasses
 import json
 import os
 
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from relay_data import kitchen, rlds_io
-from relay_data.play import generator
+from relay_data import kitchen, pace, rlds_io
+from relay_data.play import generator, perturb
 
 
 def test_sample_order_never_picks_a_heldout_set():
@@ -46,6 +47,7 @@ def test_episode_is_deterministic_and_completes_its_subtasks():
   b = generator.generate_episode(config, a.index)
   np.testing.assert_array_equal(a.episode["observation"], b.episode["observation"])
   np.testing.assert_array_equal(a.episode["action"], b.episode["action"])
+  np.testing.assert_array_equal(a.episode["executed_action"], b.episode["executed_action"])
   ep = a.episode
   assert ep["observation"].shape[1] == kitchen.OBS_DIM and ep["action"].shape[1] == kitchen.ACTION_DIM
   assert len(ep["observation"]) == len(ep["action"]) == len(ep["completed_tasks"])
@@ -65,6 +67,11 @@ def test_tfds_builder_builds_and_loads(kitchen_play_tiny):
   assert steps["observation"]["state"].shape == (59,) and steps["observation"]["goal_state"].shape == (30,)
   meta = json.load(open(os.path.join(path, "metadata.json")))
   assert meta["generator_version"] == generator.GENERATOR_VERSION
+  # Recorded settings: evaluation rebuilds this environment; the perturbation that was applied.
+  assert kitchen.EnvSettings.from_dict(meta["env_settings"]) == kitchen.DEFAULT_SETTINGS
+  assert meta["env_settings"]["robot_noise_ratio"] == 0.1
+  assert perturb.PerturbConfig.from_dict({k: v for k, v in meta["perturb"].items() if k != "spec"}) == perturb.DART
+  assert steps["executed_action"].shape == (kitchen.ACTION_DIM,)
   assert meta["holdout"] == [generator.format_set(s) for s in generator.default_holdout()]
   assert meta["subtask_success"]["completed"] >= 8
   data_dir = os.path.dirname(os.path.dirname(os.path.dirname(path)))
@@ -97,6 +104,7 @@ def test_parallel_workers_give_the_same_episodes():
     assert serial.order == r.order
     np.testing.assert_array_equal(serial.episode["observation"], r.episode["observation"])
     np.testing.assert_array_equal(serial.episode["action"], r.episode["action"])
+    np.testing.assert_array_equal(serial.episode["executed_action"], r.episode["executed_action"])
 
 
 def test_markovian_controller_has_no_hidden_state():
@@ -122,3 +130,103 @@ def test_markovian_controller_has_no_hidden_state():
     obs, *_ = env.step(legacy.action(obs["observation"], target))
   again = ctl.ArmController(u.model, u.data, ctl.ControllerConfig(markovian=False))
   assert np.abs(legacy.action(obs["observation"], target) - again.action(obs["observation"], target)).max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def dart_episode():
+  config = generator.GeneratorConfig(seed=11)
+  return next(r for r in (generator.generate_episode(config, i) for i in range(6)) if r.ok)
+
+
+def test_executed_action_is_what_ran_and_the_label_is_clean(dart_episode):
+  """`executed_action` replayed open-loop from the episode's seed reproduces every stored
+  observation (identical physics), so it is exactly what the environment received. The label
+  `action` is not: it differs by the perturbation, which touches the arm only, and without a
+  perturbation the two are identical (same seed, same order)."""
+  ep = dart_episode.episode
+  env = kitchen.make_env(max_episode_steps=2000, terminate_on_tasks_completed=False)
+  env.unwrapped.tasks_to_complete = set(dart_episode.order)
+  obs, _ = env.reset(seed=int(ep["seed"]) % (2 ** 31))
+  np.testing.assert_array_equal(obs["observation"].astype(np.float32), ep["observation"][0])
+  for t in range(len(ep["action"]) - 1):
+    obs, *_ = env.step(ep["executed_action"][t])
+    np.testing.assert_array_equal(obs["observation"].astype(np.float32), ep["observation"][t + 1])
+  diff = ep["executed_action"][:-1] - ep["action"][:-1]
+  assert np.abs(diff[:, 7:]).max() == 0.0  # fingers: never perturbed
+  arm = diff[:, kitchen.ARM]
+  unclipped = np.abs(ep["executed_action"][:-1, kitchen.ARM]) < 1.0
+  assert 0.03 < arm[unclipped].std() < 0.2 and abs(arm[unclipped].mean()) < 0.02
+  # The label is smoother than what ran: the white noise sits in the executed action only.
+  jitter = lambda a: np.abs(np.diff(a[:-1, kitchen.ARM], axis=0)).mean()
+  assert jitter(ep["action"]) < 0.7 * jitter(ep["executed_action"])
+  plain = generator.generate_episode(dataclasses.replace(generator.GeneratorConfig(seed=11), perturb=perturb.NONE),
+                                     dart_episode.index)
+  assert plain.order == dart_episode.order
+  if plain.ok:
+    np.testing.assert_array_equal(plain.episode["action"], plain.episode["executed_action"])
+
+
+def test_rewards_are_rlds_aligned(dart_episode):
+  """Step t's reward is the env reward of step t's action: positive exactly where the next
+  observation first shows an element of the episode done; the last step's reward is 0."""
+  ep = dart_episode.episode
+  order = dart_episode.order
+  idx = [kitchen.ELEMENTS.index(e) for e in order]
+  first = ep["completed_tasks"][:, idx].argmax(axis=0)  # first step whose state shows it done
+  expected = np.zeros(len(ep["reward"]))
+  for f in first:
+    expected[f - 1] += 1
+  assert ep["reward"][-1] == 0.0
+  np.testing.assert_array_equal(np.flatnonzero(ep["reward"]), np.flatnonzero(expected))
+
+
+def test_pace_is_human_like(dart_episode, kitchen_play_tiny):
+  """Human play takes ~60 steps per subtask; generator 2.0.0 targets a median <= 70 at scale.
+  On a handful of episodes the bound is looser (retries of a failed subtask add a whole skill)."""
+  steps = [s for _, s in pace.subtask_steps(dart_episode.episode["completed_tasks"])]
+  assert len(steps) == 4 and np.median(steps) <= 100
+  assert dart_episode.steps <= 500
+  meta = rlds_io.read_metadata(kitchen_play_tiny)
+  assert meta["pace"]["all"]["n"] == 8 and meta["pace"]["all"]["median"] <= 100
+
+
+def test_pace_counts_steps_between_first_completions():
+  completed = np.zeros((10, 7), bool)
+  completed[3:, 2] = True   # light switch done at step 3
+  completed[8:, 0] = True   # microwave at step 8
+  completed[5:6, 4] = True  # hinge cabinet briefly at 5
+  assert pace.subtask_steps(completed) == [("light switch", 3), ("hinge cabinet", 2), ("microwave", 3)]
+  summary = pace.summarize({"microwave": [60, 80], "kettle": [40]})
+  assert summary["all"]["median"] == 60 and summary["per_element"]["microwave"]["mean"] == 70
+
+
+def test_perturb_spec_parses_and_rejects():
+  assert perturb.parse("none") == perturb.NONE and not perturb.NONE.enabled
+  got = perturb.parse("dart,burst_rate=0.1,burst_steps=5:8")
+  assert got.burst_rate == 0.1 and got.burst_steps == (5, 8) and got.white_noise == perturb.DART.white_noise
+  for bad, msg in (("gaussian", "unknown preset"), ("dart,foo=1", "field=value"), ("dart,burst_rate=2", "out of range"),
+                   ("dart,burst_steps=9:3", "lo:hi")):
+    with pytest.raises(ValueError, match=msg):
+      perturb.parse(bad)
+
+
+def test_a_burst_displaces_a_held_arm_by_the_learners_drift():
+  """A burst against the closed-loop expert holding a pose moves the arm by about the drift a
+  cloned policy shows (0.1-0.3 rad over tens of steps), and the expert brings it back."""
+  from relay_data.play import controller as ctl
+  env = kitchen.make_env(max_episode_steps=200)
+  obs, _ = env.reset(seed=0)
+  u = env.unwrapped
+  arm = ctl.ArmController(u.model, u.data)
+  hold = arm.position.copy()
+  config = dataclasses.replace(perturb.DART, white_noise=0.0, burst_rate=1.0, burst_drift=(0.3, 0.3),
+                               burst_steps=(20, 20))
+  perturber = perturb.Perturber(config, np.random.default_rng(0))
+  start = u.data.qpos[kitchen.ARM].copy()
+  deviation = []
+  for _ in range(40):
+    label = arm.action(obs["observation"], hold)
+    obs, *_ = env.step(perturber.execute(label))
+    deviation.append(np.linalg.norm(u.data.qpos[kitchen.ARM] - start))
+  assert 0.1 <= max(deviation) <= 0.4
+  assert deviation[-1] < 0.5 * max(deviation)

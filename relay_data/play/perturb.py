@@ -7,9 +7,9 @@ stored label stays the expert's action from the state actually reached (Laskey e
 2017): the data then holds corrective actions from off-path states.
 
 Two perturbations, both pure functions of a random stream:
-- **bursts**: a smooth (half-sine) joint-velocity offset in a random arm-joint direction, lasting
-  tens of steps, whose integral is `drift` rad of open-loop arm motion; the closed-loop expert
-  fights it, so the realised deviation is smaller (measured in tests/test_play_generator.py);
+- **bursts**: a smooth (half-sine) joint-velocity push in a random arm-joint direction, lasting
+  tens of steps, that moves the arm `drift` rad (0.1-0.3 by default) while briefly overpowering
+  the expert (see `burst_profile`; measured in tests/test_play_generator.py);
 - **detours**: after a subtask, the arm is sent for a few steps toward a random nearby point,
   labelled with the expert's action toward its real next target.
 """
@@ -78,17 +78,23 @@ def parse(spec: str) -> PerturbConfig:
   return PerturbConfig.from_dict(values)
 
 
-def burst_profile(rng: np.random.Generator, config: PerturbConfig) -> np.ndarray:
-  """[steps, ACTION_DIM] action offsets of one burst: half-sine in time, a random unit direction
-  over the 7 arm joints (fingers untouched), integrating to `drift` rad of joint-target motion."""
+def burst_profile(rng: np.random.Generator, config: PerturbConfig) -> Tuple[np.ndarray, np.ndarray]:
+  """One burst: ([steps, ACTION_DIM] action offsets, [steps] expert authority taken away).
+
+  The offsets are a half-sine in time along a random unit direction over the 7 arm joints
+  (fingers untouched), integrating to `drift` rad of joint-target motion. The closed-loop
+  expert would cancel most of a mere offset (measured: a 0.3 rad offset moves a held arm by
+  ~0.09 rad), so during the burst the executed arm action is `(1 - weight) * label + offset`, the
+  weight following the same half-sine up to 1: like a push that overpowers the arm for a moment,
+  it realises about `drift` rad, after which the expert's labels bring the arm back."""
   steps = int(rng.integers(config.burst_steps[0], config.burst_steps[1] + 1))
   drift = rng.uniform(*config.burst_drift)
   direction = np.zeros(kitchen.ACTION_DIM)
   arm = rng.normal(size=7)
   direction[kitchen.ARM] = arm / np.linalg.norm(arm)
-  shape = np.sin(np.pi * (np.arange(steps) + 0.5) / steps)
-  shape *= drift / shape.sum()  # rad per step, summing to `drift`
-  return (shape[:, None] * direction[None, :] / ACTION_SCALE_DT).astype(np.float32)
+  weight = np.sin(np.pi * (np.arange(steps) + 0.5) / steps)
+  per_step = weight * drift / weight.sum()  # rad per step, summing to `drift`
+  return (per_step[:, None] * direction[None, :] / ACTION_SCALE_DT).astype(np.float32), weight
 
 
 class Perturber:
@@ -96,7 +102,7 @@ class Perturber:
 
   def __init__(self, config: PerturbConfig, rng: np.random.Generator):
     self.config, self.rng = config, rng
-    self._burst: Optional[np.ndarray] = None
+    self._burst: Optional[Tuple[np.ndarray, np.ndarray]] = None
     self._k = 0
 
   def execute(self, label: np.ndarray, free_space: bool = True) -> np.ndarray:
@@ -117,9 +123,11 @@ class Perturber:
     elif self._burst is None and c.burst_rate > 0 and self.rng.random() < c.burst_rate:
       self._burst, self._k = burst_profile(self.rng, c), 0
     if self._burst is not None:
-      action = action + self._burst[self._k]
+      offsets, weight = self._burst
+      action[kitchen.ARM] *= 1.0 - weight[self._k]
+      action = action + offsets[self._k]
       self._k += 1
-      if self._k >= len(self._burst):
+      if self._k >= len(weight):
         self._burst = None
     return np.clip(action, -1.0, 1.0).astype(np.float32)
 
