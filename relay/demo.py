@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                                        "--data-dir", data_dir])
   relabeled = {}
   for level, extra in (("low", ["--window", "30", "--goals-per-step", "4"]),
-                       ("high", ["--window", "30", "--window-high", "1200", "--goals-per-step", "4"])):
+                       ("high", ["--window", "30", "--window-high", "400", "--goals-per-step", "4"])):
     relabeled[level] = os.path.join(out, "relabeled", level)
     _stage(f"[3] relabel ({level} level)", ["relabel", "--source", play, "--level", level, *extra,
                                             "--seed", str(args.seed), "--output", relabeled[level], "--overwrite"])

@@ -5,7 +5,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from relay_data import atomic, kitchen, rlds_io
+from relay_data import atomic, kitchen, pace, rlds_io
 
 
 @dataclasses.dataclass
@@ -18,15 +18,19 @@ class PlaySummary:
   coverage: Dict[str, int]           # element -> episodes that completed it
   orders: collections.Counter        # "a > b > c > d" -> episodes
   metadata: Dict
+  subtask_steps: Dict[str, List[int]] = dataclasses.field(default_factory=dict)  # element -> steps (pace)
 
 
 def summarize_play(path: str) -> PlaySummary:
   """Reads every episode once (steps count, completion masks, orders)."""
   lengths, coverage, orders = [], collections.Counter(), collections.Counter()
+  steps_per_element = collections.defaultdict(list)
   for ep in rlds_io.iter_episodes(path):
     lengths.append(int(ep["observation"].shape[0]))
     if "completed_tasks" in ep:
       order = kitchen.completion_order(ep["completed_tasks"])
+      for element, steps in pace.subtask_steps(ep["completed_tasks"]):
+        steps_per_element[element].append(steps)
     else:
       order = [s for s in ep["subtask_order"].split(",") if s]
     coverage.update(order)
@@ -34,7 +38,8 @@ def summarize_play(path: str) -> PlaySummary:
   builder = rlds_io.load_builder(path)
   return PlaySummary(name=builder.info.name, episodes=len(lengths), steps=int(sum(lengths)),
                      lengths=lengths, coverage={e: coverage.get(e, 0) for e in kitchen.ELEMENTS},
-                     orders=orders, metadata=rlds_io.read_metadata(path))
+                     orders=orders, metadata=rlds_io.read_metadata(path),
+                     subtask_steps=dict(steps_per_element))
 
 
 def format_play(summary: PlaySummary, top: int = 10) -> str:
@@ -42,6 +47,7 @@ def format_play(summary: PlaySummary, top: int = 10) -> str:
   if summary.lengths:
     lengths = np.array(summary.lengths)
     lines.append(f"episode length: min {lengths.min()}, mean {lengths.mean():.1f}, max {lengths.max()}")
+  lines.extend(pace.format_pace(pace.summarize(summary.subtask_steps)))
   lines.append("subtask coverage (episodes completing each element):")
   for element, count in summary.coverage.items():
     lines.append(f"  {element:14s} {count:6d}  ({100.0 * count / max(summary.episodes, 1):5.1f}%)")
@@ -59,11 +65,19 @@ def plot_play(summary: PlaySummary, png_path: str, top: int = 15) -> str:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 1.6]})
+  fig, (ax1, ax3, ax2) = plt.subplots(1, 3, figsize=(18, 4.5), gridspec_kw={"width_ratios": [1, 1, 1.6]})
   ax1.hist(summary.lengths, bins=min(30, max(5, len(set(summary.lengths)))), color="tab:blue")
   ax1.set_xlabel("episode length (steps)")
   ax1.set_ylabel("episodes")
   ax1.set_title(f"{summary.name}: {summary.episodes} episodes")
+  per = [summary.subtask_steps.get(e, []) for e in kitchen.ELEMENTS]
+  ax3.hist([p for p in per if p], bins=20, stacked=True, label=[e for e, p in zip(kitchen.ELEMENTS, per) if p])
+  lo, hi = pace.HUMAN_STEPS_PER_SUBTASK
+  ax3.axvspan(lo, hi, color="grey", alpha=0.3, label="human play")
+  ax3.set_xlabel("steps per subtask")
+  ax3.set_ylabel("subtasks")
+  ax3.set_title("pace (steps since the previous completion)")
+  ax3.legend(fontsize=7)
   common = summary.orders.most_common(top)
   ax2.barh([o for o, _ in common][::-1], [c for _, c in common][::-1], color="tab:orange")
   ax2.set_xlabel("episodes")

@@ -155,10 +155,12 @@ def test_executed_action_is_what_ran_and_the_label_is_clean(dart_episode):
   assert np.abs(diff[:, 7:]).max() == 0.0  # fingers: never perturbed
   arm = diff[:, kitchen.ARM]
   unclipped = np.abs(ep["executed_action"][:-1, kitchen.ARM]) < 1.0
-  assert 0.03 < arm[unclipped].std() < 0.2 and abs(arm[unclipped].mean()) < 0.02
+  # Typical step: the arm's white noise (std 0.05, median |x| ~0.034); bursts and detours add tails.
+  assert 0.02 < np.median(np.abs(arm[unclipped])) < 0.1 and abs(arm[unclipped].mean()) < 0.05
+  assert np.abs(arm).max() > 0.2  # at least one burst or detour
   # The label is smoother than what ran: the white noise sits in the executed action only.
   jitter = lambda a: np.abs(np.diff(a[:-1, kitchen.ARM], axis=0)).mean()
-  assert jitter(ep["action"]) < 0.7 * jitter(ep["executed_action"])
+  assert jitter(ep["action"]) < 0.9 * jitter(ep["executed_action"])
   plain = generator.generate_episode(dataclasses.replace(generator.GeneratorConfig(seed=11), perturb=perturb.NONE),
                                      dart_episode.index)
   assert plain.order == dart_episode.order
@@ -185,7 +187,6 @@ def test_pace_is_human_like(dart_episode, kitchen_play_tiny):
   On a handful of episodes the bound is looser (retries of a failed subtask add a whole skill)."""
   steps = [s for _, s in pace.subtask_steps(dart_episode.episode["completed_tasks"])]
   assert len(steps) == 4 and np.median(steps) <= 100
-  assert dart_episode.steps <= 500
   meta = rlds_io.read_metadata(kitchen_play_tiny)
   assert meta["pace"]["all"]["n"] == 8 and meta["pace"]["all"]["median"] <= 100
 
