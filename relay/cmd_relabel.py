@@ -17,6 +17,7 @@ import argparse
 import json
 
 from relay.cli import UsageError
+from relay_data import paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
                                      goals_per_step=args.goals_per_step, seed=args.seed)
   except ValueError as e:
     raise UsageError(f"invalid relabel options: {e}") from e
+  if args.name is not None:
+    paths.check_name(args.name)
+  paths.check_output(args.output, "--output", sources=[args.source], overwrite=args.overwrite)
   extra = [a for a in args.beam_args if a != "--"]
   beam_args = [f"--runner={args.runner}", *extra]
   try:
