@@ -19,6 +19,7 @@ import contextlib
 import errno
 import importlib
 import os
+import re
 import sys
 import traceback
 from typing import List, Optional
@@ -102,7 +103,6 @@ def main(argv: Optional[List[str]] = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   if argv is None:
-    quiet.quiet_python_logging()
     with quiet.redirect_native_stderr():
       code = _run(args)
     sys.exit(code)
@@ -128,7 +128,8 @@ def _run(args: argparse.Namespace) -> int:
       raise  # an internal bug: keep the traceback
     if os.environ.get("RELAY_DEBUG"):
       traceback.print_exc()
-    message = " ".join(message.split("\n")[:1]).strip()
+    message = message.split("\n")[0].strip()
+    message = re.sub(r" \[while running '[^']*'\]$", "", message)  # Beam's note on a re-raised worker error
     hint = f"\n  (see `{prog} --help`)" if isinstance(e, UsageError) else ""
     print(f"{prog}: error: {message}{hint}", file=sys.stderr)
     code = getattr(e, "exit_code", 1)

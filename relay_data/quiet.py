@@ -5,8 +5,8 @@ adds noise none of which is about the user's run:
   * import-time notices: old gym's "unmaintained" banner (pulled in by `acme.wrappers`) and
     gymnasium-robotics' Adroit reward notice (FrankaKitchen is not an Adroit env). Both are
     looked up in a notices dict at import; `drop_import_notices` empties our entries first.
-  * Python logging from Beam ("apitools not found"), absl/TFDS ("Using custom data
-    configuration") and TensorFlow: raised to ERROR for the command's process.
+  * Python logging from Beam ("apitools not found", a failed worker's traceback), absl/TFDS
+    ("Using custom data configuration"), TensorFlow and the `warnings` module: to the log file.
   * C++ logs written straight to file descriptor 2 (Reverb's "[reverb/cc/...]" lines, gRPC,
     TF): `redirect_native_stderr` points fd 2 at the log file while Python's `sys.stderr` (our
     messages, tqdm bars, tracebacks) keeps the terminal. Worker processes inherit fd 2, so their
@@ -42,18 +42,24 @@ def drop_import_notices() -> None:
     pass
 
 
-def quiet_python_logging() -> None:
-  """Third-party Python loggers (Beam, absl/TFDS, TensorFlow) at ERROR for this process."""
-  if debug():
-    return
-  logging.getLogger().setLevel(logging.ERROR)
-  for name in ("apache_beam", "absl", "tensorflow", "tensorflow_datasets", "jax"):
-    logging.getLogger(name).setLevel(logging.ERROR)
+def _python_logging_to(stream) -> list:
+  """Every Python log record (Beam, absl/TFDS, TensorFlow, `warnings`) at WARNING+ to `stream`
+  only; returns the root handlers it replaced."""
+  root = logging.getLogger()
+  replaced = list(root.handlers)
+  for handler in replaced:
+    root.removeHandler(handler)
+  handler = logging.StreamHandler(stream)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+  root.addHandler(handler)
+  root.setLevel(logging.WARNING)
+  logging.captureWarnings(True)
   try:
     from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-    absl_logging.set_verbosity(absl_logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.WARNING)
   except ImportError:
     pass
+  return replaced
 
 
 def default_log_path() -> str:
@@ -71,7 +77,7 @@ def log_path() -> Optional[str]:
 
 @contextlib.contextmanager
 def redirect_native_stderr(path: Optional[str] = None) -> Iterator[Optional[str]]:
-  """Sends file descriptor 2 to `path` (appending); Python's sys.stderr keeps the terminal.
+  """Sends file descriptor 2 and Python logging to `path` (appending); sys.stderr keeps the terminal.
 
   Re-entrant (an inner call inside an active one does nothing). Yields the log path, or None
   when nothing was redirected (RELAY_DEBUG, or the log cannot be opened).
@@ -94,9 +100,18 @@ def redirect_native_stderr(path: Optional[str] = None) -> Iterator[Optional[str]
   sys.stderr = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding=saved_stderr.encoding or "utf-8",
                          errors="backslashreplace")
   _redirected = path
+  log_stream = os.fdopen(os.dup(2), "w", buffering=1, errors="backslashreplace")
+  replaced = _python_logging_to(log_stream)
   try:
     yield path
   finally:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+      root.removeHandler(handler)
+    for handler in replaced:
+      root.addHandler(handler)
+    logging.captureWarnings(False)
+    log_stream.close()
     sys.stderr.flush()
     sys.stderr.close()
     sys.stderr = saved_stderr
