@@ -233,15 +233,10 @@ def write_video(frames: Sequence[np.ndarray], path: str, fps: int = 12) -> str:
   ext = os.path.splitext(path)[1].lower()
   if ext not in (".mp4", ".gif"):
     raise ValueError(f"video path must end in .mp4 or .gif, got {path!r}")
-  tmp = path + ".tmp" + ext
-  try:
+  with atomic.atomic_file(path) as tmp:
     if ext == ".gif":
       imageio.mimsave(tmp, list(frames), duration=1000.0 / fps, loop=0)
     else:
       # 16-pixel macro blocks: pass sizes through unchanged, no rescaling warnings.
       imageio.mimsave(tmp, list(frames), fps=fps, macro_block_size=1)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return path

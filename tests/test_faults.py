@@ -282,6 +282,30 @@ def test_second_writer_stops_with_the_pid_and_leaves_the_live_temp_dir(guard, tm
   assert not os.path.exists(paths.lock_path(str(output)))
 
 
+_HOLD_LOCK = """
+import os, sys, time
+from relay_data import paths
+with paths.output_lock(sys.argv[1]):
+  print("locked", flush=True)
+  while not os.path.exists(sys.argv[2]):
+    time.sleep(0.1)
+"""
+
+
+def test_training_into_a_model_dir_being_written_stops_at_once(guard, tmp_path):
+  model, release = tmp_path / "model", tmp_path / "release"
+  holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(model), str(release)], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    proc = run_cli("train-il", "--agent", "gcbc", "--data", guard["relabeled"], "--out", str(model), "--steps", "5")
+    assert_error(proc, 1, str(model), f"is being written by pid {holder.pid}")
+    assert not model.exists()
+  finally:
+    release.write_text("")
+    assert holder.wait(timeout=60) == 0
+
+
 def test_stale_lock_of_a_dead_pid_is_reclaimed(guard, tmp_path):
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
