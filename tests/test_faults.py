@@ -386,3 +386,35 @@ def test_demo_at_its_smallest_size_prints_no_third_party_noise(tmp_path):
   assert "docs/results.md" in terminal and "every stage runs end to end" in terminal
   assert f"third-party log output (Reverb, TensorFlow, workers): {log}" in terminal
   assert "[reverb/cc/" in log.read_text()                   # the chatter went to the log, not lost
+
+
+class _StillActor:
+  """A policy that commands zero joint velocity (the arm sags): enough to film a kitchen rollout."""
+
+  def set_goal(self, goal):
+    del goal
+
+  def observe_first(self, timestep):
+    del timestep
+
+  def select_action(self, observation):
+    del observation
+    return np.zeros(9, np.float32)
+
+  def observe(self, action, next_timestep):
+    del action, next_timestep
+
+
+def test_video_frame_stride_renders_every_nth_step():
+  from relay_agents import evaluation
+  from relay_data import kitchen
+  goal = evaluation.EvalGoal(["microwave", "kettle", "light switch", "top burner"],
+                             np.zeros(kitchen.GOAL_DIM, np.float32))
+  every = evaluation.rollout(_StillActor(), goal, max_steps=7, seed=0, render=True, render_size=(32, 24))
+  strided = evaluation.rollout(_StillActor(), goal, max_steps=7, seed=0, render=True, render_size=(32, 24),
+                               render_every=3)
+  assert len(every.frames) == 8                     # the first observation + 7 steps
+  assert len(strided.frames) == 3                   # the first observation + steps 3 and 6
+  assert np.array_equal(strided.frames[1], every.frames[3]) and np.array_equal(strided.frames[2], every.frames[6])
+  help_text = run_cli("eval", "--help").stdout
+  assert "0.5 s per frame" in help_text and "--video-every" in help_text
