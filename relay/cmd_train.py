@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     data = {"policy": args.data}
   if args.steps <= 0:
     raise UsageError("--steps must be positive")
-  paths.check_output(args.out, "--out", sources=list(data.values()), overwrite=True)  # resumes in place
+  paths.check_output(args.out, "--out", sources=list(data.values()), kind="model")  # resumes in place
   try:
     hidden = tuple(int(h) for h in args.hidden.split(","))
     config = GoalBCConfig(hidden_sizes=hidden, head=args.head, num_components=args.components,

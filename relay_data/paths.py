@@ -55,11 +55,23 @@ def check_directory_arg(path: str, flag: str) -> str:
   return path
 
 
+def looks_like_dataset(path: str) -> bool:
+  """A TFDS dataset dir (dataset_info.json here), or a dir of one (name/version) below it."""
+  if os.path.isfile(os.path.join(path, "dataset_info.json")):
+    return True
+  try:
+    return any(os.path.isfile(os.path.join(path, d, "dataset_info.json")) for d in os.listdir(path))
+  except OSError:
+    return False
+
+
 def check_output(output: str, flag: str, sources: Iterable[Optional[str]] = (), overwrite: bool = False,
-                 kind: str = "directory") -> str:
+                 kind: str = "dataset") -> str:
   """Refuses an output that overlaps a source, is of the wrong kind, or exists without --overwrite.
 
-  `kind` is "directory" (a dataset or model dir) or "file" (a PNG, JSON, video, log). Sources
+  `kind`: "dataset" (a directory replaced as a whole: an existing one needs `overwrite`, and is
+  replaced only if it is a dataset or empty, never some other directory such as `.`), "model"
+  (a directory written in place: it may exist) or "file" (a PNG, JSON, video, log). `sources`
   are the paths the command reads (datasets, models, input files); None entries are skipped.
   """
   for source in sources:
@@ -73,12 +85,16 @@ def check_output(output: str, flag: str, sources: Iterable[Optional[str]] = (), 
                        f"write the output somewhere else (the source is never changed)")
   parent = os.path.dirname(os.path.abspath(output))
   check_directory_arg(parent, f"{flag} {output}: parent")
-  if kind == "directory":
+  if kind in ("dataset", "model"):
     if os.path.exists(output) and not os.path.isdir(output):
       raise UsageError(f"{flag} {output} is a file; give a directory path (nothing was changed)")
-    if os.path.exists(output) and not overwrite:
+  if kind == "dataset" and os.path.exists(output):
+    if not overwrite:
       raise UsageError(f"{flag} {output} already exists (pass --overwrite to replace it)")
-  elif os.path.isdir(output):
+    if os.listdir(output) and not looks_like_dataset(output):
+      raise UsageError(f"{flag} {output} exists and is not a dataset; --overwrite replaces only a dataset "
+                       "(or an empty directory), so choose a new path or remove it yourself")
+  elif kind == "file" and os.path.isdir(output):
     raise UsageError(f"{flag} {output} is a directory; give a file path")
   return output
 

@@ -120,6 +120,17 @@ def test_relabel_output_that_is_a_file_fails_before_any_work(guard, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["out_file"]  # no temp dir, no lock left
 
 
+def test_overwrite_never_replaces_a_directory_that_is_not_a_dataset(guard, tmp_path):
+  user_dir = tmp_path / "home"
+  user_dir.mkdir()
+  (user_dir / "thesis.tex").write_text("years of work")
+  before = tree_hash(user_dir)
+  proc = relabel(guard["source"], str(user_dir), "--overwrite")
+  assert_error(proc, 2, "--output", "is not a dataset")
+  assert tree_hash(user_dir) == before
+  assert sorted(os.listdir(tmp_path)) == ["home"]
+
+
 def test_relabeled_dataset_as_source_is_one_line(guard, tmp_path):
   proc = relabel(guard["relabeled"], str(tmp_path / "out"))
   assert_error(proc, 1, "is a relabeled dataset", guard["source"])  # names the play data to use instead
