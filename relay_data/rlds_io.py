@@ -157,6 +157,8 @@ def resolve_dataset_dir(path: str) -> str:
   path = os.path.abspath(path)
   if os.path.isfile(os.path.join(path, "dataset_info.json")):
     return path
+  if os.path.isfile(path):
+    raise DataError("is a file, not a dataset directory", path=path)
   if not os.path.isdir(path):
     raise DataError("no such dataset directory", path=path)
   found = sorted(os.path.dirname(p) for p in _glob_info(path))
