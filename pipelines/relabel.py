@@ -21,7 +21,7 @@ import numpy as np
 
 import relay
 from pipelines import progress
-from relay_data import atomic, example_codec, relabeled, rlds_io, schema
+from relay_data import atomic, example_codec, paths, relabeled, rlds_io, schema
 from relay_data.errors import DataError
 
 NAMESPACE = "relay.relabel"
@@ -132,7 +132,7 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
 
   source_dir = rlds_io.resolve_dataset_dir(source)
-  builder = rlds_io.load_builder(source_dir)
+  builder = rlds_io.require_episodes(source_dir)  # a relabeled dataset is no source
   state_dim, goal_dim, action_dim = _check_source(builder, source_dir)
   num_episodes = int(builder.info.splits["train"].num_examples)
   if num_episodes == 0:
@@ -143,7 +143,7 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
                else pipeline.episodes_per_shard)
   ranges = [(s, min(s + per_shard, num_episodes)) for s in range(0, num_episodes, per_shard)]
   num_shards = len(ranges)
-  name = name or f"relabeled_{config.level.replace('-', '_')}"
+  name = paths.check_name(name or f"relabeled_{config.level.replace('-', '_')}")  # never a path
 
   options = PipelineOptions(list(beam_args) or ["--runner=DirectRunner"])
   with atomic.atomic_directory(output, overwrite=overwrite) as tmp:
@@ -194,7 +194,7 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
     if sum(lengths) != lineage["counts"]["examples_written"]:
       raise RuntimeError(f"shards hold {sum(lengths)} examples but the pipeline counted "
                          f"{lineage['counts']['examples_written']}")
-    atomic.write_json(os.path.join(tmp, "metadata.json"), lineage, sort_keys=True)
+    rlds_io.attach_metadata(tmp, lineage)
   return lineage
 
 

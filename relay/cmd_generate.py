@@ -15,9 +15,9 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 
 from relay.cli import UsageError
+from relay_data import paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,12 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--robot-noise", type=float, default=None,
                       help="robot observation noise ratio of FrankaKitchen-v1 (default 0.1 as in RPL's kitchen; "
                            "gymnasium's own default is 0.01); recorded in the dataset, evaluation reuses it")
-  parser.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="rebuild an existing dataset (the old one stays until the new one is complete)")
 
 
 def run(args: argparse.Namespace) -> int:
   from datasets.kitchen_play import KitchenPlay, KitchenPlayConfig  # pylint: disable=import-outside-toplevel
-  from relay_data import kitchen  # pylint: disable=import-outside-toplevel
+  from relay_data import kitchen, rlds_io  # pylint: disable=import-outside-toplevel
   from relay_data.play import generator, perturb  # pylint: disable=import-outside-toplevel
   if args.episodes is not None and args.episodes <= 0:
     raise UsageError("--episodes must be positive")
@@ -78,15 +79,18 @@ def run(args: argparse.Namespace) -> int:
     config = KitchenPlayConfig(name=f"n{episodes}_s{args.seed}{suffix}",
                                description="relay generate", episodes=episodes, seed=args.seed,
                                holdout=holdout_names, perturb=args.perturb, env_settings=settings)
-  builder = KitchenPlay(config=config, data_dir=args.data_dir, workers=args.workers)
-  if os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
-    if not args.overwrite:
-      print(f"kitchen play: reusing the dataset already built at {builder.data_dir} (--overwrite rebuilds it)")
-    else:
-      shutil.rmtree(builder.data_dir)
-  builder.download_and_prepare()
-  with open(os.path.join(builder.data_dir, "metadata.json")) as f:
-    meta = json.load(f)
+  paths.check_directory_arg(args.data_dir, "--data-dir")
+
+  def make_builder(data_dir):
+    return KitchenPlay(config=config, data_dir=data_dir, workers=args.workers)
+
+  final = make_builder(args.data_dir).data_dir
+  if os.path.exists(os.path.join(final, "dataset_info.json")) and not args.overwrite:
+    print(f"kitchen play: reusing the dataset already built at {final} (--overwrite rebuilds it)")
+  else:  # built in a temp dir under a write lock; a Ctrl-C or a crash leaves nothing behind
+    rlds_io.prepare_atomically(make_builder, final, overwrite=True)
+  builder = make_builder(args.data_dir)
+  meta = rlds_io.read_metadata(builder.data_dir)
   success = meta.get("subtask_success", {})
   print(f"kitchen play: {builder.info.splits['train'].num_examples} episodes at {builder.data_dir}")
   if success:

@@ -9,8 +9,9 @@ keys, wrong shapes, NaN/inf, empty or too-short episodes, truncated files) stops
 naming the file, episode and field, and leaves no partial dataset behind.
 """
 import argparse
+import os
 
-from relay.cli import UsageError
+from relay_data import paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
   from relay_data import converters, rlds_io  # pylint: disable=import-outside-toplevel
-  if not args.name.replace("_", "").isalnum() or not args.name[0].isalpha() or args.name.lower() != args.name:
-    raise UsageError("--name must be lower_snake_case (letters, digits, underscores), starting with a letter")
-  try:
-    path = converters.ingest(args.format, args.path, args.name, args.data_dir, overwrite=args.overwrite)
-  except FileExistsError as e:
-    raise UsageError(str(e)) from e
+  paths.check_name(args.name)
+  paths.check_directory_arg(args.data_dir, "--data-dir")
+  paths.check_output(os.path.join(args.data_dir, args.name), "--data-dir/--name", sources=[args.path],
+                     overwrite=args.overwrite)
+  path = converters.ingest(args.format, args.path, args.name, args.data_dir, overwrite=args.overwrite)
   print(f"ingested {rlds_io.num_examples(path)} episodes from {args.path} into {path}")
   return 0

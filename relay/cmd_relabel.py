@@ -17,6 +17,7 @@ import argparse
 import json
 
 from relay.cli import UsageError
+from relay_data import paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +51,12 @@ def run(args: argparse.Namespace) -> int:
                                      goals_per_step=args.goals_per_step, seed=args.seed)
   except ValueError as e:
     raise UsageError(f"invalid relabel options: {e}") from e
+  if args.name is not None:
+    paths.check_name(args.name)
+  paths.check_output(args.output, "--output", sources=[args.source], overwrite=args.overwrite)
   extra = [a for a in args.beam_args if a != "--"]
   beam_args = [f"--runner={args.runner}", *extra]
+  _check_runner(beam_args)
   try:
     lineage = pipeline.run_relabel(args.source, args.output, config, beam_args=beam_args,
                                    pipeline=pipeline.PipelineConfig(episodes_per_shard=args.episodes_per_shard),
@@ -67,3 +72,15 @@ def run(args: argparse.Namespace) -> int:
           f"{counts['episodes_without_examples']} with no examples")
   print(f"  config: {json.dumps(lineage['config'])}")
   return 0
+
+
+def _check_runner(beam_args) -> None:
+  """A Beam runner name that Beam does not know is a usage error, found before any work."""
+  from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions  # pylint: disable=import-outside-toplevel
+  from apache_beam.runners.runner import create_runner  # pylint: disable=import-outside-toplevel
+  runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner
+  try:
+    create_runner(runner)
+  except (ValueError, ImportError) as e:
+    raise UsageError(f"Beam runner {runner!r}: {str(e).split('. Valid values')[0]} (e.g. DirectRunner, "
+                     "FlinkRunner, SparkRunner, DataflowRunner)") from e

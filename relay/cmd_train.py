@@ -14,6 +14,9 @@ import argparse
 import json
 
 from relay.cli import UsageError
+from relay_data import paths
+
+LOCKED_OUTPUTS = ("out",)  # relay.cli holds --out's write lock while training
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     data = {"policy": args.data}
   if args.steps <= 0:
     raise UsageError("--steps must be positive")
+  paths.check_output(args.out, "--out", sources=list(data.values()), kind="model")  # resumes in place
   try:
     hidden = tuple(int(h) for h in args.hidden.split(","))
     config = GoalBCConfig(hidden_sizes=hidden, head=args.head, num_components=args.components,

@@ -9,6 +9,9 @@
 Every artifact stays under --out, and each stage prints the equivalent CLI command, so any
 stage can be rerun by hand at a larger size. Sizes here are small so the demo runs in minutes
 on 2 CPU cores; the numbers it prints are a smoke check, not a result (see docs/results.md).
+The smallest run (about a minute and a half):
+  relay demo --episodes 2 --steps 50 --goals 1 --rollouts 1 --max-steps 50 --skip-doctor
+Third-party log output (Reverb, TensorFlow, worker processes) goes to a log file, named at the end.
 """
 import argparse
 import os
@@ -16,6 +19,7 @@ import shlex
 import time
 
 from relay import cli, doctor
+from relay_data import paths, quiet
 from relay_data.play import generator
 
 
@@ -37,7 +41,20 @@ def _stage(title: str, argv) -> None:
     raise SystemExit(f"demo stopped: stage '{title}' failed (exit {code})")
 
 
+SCALE_NOTE = """\
+What these figures mean: this demo trains on {episodes} play episodes for {steps} learner steps
+per level and evaluates {rollouts} rollout(s) of {max_steps} steps per goal, so success rates of
+0% are expected: they show that every stage runs end to end, not how well relay IL works.
+Full-scale results (400 episodes, 30,000 learner steps per policy, 20 goals x 20 rollouts of
+1,200 steps, 3 seeds, RIL against GCBC and BC baselines) are in docs/results.md;
+`bash scripts/results.sh` reproduces them."""
+
+
 def run(args: argparse.Namespace) -> int:
+  for flag in ("episodes", "steps", "goals", "rollouts", "max_steps"):
+    if getattr(args, flag) <= 0:
+      raise cli.UsageError(f"--{flag.replace('_', '-')} must be positive")
+  paths.check_directory_arg(args.out, "--out")
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
   start = time.time()
@@ -74,4 +91,8 @@ def run(args: argparse.Namespace) -> int:
           "--max-steps", str(args.max_steps), "--seed", str(args.seed), "--workers", "2",
           "--json", os.path.join(out, "eval.json")])
   print(f"\ndemo finished in {time.time() - start:.0f}s; artifacts in {out}")
+  print(SCALE_NOTE.format(episodes=args.episodes, steps=args.steps, rollouts=args.rollouts,
+                          max_steps=args.max_steps))
+  if quiet.log_path():
+    print(f"third-party log output (Reverb, TensorFlow, workers): {quiet.log_path()}")
   return 0

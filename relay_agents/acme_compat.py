@@ -24,6 +24,8 @@ import sys
 import types
 from typing import List
 
+from relay_data import quiet
+
 PATCHES: List[str] = []
 
 
@@ -100,7 +102,9 @@ def _drop_reverb_signature_timeout() -> None:
 
 
 def install() -> None:
-  """Applies all patches (idempotent)."""
+  """Applies all patches (idempotent), and drops the import-time notices of old gym (imported by
+  `acme.wrappers`) and gymnasium-robotics before acme can import them (see relay_data.quiet)."""
+  quiet.drop_import_notices()
   _stub_launchpad()
   _alias_removed_jax_names()
   _drop_reverb_signature_timeout()

@@ -77,8 +77,11 @@ def _goal_env(goal: EvalGoal, max_steps: int, render: bool, render_size):
 
 
 def rollout(actor, goal: EvalGoal, max_steps: int, seed: int, render: bool = False,
-            render_size=(160, 120)) -> Rollout:
-  """One episode of `actor` toward `goal` in FrankaKitchen-v1 (ends when all four are done)."""
+            render_size=(160, 120), render_every: int = 1) -> Rollout:
+  """One episode of `actor` toward `goal` in FrankaKitchen-v1 (ends when all four are done).
+
+  With `render`, every `render_every`-th step is rendered (~0.5 s a frame in software) under a
+  progress bar."""
   import dm_env  # pylint: disable=import-outside-toplevel
   env = _goal_env(goal, max_steps, render, render_size)
   obs, _ = env.reset(seed=seed)
@@ -87,12 +90,13 @@ def rollout(actor, goal: EvalGoal, max_steps: int, seed: int, render: bool = Fal
   frames = [env.render()] if render else None
   completed: List[str] = []
   steps = 0
-  for steps in range(1, max_steps + 1):
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  for steps in tqdm(range(1, max_steps + 1), desc="rendering video", unit="step", disable=not render, leave=False):
     action = actor.select_action(obs["observation"].astype(np.float32))
     obs, reward, terminated, truncated, info = env.step(action)
     completed = list(info["episode_task_completions"])  # the env mutates this list: copy
     actor.observe(action, dm_env.transition(np.float32(reward), obs["observation"]))
-    if render:
+    if render and steps % render_every == 0:
       frames.append(env.render())
     if terminated or truncated:
       break
@@ -233,15 +237,10 @@ def write_video(frames: Sequence[np.ndarray], path: str, fps: int = 12) -> str:
   ext = os.path.splitext(path)[1].lower()
   if ext not in (".mp4", ".gif"):
     raise ValueError(f"video path must end in .mp4 or .gif, got {path!r}")
-  tmp = path + ".tmp" + ext
-  try:
+  with atomic.atomic_file(path) as tmp:
     if ext == ".gif":
       imageio.mimsave(tmp, list(frames), duration=1000.0 / fps, loop=0)
     else:
       # 16-pixel macro blocks: pass sizes through unchanged, no rescaling warnings.
       imageio.mimsave(tmp, list(frames), fps=fps, macro_block_size=1)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return path

@@ -67,10 +67,8 @@ class _TensorBoardLogger(loggers.Logger):
 
 
 def _atomic_pickle(obj, path: str) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "wb") as f:
+  with atomic.atomic_file(path) as tmp, open(tmp, "wb") as f:
     pickle.dump(obj, f)
-  os.replace(tmp, path)
 
 
 def _load_examples(path: str, max_examples: int) -> Dict[str, np.ndarray]:

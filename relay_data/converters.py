@@ -82,6 +82,9 @@ def read_minari(path: str) -> Iterator[Dict]:
     path = os.path.join(path, "data", "main_data.hdf5") if os.path.isdir(os.path.join(path, "data")) \
         else os.path.join(path, "main_data.hdf5")
   with _open_hdf5(path) as f:
+    bad = [k for k in f.keys() if k.startswith("episode_") and not k[len("episode_"):].isdigit()]
+    if bad:
+      raise DataError(f"group {bad[0]!r} is not named episode_<integer id>", path=path, episode=bad[0])
     names = sorted((k for k in f.keys() if k.startswith("episode_")), key=lambda k: int(k.split("_")[-1]))
     if not names:
       raise DataError("no 'episode_<id>' groups", path=path)
@@ -128,7 +131,7 @@ def read_npz(path: str) -> Iterator[Dict]:
       with np.load(file, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-      raise DataError(f"cannot be read as .npz (truncated?): {e}", path=file) from e
+      raise DataError(f"cannot be read as .npz: {_what_file(file)}", path=file) from e
     episode = os.path.splitext(os.path.basename(file))[0]
     for key in ("observations", "actions"):
       if key not in arrays:
@@ -142,8 +145,27 @@ def read_npz(path: str) -> Iterator[Dict]:
     if "rewards" in arrays:
       ep["reward"] = arrays["rewards"]
     if "terminal" in arrays:
+      if np.ndim(arrays["terminal"]) != 0:
+        raise DataError(f"must be a scalar (1 if the episode ended in a terminal state), got shape "
+                        f"{np.shape(arrays['terminal'])}", path=file, episode=episode, field="terminal")
       ep["is_terminal"] = np.r_[np.zeros(len(obs) - 1, bool), bool(arrays["terminal"])]
     yield ep
+
+
+def _what_file(path: str) -> str:
+  """What a file that failed to parse actually is, by its first bytes (for the error message)."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(8)
+  except OSError as e:
+    return e.strerror or str(e)
+  if head.startswith(b"\x89HDF\r\n\x1a\n"):
+    return "it is an HDF5 file (use --format d4rl-hdf5 or --format minari)"
+  if head.startswith(b"PK"):
+    return "a zip archive that is truncated or damaged"
+  if head.startswith(b"\x93NUMPY"):
+    return "it is a single .npy array, not an .npz archive of named arrays"
+  return "not a numpy .npz archive" if head else "the file is empty"
 
 
 READERS: Dict[str, Callable[[str], Iterator[Dict]]] = {

@@ -1,11 +1,13 @@
 """Summaries of relay datasets for `relay data info`: counts, subtask coverage, orders, lineage."""
 import collections
 import dataclasses
+import os
 from typing import Dict, List, Optional
 
 import numpy as np
 
 from relay_data import atomic, kitchen, pace, rlds_io
+from relay_data.errors import DataError
 
 
 @dataclasses.dataclass
@@ -92,6 +94,10 @@ def is_relabeled(path: str) -> bool:
 
 def format_relabeled(path: str) -> str:
   lineage = rlds_io.read_metadata(path)
+  missing = [k for k in ("source", "counts", "num_shards", "config", "code_version") if k not in lineage]
+  if missing:
+    raise DataError(f"lineage record lacks {', '.join(missing)}; the dataset is damaged",
+                    path=os.path.join(rlds_io.resolve_dataset_dir(path), rlds_io.METADATA_FILE))
   builder = rlds_io.load_builder(path)
   src, counts = lineage["source"], lineage["counts"]
   lines = [f"relabeled dataset {builder.info.name}: {builder.info.splits['train'].num_examples} examples "

@@ -19,8 +19,7 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from relay_data import kitchen, schema
-from relay_data import pace
+from relay_data import kitchen, pace, rlds_io, schema
 from relay_data.play import generator
 from relay_data.play import perturb as perturb_lib
 
@@ -43,7 +42,7 @@ def _example_episode():
       "completed_tasks": np.zeros((length, len(kitchen.ELEMENTS)), bool)})
 
 
-class KitchenPlay(tfds.core.GeneratorBasedBuilder):
+class KitchenPlay(rlds_io.QuietBuilderMixin, tfds.core.GeneratorBasedBuilder):
   """Unsegmented multi-subtask kitchen play (RLDS)."""
 
   VERSION = tfds.core.Version(generator.GENERATOR_VERSION)
@@ -69,7 +68,6 @@ class KitchenPlay(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=schema.features_for(_example_episode()),
-        metadata=tfds.core.MetadataDict(),
         homepage="https://relay-policy-learning.github.io/",
         citation="@inproceedings{gupta2019relay, title={Relay Policy Learning}, booktitle={CoRL}, year={2019}}",
     )
@@ -101,7 +99,7 @@ class KitchenPlay(tfds.core.GeneratorBasedBuilder):
         steps_per_subtask[element].append(steps)
       ep = schema.normalize_episode(result.episode)
       yield result.index, schema.to_rlds_record(ep)
-    self.info.metadata.update({
+    self._generation_metadata = {
         "generator_version": generator.GENERATOR_VERSION,
         "seed": cfg.seed,
         "holdout": [generator.format_set(s) for s in gen_config.holdout],
@@ -115,4 +113,8 @@ class KitchenPlay(tfds.core.GeneratorBasedBuilder):
         "subtask_success": {"attempted": sum(attempted.values()), "completed": sum(completed.values()),
                             "completed_first_try": sum(first_try.values()),
                             "per_element": {e: [completed[e], attempted[e]] for e in attempted}},
-    })
+    }
+
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    super()._download_and_prepare(dl_manager, download_config)
+    rlds_io.attach_metadata(self.data_dir, self._generation_metadata)  # the one way (see rlds_io)
