@@ -5,7 +5,8 @@ object part of qpos, their goal values, and the completion threshold. The goal-s
 the D4RL layout: robot joint positions (9) + object positions (21) = 30 dims, which is
 observation[0:9] ++ observation[18:39] of the 59-d env observation.
 """
-from typing import Dict, List, Sequence
+import dataclasses
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -62,13 +63,33 @@ def set_goal_state(goal_state: np.ndarray, elements: Sequence[str]) -> np.ndarra
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class EnvSettings:
+  """The FrankaKitchen-v1 constructor settings data was recorded under (gymnasium defaults).
+
+  Recorded in a dataset's metadata (`env_settings`) and in every model, so evaluation builds the
+  environment the data came from. A dataset without the key predates it: gymnasium defaults.
+  """
+  robot_noise_ratio: float = 0.01
+  object_noise_ratio: float = 0.0005
+
+  def to_dict(self) -> Dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: Optional[Dict]) -> "EnvSettings":
+    return cls(**(d or {}))
+
+
 def make_env(tasks_to_complete: Sequence[str] = tuple(ELEMENTS), max_episode_steps: int = 280,
-             **kwargs):
+             settings: Optional[EnvSettings] = None, **kwargs):
   """Builds FrankaKitchen-v1 (registers gymnasium-robotics envs on first use)."""
   import gymnasium as gym  # pylint: disable=import-outside-toplevel
   import gymnasium_robotics  # pylint: disable=import-outside-toplevel
   gym.register_envs(gymnasium_robotics)
   kwargs.setdefault("disable_env_checker", True)
+  if settings is not None:
+    kwargs.update(settings.to_dict())
   return gym.make(ENV_ID, tasks_to_complete=list(tasks_to_complete),
                   max_episode_steps=max_episode_steps, **kwargs)
 
