@@ -30,10 +30,12 @@ class OracleResult:
 
 
 def oracle_subgoal_rollout(low_policy, episode: Dict, window: int, max_steps: Optional[int] = None,
-                           seed: int = 0, observation_fn=None) -> OracleResult:
+                           seed: int = 0, observation_fn=None,
+                           settings: Optional[kitchen.EnvSettings] = None) -> OracleResult:
   """`low_policy`: a trained low-level `GoalPolicy`; `episode` from `rlds_io.iter_episodes`;
   `window`: W_l (the model's, `ModelRecord.window`); `observation_fn`: env observation -> the
-  policy's layout (`models.observation_fn`; None: the env's own observation).
+  policy's layout (`models.observation_fn`; None: the env's own observation); `settings`: the
+  kitchen's (`models.env_settings`; None: gymnasium defaults).
 
   The env is reset with the episode's recorded seed (generated play), so the rollout starts in
   the demo's initial state (ingested data has none: `seed` is used); it runs for `max_steps`
@@ -44,7 +46,7 @@ def oracle_subgoal_rollout(low_policy, episode: Dict, window: int, max_steps: Op
   order = [s for s in str(episode.get("subtask_order", "")).split(",") if s]
   max_steps = length + 300 if max_steps is None else max_steps
   env = kitchen.make_env(tasks_to_complete=order or kitchen.ELEMENTS, max_episode_steps=max_steps,
-                         terminate_on_tasks_completed=bool(order))
+                         terminate_on_tasks_completed=bool(order), settings=settings)
   recorded = int(episode.get("seed", -1))  # -1: ingested data, no recorded reset seed
   obs, _ = env.reset(seed=(recorded if recorded >= 0 else seed) % (2 ** 31))
   actor = acting.FlatActor(low_policy, seed=seed, observation_fn=observation_fn)  # low level alone, set subgoals
@@ -100,10 +102,11 @@ class _ReplanRecorder:
 
 
 def subgoal_trace(actor: acting.HierarchicalActor, goal: evaluation.EvalGoal, max_steps: int,
-                  seed: int = 0) -> Tuple[evaluation.Rollout, List[Replan]]:
-  """One evaluation rollout of `actor` toward `goal`, with a `Replan` record per re-plan."""
+                  seed: int = 0, settings: Optional[kitchen.EnvSettings] = None) -> Tuple[evaluation.Rollout, List[Replan]]:
+  """One evaluation rollout of `actor` toward `goal` (in a kitchen built with `settings`, the
+  model's: `models.env_settings`), with a `Replan` record per re-plan."""
   recorder = _ReplanRecorder(actor)
-  result = evaluation.rollout(recorder, goal, max_steps, seed=seed)
+  result = evaluation.rollout(recorder, goal, max_steps, seed=seed, settings=settings)
 
   def done(goal_state):
     mask = kitchen.completion_mask(goal_state[None], goal.elements)[0]

@@ -228,26 +228,33 @@ def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True):
   return builders[level].make_actor(key, policies[level], variable_source=sources[level])
 
 
-def check_goal_source(record: ModelRecord, model_dir: str, play_dir: str) -> None:
-  """Refuses (one-line DataError) to evaluate a model against a play dataset or environment it does
-  not fit: the model must act in the kitchen, and the goals' goal space and environment settings
-  must be the model's."""
-  spec = record.data_spec
+def check_fits(record: ModelRecord, model_dir: str, spec: goal_space.DataSpec, env_settings: Optional[Dict],
+               what: str) -> None:
+  """Refuses (one-line DataError) an environment or dataset (`what`, with its `spec` and kitchen
+  settings) the model does not fit: the model must act in the kitchen, and the goal space,
+  environment and settings must be the model's. Observation layouts may differ: the actor maps
+  the environment's observation to the model's. Evaluation and finetuning both apply this."""
+  mine = record.data_spec
   where = f"model {model_dir}"
-  if not spec.observation.evaluable:
-    raise DataError(f"{where} was trained on env '{spec.env}' data ({spec.describe()}); only kitchen models "
-                    "can be evaluated in FrankaKitchen-v1")
+  if not mine.observation.evaluable:
+    raise DataError(f"{where} was trained on env '{mine.env}' data ({mine.describe()}); only kitchen models "
+                    "can act in FrankaKitchen-v1")
+  if spec.goal_space != mine.goal_space or spec.env != mine.env:
+    raise DataError(f"{where} has a {mine.goal_space.dim}-d {mine.goal_space.name} goal space (env {mine.env}) but "
+                    f"{what} has {spec.describe()}")
+  if goal_space.normalize_env_settings(env_settings) != goal_space.normalize_env_settings(record.env_settings):
+    raise DataError(f"{where} was trained under environment settings {record.env_settings} but {what} "
+                    f"was recorded under {env_settings}")
+
+
+def check_goal_source(record: ModelRecord, model_dir: str, play_dir: str) -> None:
+  """`check_fits` against the play dataset evaluation goals come from."""
   play = goal_space.provenance_of_episode_dataset(play_dir)
-  play_spec = goal_space.DataSpec.from_dict(play[goal_space.METADATA_KEY])
-  if play_spec.goal_space != spec.goal_space or play_spec.env != spec.env:
-    raise DataError(f"{where} has a {spec.goal_space.dim}-d {spec.goal_space.name} goal space (env {spec.env}) but "
-                    f"the goals' dataset {play_dir} has {play_spec.describe()}")
-  if play["env_settings"] != record.env_settings:
-    raise DataError(f"{where} was trained under environment settings {record.env_settings} but the goals' "
-                    f"dataset {play_dir} was recorded under {play['env_settings']}")
+  check_fits(record, model_dir, goal_space.DataSpec.from_dict(play[goal_space.METADATA_KEY]), play["env_settings"],
+             f"the goals' dataset {play_dir}")
 
 
 def env_settings(record: ModelRecord):
   """The `kitchen.EnvSettings` the model's data was recorded under (evaluation builds this env)."""
   from relay_data import kitchen  # pylint: disable=import-outside-toplevel
-  return kitchen.EnvSettings.from_dict(record.env_settings)
+  return kitchen.EnvSettings.from_dict(goal_space.normalize_env_settings(record.env_settings))

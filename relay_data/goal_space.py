@@ -171,7 +171,13 @@ def env_settings_of_metadata(meta: Dict, spec: DataSpec) -> Optional[Dict]:
   it and used gymnasium's defaults; None outside the kitchen."""
   if spec.env != "kitchen":
     return None
-  return kitchen.EnvSettings.from_dict(meta.get("env_settings")).to_dict()
+  return normalize_env_settings(meta.get("env_settings"))
+
+
+def normalize_env_settings(settings: Optional[Dict]) -> Dict:
+  """Recorded kitchen settings with every field present (missing ones at gymnasium's defaults),
+  so records from before a field existed compare equal to the defaults they ran under."""
+  return kitchen.EnvSettings.from_dict(settings or {}).to_dict()
 
 
 def provenance_of_episode_dataset(path: str) -> Dict:

@@ -59,7 +59,7 @@ def test_evaluation_refuses_a_model_that_does_not_fit_the_goals(tmp_path, kitche
   defaults = kitchen.EnvSettings().to_dict()
   models.check_goal_source(_record(kitchen59, defaults), "m", kitchen_play_tiny)  # fits: no error
   models.check_goal_source(_record(goal_space.kitchen_spec(30), defaults), "m", kitchen_play_tiny)  # 30-d D4RL too
-  with pytest.raises(DataError, match="trained on env 'none' data .*only kitchen models can be evaluated"):
+  with pytest.raises(DataError, match="trained on env 'none' data .*only kitchen models can act in FrankaKitchen-v1"):
     models.check_goal_source(_record(goal_space.custom_spec(59, 59), None), "m", kitchen_play_tiny)
   noisy = kitchen.EnvSettings(robot_noise_ratio=0.1).to_dict()
   with pytest.raises(DataError, match="trained under environment settings .*robot_noise_ratio': 0.1"):
@@ -164,3 +164,40 @@ def test_model_record_and_actor(datasets, tmp_path):
   with pytest.raises(DataError, match="policy.pkl: missing"):
     models.make_actor(model)
   assert len(fp) == 16
+
+
+def test_rollout_log_key_names_model_goals_and_play_data(kitchen_play_tiny):
+  from relay_agents import evaluation
+  goals = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1)
+  key = evaluation.log_key("model", goals, "play", 400, 0, False)
+  moved = [evaluation.EvalGoal(g.elements, g.goal_state + 0.01, g.heldout) for g in goals]  # same names
+  others = [evaluation.log_key("model2", goals, "play", 400, 0, False),
+            evaluation.log_key("model", moved, "play", 400, 0, False),
+            evaluation.log_key("model", goals, "play2", 400, 0, False),
+            evaluation.log_key("model", goals, "play", 280, 0, False),
+            evaluation.log_key("model", goals, "play", 400, 1, False),
+            evaluation.log_key("model", goals, "play", 400, 0, True)]
+  assert key == evaluation.log_key("model", goals, "play", 400, 0, False) and key not in others
+  assert len(set(others)) == len(others)
+
+
+def test_legacy_model_record_is_read_with_an_inferred_spec(tmp_path):
+  """Models trained before records (agent.json = {agent, replan_every, levels}) still evaluate."""
+  import pickle
+  from relay_agents.gcbc import networks as gcbc_networks
+  import jax
+  for level, cfg, out_dim in (("high", GoalBCConfig(hidden_sizes=(4,), target="subgoal"), 30),
+                              ("low", GoalBCConfig(hidden_sizes=(4,)), 9)):
+    nets = gcbc_networks.make_networks(89, out_dim, cfg, gcbc_networks.Normalization.from_arrays(
+        np.zeros((2, 89)), np.zeros((2, out_dim))))
+    (tmp_path / level).mkdir()
+    with open(tmp_path / level / "policy.pkl", "wb") as f:
+      pickle.dump({"params": nets.policy.init(jax.random.PRNGKey(0)), "normalization": nets.normalization,
+                   "config": cfg, "dims": {"observation": 59, "goal": 30, "action": 9, "subgoal": 30},
+                   "input_dim": 89, "source": "x"}, f)
+  (tmp_path / "agent.json").write_text(json.dumps({"agent": "ril", "replan_every": 30, "levels": {"low": {}, "high": {}}}))
+  record = models.read_record(str(tmp_path))
+  assert record.format == 1 and record.window == 30 and record.data_spec == goal_space.kitchen_spec(59)
+  actor = models.make_actor(str(tmp_path))
+  actor.set_goal(np.zeros(30, np.float32))
+  assert actor.window == 30 and actor.select_action(np.zeros(59, np.float32)).shape == (9,)
