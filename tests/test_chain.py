@@ -2,8 +2,8 @@
 
 The files hold real kitchen play (the 2-episode generated dataset) in each format's own layout:
 D4RL hdf5 with 60-d observations (robot + object positions, task goal appended), Minari with the
-59-d FrankaKitchen-v1 observation (T+1 rows), npz with the 30-d D4RL positions. Each chain trains
-a different agent (ril, gcbc, bc) for a few hundred steps and evaluates it in the real kitchen on
+59-d FrankaKitchen-v1 observation (T+1 rows), npz with the 30-d D4RL positions. The chains train
+every agent (ril, gcbc, bc, gcbc-norelabel) for a few hundred steps and evaluate it in the real kitchen on
 one goal of the ingested data, one rollout, through `relay eval` (in process): the model maps the
 environment's 59-d observation to the layout it was trained on.
 """
@@ -70,27 +70,32 @@ def write_npz(root, episodes):
   return str(root)
 
 
-CHAINS = {  # format -> (writer, agent, the layout the model must be trained on)
-    "d4rl-hdf5": (write_d4rl, "ril", "d4rl"),
-    "minari": (write_minari, "gcbc", "franka-kitchen-v1"),
-    "npz": (write_npz, "bc", "d4rl"),
+CHAINS = {  # format -> (writer, agents trained on it, the layout the models must be trained on)
+    "d4rl-hdf5": (write_d4rl, ("ril",), "d4rl"),
+    "minari": (write_minari, ("gcbc",), "franka-kitchen-v1"),
+    "npz": (write_npz, ("bc", "gcbc-norelabel"), "d4rl"),
 }
-LEVELS = {"ril": {"low": "low", "high": "high"}, "gcbc": {"policy": "flat"}, "bc": {"policy": "bc"}}
+LEVELS = {"ril": {"low": "low", "high": "high"}, "gcbc": {"policy": "flat"}, "bc": {"policy": "bc"},
+          "gcbc-norelabel": {"policy": "final-goal"}}
 
 
 @pytest.mark.parametrize("fmt", sorted(CHAINS))
 def test_ingest_relabel_train_eval(fmt, play_episodes, tmp_path, capsys):
-  writer, agent, layout = CHAINS[fmt]
+  writer, agents, layout = CHAINS[fmt]
   source = writer(tmp_path / f"demos.{'hdf5' if fmt == 'd4rl-hdf5' else 'd'}", play_episodes)
   data = converters.ingest(fmt, source, "demos", str(tmp_path / "data"), progress=False)
   assert rlds_io.read_metadata(data)["spec"]["observation"]["layout"] == layout
+  for agent in agents:
+    _train_and_evaluate(agent, data, layout, tmp_path / agent, capsys)
 
+
+def _train_and_evaluate(agent, data, layout, root, capsys):
   relabeled_dirs = {}
   for level, relabel_level in LEVELS[agent].items():
-    relabeled_dirs[level] = str(tmp_path / level)
+    relabeled_dirs[level] = str(root / level)
     relabel_pipeline.run_relabel(data, relabeled_dirs[level], relabeled.RelabelConfig(
         relabel_level, window=10, window_high=40, goals_per_step=2), show_progress=False)
-  model = str(tmp_path / "model")
+  model = str(root / "model")
   train.train_agent(agent, relabeled_dirs, model, train.TrainConfig(steps=200, progress=False),
                     GoalBCConfig(hidden_sizes=(32, 32), batch_size=32))
   record = models.read_record(model)
@@ -98,7 +103,7 @@ def test_ingest_relabel_train_eval(fmt, play_episodes, tmp_path, capsys):
   assert record.window == (10 if agent in ("ril", "gcbc") else None)
   assert all(s["source"]["fingerprint"] == relabeled.fingerprint(data) for s in record.sources.values())
 
-  out = str(tmp_path / "eval.json")
+  out = str(root / "eval.json")
   code = relay_cli.main(["eval", "--model", model, "--play", data, "--goals", "1", "--no-heldout",
                          "--rollouts", "1", "--max-steps", "290", "--json", out])
   printed = capsys.readouterr().out
