@@ -6,12 +6,12 @@ A model directory (written by `relay_agents.train`):
                             fingerprint, and the episode dataset it was relabeled from), the policy
                             and training configs, the code version and the training summary. Written
                             last: a directory without it is not a (finished) model.
-  <level>/policy.pkl        `SavedPolicy`: parameters, normalization, policy config, example dims and
-                            the key of the data + config it was trained from
+  <level>/policy.pkl        (`save_policy`) parameters, normalization, policy config, example dims,
+                            steps and the key of the data + config it was trained from
   <level>/checkpoint.pkl    learner state, to resume (see `relay_agents.train`)
 
 Evaluation and finetuning read the record and refuse, with one line, an environment or dataset
-whose observation spec, goal space or environment settings differ (`check_goal_source`). The
+whose goal space, environment or environment settings differ (`check_fits`). The
 actor is made through the agent's builder (`relay_agents.gcbc.builder`), with the saved
 parameters as its variable source; it takes the environment's observation and maps it to the
 layout the model was trained on.
@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import pickle
 import uuid
@@ -98,9 +99,21 @@ def _legacy_record(model_dir: str, d: Dict) -> ModelRecord:
                      sources={}, policy_configs={}, train_config={}, code_version="unknown (format 1)", format=1)
 
 
+def _strict(value):
+  """Non-finite floats (e.g. a diverged loss) as null: the record is strict JSON."""
+  if isinstance(value, dict):
+    return {k: _strict(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_strict(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
 def write_record(model_dir: str, record: ModelRecord) -> str:
+  """Writes agent.json atomically (strict JSON)."""
   from relay_data import atomic  # pylint: disable=import-outside-toplevel
-  return atomic.write_json(os.path.join(model_dir, RECORD), record.to_dict(), allow_nan=False)
+  return atomic.write_json(os.path.join(model_dir, RECORD), _strict(record.to_dict()), allow_nan=False)
 
 
 def _write_bytes(path: str, data: bytes) -> None:
