@@ -105,6 +105,25 @@ def test_minari_round_trip_is_exact(tmp_path):
   assert spec["goal_space"] == {"name": "kitchen-qpos", "dim": 30}
 
 
+def test_ingested_steps_read_with_plain_rlds_pair_reward_with_its_action(tmp_path):
+  """RLDS alignment: step t holds observation t, action t and the reward action t earned; the last
+  step (the final observation) has no action and reward 0. Read with tfds + rlds, not relay."""
+  import rlds
+  import tensorflow_datasets as tfds
+  (tmp_path / "ds" / "data").mkdir(parents=True)
+  episodes = _minari_file(tmp_path / "ds" / "data" / "main_data.hdf5")
+  out = converters.ingest("minari", str(tmp_path / "ds"), "minari", str(tmp_path / "data"), progress=False)
+  for episode, (o, a, r) in zip(tfds.builder_from_directory(out).as_dataset(split="train"), episodes):
+    steps = list(episode[rlds.STEPS].as_numpy_iterator())
+    assert len(steps) == len(a) + 1 and steps[0][rlds.IS_FIRST] and steps[-1][rlds.IS_LAST]
+    for t, step in enumerate(steps[:-1]):
+      np.testing.assert_allclose(step[rlds.OBSERVATION]["state"], o[t], rtol=1e-6)
+      np.testing.assert_allclose(step[rlds.ACTION], a[t], rtol=1e-6)
+      assert step[rlds.REWARD] == np.float32(r[t]) and not step[rlds.IS_LAST]
+    assert steps[-1][rlds.REWARD] == 0.0 and steps[-1][rlds.IS_TERMINAL]
+    np.testing.assert_allclose(steps[-1][rlds.OBSERVATION]["state"], o[-1], rtol=1e-6)
+
+
 def test_npz_directory_round_trip(tmp_path):
   rng = np.random.default_rng(2)
   src = tmp_path / "npz"
