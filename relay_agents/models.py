@@ -222,15 +222,14 @@ def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True):
 
   It takes the environment's observation (mapped to the model's layout inside the actor).
   """
-  import numpy as np  # pylint: disable=import-outside-toplevel
   from relay_agents.gcbc import builder as gcbc_builder  # pylint: disable=import-outside-toplevel
   record = read_record(model_dir)
   obs_fn = observation_fn(record)
-  key = np.array([0, seed], np.uint32)
+  key = (0, seed)  # an Acme random_key stand-in: the actor seeds its numpy stream with the last entry
   builders, policies, sources = {}, {}, {}
   for level in record.levels:
     fn, params = policy_fn(os.path.join(model_dir, level), deterministic)
-    builders[level] = gcbc_builder.GoalBCBuilder(fn.config, {}, observation_fn=obs_fn)
+    builders[level] = gcbc_builder.GoalBCBuilder(fn.config, observation_fn=obs_fn)
     policies[level], sources[level] = fn, SavedVariables(params)
   if record.agent == "ril":
     if not record.window:

@@ -27,16 +27,18 @@ def _seed(random_key) -> int:
 class GoalBCBuilder(builders.ActorLearnerBuilder):
   """Offline agent: data comes from a Reverb table filled by `replay.feed`, so no adder.
 
-  `dims` are the relabeled example fields and sizes (e.g. observation 59, goal 30, action 9).
-  `observation_fn` maps the environment's observation to the layout the data has (None: as is;
-  see `relay_data.goal_space.ObservationSpec.from_env`).
+  `dims` are the relabeled example fields and sizes (e.g. observation 59, goal 30, action 9): the
+  replay table's signature (not needed to act). `observation_fn` maps the environment's
+  observation to the layout the data has (None: as is; `relay_data.goal_space.ObservationSpec.from_env`).
   """
 
-  def __init__(self, config: GoalBCConfig, dims: Dict[str, int], observation_fn=None):
+  def __init__(self, config: GoalBCConfig, dims: Optional[Dict[str, int]] = None, observation_fn=None):
     self.config, self.dims, self.observation_fn = config, dims, observation_fn
 
   def make_replay_tables(self, environment_spec=None) -> List[reverb.Table]:
     del environment_spec  # Tables hold relabeled examples, not environment transitions.
+    if not self.dims:
+      raise ValueError("the replay table needs the example dims (GoalBCBuilder(config, dims))")
     return [replay.make_table(self.config.table_name, self.dims, self.config.max_replay_size,
                               self.config.examples_per_item)]
 
