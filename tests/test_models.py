@@ -201,3 +201,14 @@ def test_legacy_model_record_is_read_with_an_inferred_spec(tmp_path):
   actor = models.make_actor(str(tmp_path))
   actor.set_goal(np.zeros(30, np.float32))
   assert actor.window == 30 and actor.select_action(np.zeros(59, np.float32)).shape == (9,)
+
+
+def test_evaluation_builds_the_kitchen_with_the_models_settings(tmp_path, kitchen_play_tiny):
+  from relay_agents import evaluation
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  quiet = kitchen.EnvSettings(robot_noise_ratio=0.0, object_noise_ratio=0.0)
+  record = _record(goal_space.kitchen_spec(59), quiet.to_dict())
+  env = evaluation._goal_env(goal, 5, False, (160, 120), models.env_settings(record)).unwrapped  # pylint: disable=protected-access
+  assert env.robot_env.robot_noise_ratio == 0.0 and env.object_noise_ratio == 0.0
+  default = evaluation._goal_env(goal, 5, False, (160, 120), None).unwrapped  # pylint: disable=protected-access
+  assert default.robot_env.robot_noise_ratio == 0.01 and default.object_noise_ratio == 0.0005
