@@ -161,17 +161,24 @@ def load_policy(level_dir: str) -> Dict:
   return saved
 
 
+def load_networks(level_dir: str):
+  """(GoalBCNetworks, params, GoalBCConfig, example dims) of one level's saved policy: what a
+  learner needs to continue from it (e.g. finetuning) and what `make_policy` needs to act."""
+  from relay_agents.gcbc import networks as gcbc_networks  # pylint: disable=import-outside-toplevel
+  saved = load_policy(level_dir)
+  config = saved["config"]
+  networks = gcbc_networks.make_networks(saved["input_dim"], saved["dims"][config.target], config,
+                                         saved["normalization"])
+  return networks, saved["params"], config, saved["dims"]
+
+
 @functools.lru_cache(maxsize=32)
 def _policy_fn(path: str, mtime_ns: int, size: int, deterministic: bool):  # pylint: disable=unused-argument
   """(jitted GoalPolicyFn, params) of a policy file version: built and compiled once per process,
   so an evaluation that makes an actor per rollout does not re-compile."""
-  from relay_agents.gcbc import builder as gcbc_builder, networks as gcbc_networks  # pylint: disable=import-outside-toplevel
-  saved = load_policy(os.path.dirname(path))
-  config = saved["config"]
-  networks = gcbc_networks.make_networks(saved["input_dim"], saved["dims"][config.target], config,
-                                         saved["normalization"])
-  return gcbc_builder.GoalBCBuilder(config, saved["dims"]).make_policy(networks, evaluation=deterministic), \
-      saved["params"]
+  from relay_agents.gcbc import builder as gcbc_builder  # pylint: disable=import-outside-toplevel
+  networks, params, config, dims = load_networks(os.path.dirname(path))
+  return gcbc_builder.GoalBCBuilder(config, dims).make_policy(networks, evaluation=deterministic), params
 
 
 def policy_fn(level_dir: str, deterministic: bool = True):
