@@ -11,6 +11,7 @@ from relay_agents import replay
 from relay_agents.gcbc import acting, builder as gcbc_builder, learning, networks as gcbc_networks
 from relay_agents.gcbc.config import GoalBCConfig
 from relay_data import kitchen
+from relay_data.relabel import DEFAULT_WINDOW
 
 
 def _steps_per_s(learner, steps=300, warmup=20):
@@ -63,8 +64,9 @@ def actor_benchmark(networks, learner, steps=300):
   high_networks = gcbc_networks.make_networks(89, 30, high_config, gcbc_networks.Normalization(
       np.zeros(89, np.float32), np.ones(89, np.float32), np.zeros(30, np.float32), np.ones(30, np.float32)))
   high_params = high_networks.policy.init(jax.random.PRNGKey(1))
-  actor = acting.HierarchicalActor(acting.GoalPolicy(high_networks, high_params, high_config),
-                                   acting.GoalPolicy(networks, params, GoalBCConfig()), replan_every=30)
+  actor = acting.HierarchicalActor(acting.GoalPolicy(acting.GoalPolicyFn(high_networks, high_config), high_params),
+                                   acting.GoalPolicy(acting.GoalPolicyFn(networks, GoalBCConfig()), params),
+                                   window=DEFAULT_WINDOW)
   actor.set_goal(np.zeros(30, np.float32))
   env = kitchen.make_env(max_episode_steps=10_000)
   obs, _ = env.reset(seed=0)

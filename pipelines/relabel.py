@@ -14,14 +14,12 @@ import json
 import math
 import os
 import shutil
-import subprocess
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-import relay
 from pipelines import progress
-from relay_data import atomic, example_codec, paths, relabeled, rlds_io, schema
+from relay_data import atomic, example_codec, goal_space, paths, relabeled, rlds_io, schema, version
 from relay_data.errors import DataError
 
 NAMESPACE = "relay.relabel"
@@ -108,13 +106,7 @@ def _write_shard(task: Tuple[int, Tuple[int, int]], source: str, config: relabel
 
 
 def _code_version() -> str:
-  here = os.path.dirname(os.path.abspath(__file__))
-  try:
-    commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, timeout=10, check=True).stdout.strip()
-    return f"relay {relay.__version__} ({commit})"
-  except (OSError, subprocess.SubprocessError):
-    return f"relay {relay.__version__}"
+  return version.code_version()
 
 
 def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
@@ -190,6 +182,7 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
                    "episodes_without_examples": counters.get("episodes_without_examples", 0)},
         "num_shards": num_shards,
         "beam_options": list(beam_args),
+        **goal_space.provenance_of_episode_dataset(source_dir),  # spec + env_settings, carried along
     }
     if sum(lengths) != lineage["counts"]["examples_written"]:
       raise RuntimeError(f"shards hold {sum(lengths)} examples but the pipeline counted "

@@ -2,14 +2,11 @@
 
 This package holds the command line (`relay ...`) and the stack doctor. The library lives in
 `relay_data` (RLDS schema, IO, converters, relabeling math), `pipelines` (Beam), `datasets`
-(TFDS builders) and `relay_agents` (Acme agents).
+(TFDS builders) and `relay_agents` (Acme agents); none of them imports this package. The
+version string lives in `relay_data.version` and the process environment defaults in
+`relay_data.process_env` (applied here, before anything heavy is imported).
 """
-import os
+from relay_data import process_env
+from relay_data.version import __version__  # noqa: F401  (re-exported: `relay --version`)
 
-__version__ = "0.1.0"
-
-# Process-wide defaults that must be set before TensorFlow, JAX or MuJoCo are imported:
-# headless EGL rendering, quiet TF C++ logs, and JAX on CPU (this project is CPU only).
-for _key, _value in (("MUJOCO_GL", "egl"), ("TF_CPP_MIN_LOG_LEVEL", "2"), ("JAX_PLATFORMS", "cpu")):
-  os.environ.setdefault(_key, _value)
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+process_env.apply_defaults()

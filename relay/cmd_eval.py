@@ -4,7 +4,12 @@
   relay eval --model models/ril --model models/gcbc --play DIR --goals 17 --plot out.png --video ril.gif
 
 Goals: the `--goals` most frequent 4-element sets in the play data plus the generator's held-out
-sets. Metrics: success rate (all 4 done) and average elements done, by the env's own test.
+sets. Metrics: success rate (all 4 done) and average elements done, by the env's own test, at
+--max-steps (default 400) and at FrankaKitchen-v1's own 280-step limit (each rollout records
+when each element was first done, so one run gives both). The kitchen is built with the settings
+the model's data was recorded under, and each model sees observations in the layout it was
+trained on; a model whose goal space, environment or settings differ from the play data's is
+refused.
 """
 import argparse
 import functools
@@ -16,30 +21,35 @@ from relay_data import atomic, paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+  from relay_agents.evaluation import DEFAULT_MAX_STEPS, ENV_HORIZON  # pylint: disable=import-outside-toplevel
   parser.add_argument("--model", action="append", required=True, help="model dir (repeat to compare)")
   parser.add_argument("--play", required=True, help="play dataset the goals come from")
   parser.add_argument("--goals", type=int, default=17, help="most frequent demo goal sets (default 17)")
   parser.add_argument("--no-heldout", action="store_true", help="skip the held-out goal sets")
   parser.add_argument("--rollouts", type=int, default=20, help="rollouts per goal (default 20)")
-  parser.add_argument("--max-steps", type=int, default=1200, help="episode horizon (default 1200)")
+  parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS,
+                      help=f"episode horizon (default {DEFAULT_MAX_STEPS}); results are also reported at the "
+                           f"env's own {ENV_HORIZON}-step limit")
   parser.add_argument("--sample", action="store_true", help="sample actions instead of taking the mean")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--plot", default=None, help="PNG bar chart of the methods")
   parser.add_argument("--video", default=None,
                       help="MP4 or GIF of one rollout of the first model on the first goal (rendered offscreen, "
-                           "about 0.5 s per frame in software rendering: a 1200-step rollout takes ~10 min)")
+                           "about 0.5 s per frame in software rendering: a 400-step rollout takes ~3 min)")
   parser.add_argument("--video-every", type=int, default=1,
                       help="--video: render every N-th step only (default 1; e.g. 4 renders a quarter of the frames)")
-  parser.add_argument("--json", default=None, help="write all results as JSON here")
+  parser.add_argument("--json", default=None, help="write all results as (strict) JSON here")
   parser.add_argument("--workers", type=int, default=1,
                       help="rollouts run in this many processes (default 1; results do not depend on it)")
   parser.add_argument("--resume-log", default=None,
                       help="JSONL of finished rollouts: appended as they finish, reused on a rerun with the "
-                           "same model, seed, horizon and action mode (resume an interrupted evaluation)")
+                           "same model, goals, play dataset, seed, horizon and action mode (resume an "
+                           "interrupted evaluation)")
 
 
 def run(args: argparse.Namespace) -> int:
-  from relay_agents import evaluation, train  # pylint: disable=import-outside-toplevel
+  from relay_agents import evaluation, models  # pylint: disable=import-outside-toplevel
+  from relay_data import relabeled  # pylint: disable=import-outside-toplevel
   if args.rollouts <= 0 or args.goals < 0 or args.max_steps <= 0 or args.workers <= 0 or args.video_every <= 0:
     raise UsageError("--rollouts, --max-steps, --workers and --video-every must be positive, --goals non-negative")
   if args.video and not args.video.lower().endswith((".mp4", ".gif")):
@@ -47,32 +57,36 @@ def run(args: argparse.Namespace) -> int:
   for flag, out in (("--json", args.json), ("--plot", args.plot), ("--video", args.video), ("--resume-log", args.resume_log)):
     if out:
       paths.check_output(out, flag, sources=[*args.model, args.play], overwrite=True, kind="file")
-  for m in args.model:
-    if not os.path.exists(os.path.join(m, "agent.json")):
-      raise UsageError(f"{m} is not a trained model directory (no agent.json)")
+  records = {}
+  for m in args.model:  # every model is checked before any rollout runs
+    records[m] = models.read_record(m)
+    for level in records[m].levels:
+      models.load_policy(os.path.join(m, level))
+    models.check_goal_source(records[m], m, args.play)
   goals = evaluation.goal_sets(args.play, args.goals, include_heldout=not args.no_heldout)
   if not goals:
     raise UsageError(f"no 4-element goal sets found in {args.play}")
+  play_fingerprint = relabeled.fingerprint(args.play)
   by_method, out = {}, {}
   for model in args.model:
     name = os.path.basename(os.path.normpath(model))
-    key = json.dumps({"model": os.path.abspath(model), "fingerprint": train.model_fingerprint(model),
-                      "max_steps": args.max_steps, "seed": args.seed, "sample": args.sample}, sort_keys=True)
-    results = evaluation.evaluate(functools.partial(train.make_actor, model, deterministic=not args.sample),
+    key = evaluation.log_key(models.fingerprint(model), goals, play_fingerprint, args.max_steps, args.seed,
+                             args.sample)
+    results = evaluation.evaluate(functools.partial(models.make_actor, model, deterministic=not args.sample),
                                   goals, args.rollouts, args.max_steps, args.seed, workers=args.workers,
-                                  log=evaluation.RolloutLog(args.resume_log, key))
+                                  log=evaluation.RolloutLog(args.resume_log, key),
+                                  settings=models.env_settings(records[model]))
     by_method[name] = results
     print(f"== {name}")
     print(evaluation.format_table(results))
-    out[name] = {"per_goal": [r.__dict__ for r in results],
-                 "frequent": evaluation.summarize(results, False),
-                 "heldout": evaluation.summarize(results, True)}
+    out[name] = evaluation.to_json(results)
   if args.plot:
     print(f"plot: {evaluation.plot(by_method, args.plot)}")
   if args.video:
-    r = evaluation.rollout(train.make_actor(args.model[0], args.seed), goals[0], args.max_steps,
-                           seed=args.seed, render=True, render_every=args.video_every)
+    model = args.model[0]
+    r = evaluation.rollout(models.make_actor(model, args.seed), goals[0], args.max_steps, seed=args.seed,
+                           render=True, render_every=args.video_every, settings=models.env_settings(records[model]))
     print(f"video: {evaluation.write_video(r.frames, args.video)} ({len(r.completed)} of 4 done)")
   if args.json:
-    print(f"json: {atomic.write_json(args.json, out)}")
+    print(f"json: {atomic.write_json(args.json, out, allow_nan=False)}")
   return 0

@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   from relay_data.relabeled import LEVELS  # pylint: disable=import-outside-toplevel
   parser.add_argument("--source", required=True, help="RLDS dataset dir (a TFDS dataset version dir or a dir holding one)")
   parser.add_argument("--level", required=True, choices=LEVELS, help="which examples to emit (see above)")
-  parser.add_argument("--window", type=int, default=30, help="W_l for low/high, W for flat (default 30, the paper's)")
+  from relay_data.relabel import DEFAULT_WINDOW  # pylint: disable=import-outside-toplevel
+  parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                      help=f"W_l for low/high, W for flat (default {DEFAULT_WINDOW}, the paper's)")
   parser.add_argument("--window-high", type=int, default=280,
                       help="W_h for the high level (default 280: a FrankaKitchen-v1 episode, like D4RL "
                            "demos; scripted play episodes run 500-1900 steps, so use ~1200 for those)")

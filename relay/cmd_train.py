@@ -7,14 +7,17 @@
 
 Datasets come from `relay relabel` (the level each agent needs is checked against its lineage).
 Each policy's dataset is streamed into a Reverb table (a local server, or --reverb-address of a
-running one) and Acme's JAX BC learner samples from it. Checkpoints resume automatically;
-TensorBoard scalars go to OUT/tensorboard.
+running one) and Acme's JAX BC learner samples from it. A rerun into the same --out resumes from
+its checkpoint only when the data and config are the ones it was trained from; otherwise it
+refuses (pass --overwrite to retrain from scratch). TensorBoard scalars go to OUT/tensorboard.
+The model directory records what it was trained from (relay_agents/models.py).
 """
 import argparse
 import json
 
 from relay.cli import UsageError
 from relay_data import paths
+from relay_data.errors import DataError
 
 LOCKED_OUTPUTS = ("out",)  # relay.cli holds --out's write lock while training
 
@@ -43,6 +46,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"examples kept in Reverb (default {d.max_replay_size:,}; FIFO beyond)")
   parser.add_argument("--reverb-address", default=None, help="host:port of a running Reverb server")
   parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+  parser.add_argument("--checkpoint-every", type=int, default=1000,
+                      help="save a resumable checkpoint every N learner steps (default 1000; and at the end)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="retrain from scratch when --out holds weights from other data or another config")
+
+
+def parse_hidden(text: str):
+  """`--hidden 256,256` -> (256, 256); anything else is a usage error naming the flag."""
+  try:
+    hidden = tuple(int(h) for h in text.split(","))
+  except ValueError:
+    hidden = ()
+  if not hidden or min(hidden) <= 0:
+    raise UsageError(f"--hidden must be comma-separated positive integers (e.g. 256,256), got {text!r}")
+  return hidden
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,24 +74,29 @@ def run(args: argparse.Namespace) -> int:
     if not args.data or args.low or args.high:
       raise UsageError(f"--agent {args.agent} needs --data (and no --low/--high)")
     data = {"policy": args.data}
-  if args.steps <= 0:
-    raise UsageError("--steps must be positive")
+  if args.steps <= 0 or args.checkpoint_every <= 0:
+    raise UsageError("--steps and --checkpoint-every must be positive")
   paths.check_output(args.out, "--out", sources=list(data.values()), kind="model")  # resumes in place
+  hidden = parse_hidden(args.hidden)
   try:
-    hidden = tuple(int(h) for h in args.hidden.split(","))
     config = GoalBCConfig(hidden_sizes=hidden, head=args.head, num_components=args.components,
                           learning_rate=args.learning_rate,
                           batch_size=args.batch_size, max_replay_size=args.max_replay_size)
-    summary = train.train_agent(args.agent, data, args.out,
-                                train.TrainConfig(steps=args.steps, seed=args.seed,
-                                                  reverb_address=args.reverb_address), config)
+    train_config = train.TrainConfig(steps=args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                                     reverb_address=args.reverb_address)
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+  try:
+    summary = train.train_agent(args.agent, data, args.out, train_config, config, overwrite=args.overwrite)
+  except DataError:
+    raise
   except ValueError as e:
     raise UsageError(str(e)) from e
   for level, s in summary["levels"].items():
-    if s["first_loss"] is None:  # the checkpoint was already at --steps: nothing left to train
-      print(f"{args.agent}/{level}: already trained ({s['steps']} steps, from its checkpoint)")
+    if s["first_loss"] is None:  # trained before from this data and config, for --steps steps
+      print(f"{args.agent}/{level}: already trained ({s['steps']} steps, same data and config)")
       continue
     print(f"{args.agent}/{level}: {s['examples_fed']} examples fed to Reverb, {s['steps']} steps, "
           f"loss {s['first_loss']:.3f} -> {s['last_loss']:.3f} ({s['steps_per_s']:.0f} steps/s)")
-  print(f"model: {args.out}  ({json.dumps({'replan_every': summary['replan_every']})})")
+  print(f"model: {args.out}  ({json.dumps({'window': summary['window']})})")
   return 0

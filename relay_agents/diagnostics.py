@@ -29,9 +29,13 @@ class OracleResult:
   arm_error: List[float]       # at each re-plan: max |arm joints - demo's arm joints at that step|
 
 
-def oracle_subgoal_rollout(low_policy, episode: Dict, replan_every: int = 30, max_steps: Optional[int] = None,
-                           seed: int = 0) -> OracleResult:
-  """`low_policy`: a trained low-level `GoalPolicy`; `episode` from `rlds_io.iter_episodes`.
+def oracle_subgoal_rollout(low_policy, episode: Dict, window: int, max_steps: Optional[int] = None,
+                           seed: int = 0, observation_fn=None,
+                           settings: Optional[kitchen.EnvSettings] = None) -> OracleResult:
+  """`low_policy`: a trained low-level `GoalPolicy`; `episode` from `rlds_io.iter_episodes`;
+  `window`: W_l (the model's, `ModelRecord.window`); `observation_fn`: env observation -> the
+  policy's layout (`models.observation_fn`; None: the env's own observation); `settings`: the
+  kitchen's (`models.env_settings`; None: `kitchen.DEFAULT_SETTINGS`).
 
   The env is reset with the episode's recorded seed (generated play), so the rollout starts in
   the demo's initial state (ingested data has none: `seed` is used); it runs for `max_steps`
@@ -42,17 +46,17 @@ def oracle_subgoal_rollout(low_policy, episode: Dict, replan_every: int = 30, ma
   order = [s for s in str(episode.get("subtask_order", "")).split(",") if s]
   max_steps = length + 300 if max_steps is None else max_steps
   env = kitchen.make_env(tasks_to_complete=order or kitchen.ELEMENTS, max_episode_steps=max_steps,
-                         terminate_on_tasks_completed=bool(order))
+                         terminate_on_tasks_completed=bool(order), settings=settings)
   recorded = int(episode.get("seed", -1))  # -1: ingested data, no recorded reset seed
   obs, _ = env.reset(seed=(recorded if recorded >= 0 else seed) % (2 ** 31))
-  actor = acting.FlatActor(low_policy, seed=seed)  # the low level acting alone, toward set subgoals
+  actor = acting.FlatActor(low_policy, seed=seed, observation_fn=observation_fn)  # low level alone, set subgoals
   completed: List[str] = []
   arm_error: List[float] = []
   steps = 0
   for steps in range(1, max_steps + 1):
     t = steps - 1
-    if t % replan_every == 0:
-      actor.set_goal(goal_states[min(t + replan_every, length - 1)])
+    if t % window == 0:
+      actor.set_goal(goal_states[min(t + window, length - 1)])
       demo_arm = goal_states[min(t, length - 1)][kitchen.ARM]
       arm_error.append(float(np.abs(obs["observation"][kitchen.ARM] - demo_arm).max()))
     obs, _, terminated, truncated, info = env.step(actor.select_action(obs["observation"].astype(np.float32)))
@@ -98,10 +102,11 @@ class _ReplanRecorder:
 
 
 def subgoal_trace(actor: acting.HierarchicalActor, goal: evaluation.EvalGoal, max_steps: int,
-                  seed: int = 0) -> Tuple[evaluation.Rollout, List[Replan]]:
-  """One evaluation rollout of `actor` toward `goal`, with a `Replan` record per re-plan."""
+                  seed: int = 0, settings: Optional[kitchen.EnvSettings] = None) -> Tuple[evaluation.Rollout, List[Replan]]:
+  """One evaluation rollout of `actor` toward `goal` (in a kitchen built with `settings`, the
+  model's: `models.env_settings`), with a `Replan` record per re-plan."""
   recorder = _ReplanRecorder(actor)
-  result = evaluation.rollout(recorder, goal, max_steps, seed=seed)
+  result = evaluation.rollout(recorder, goal, max_steps, seed=seed, settings=settings)
 
   def done(goal_state):
     mask = kitchen.completion_mask(goal_state[None], goal.elements)[0]

@@ -7,6 +7,12 @@ their target values, since a later motion may have nudged one back). Goal sets: 
 sets the generator kept out of every demo (compositional generalization), built from a demo's
 initial state with the four elements moved to their targets. Metrics: average step completion
 (elements done, 0-4, by the environment's own completion test) and success rate (all four).
+
+Horizons: a rollout runs `max_steps` steps (`relay eval` default 400 for four-element goals) and
+records the step at which each element was first completed, so one run also gives the results
+at FrankaKitchen-v1's own limit of 280 steps (`ENV_HORIZON`); tables and JSON show both.
+The environment is built with the settings the model's data was recorded under
+(`kitchen.EnvSettings`); the actor maps the environment's observation to the model's layout.
 """
 import collections
 import dataclasses
@@ -18,6 +24,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from relay_data import atomic, kitchen, rlds_io
+
+ENV_HORIZON = 280         # FrankaKitchen-v1's own max_episode_steps
+DEFAULT_MAX_STEPS = 400   # `relay eval` default horizon for four-element goals
 
 
 @dataclasses.dataclass
@@ -59,63 +68,88 @@ class Rollout:
   completed: List[str]
   steps: int
   frames: Optional[List[np.ndarray]] = None
+  first_done: Dict[str, int] = dataclasses.field(default_factory=dict)  # element -> first step done
 
 
 _ENVS: Dict[tuple, object] = {}
 
 
-def _goal_env(goal: EvalGoal, max_steps: int, render: bool, render_size):
-  """A kitchen env whose tasks are `goal`'s elements; one env per (horizon, rendering) is reused
-  across rollouts (building the MuJoCo model costs ~0.5 s), its tasks swapped before reset."""
-  key = (max_steps, render, tuple(render_size) if render else None)
+def _goal_env(goal: EvalGoal, max_steps: int, render: bool, render_size,
+              settings: Optional[kitchen.EnvSettings] = None):
+  """A kitchen env whose tasks are `goal`'s elements; one env per (horizon, rendering, settings) is
+  reused across rollouts (building the MuJoCo model costs ~0.5 s), its tasks swapped before reset."""
+  key = (max_steps, render, tuple(render_size) if render else None, settings)
   if key not in _ENVS:
     kwargs = {"render_mode": "rgb_array", "width": render_size[0], "height": render_size[1]} if render else {}
-    _ENVS[key] = kitchen.make_env(tasks_to_complete=goal.elements, max_episode_steps=max_steps, **kwargs)
+    _ENVS[key] = kitchen.make_env(tasks_to_complete=goal.elements, max_episode_steps=max_steps,
+                                  settings=settings, **kwargs)
   env = _ENVS[key]
   env.unwrapped.goal = {e: kitchen.ELEMENT_GOALS[e] for e in goal.elements}  # reset() derives the tasks
   return env
 
 
 def rollout(actor, goal: EvalGoal, max_steps: int, seed: int, render: bool = False,
-            render_size=(160, 120), render_every: int = 1) -> Rollout:
+            render_size=(160, 120), render_every: int = 1,
+            settings: Optional[kitchen.EnvSettings] = None) -> Rollout:
   """One episode of `actor` toward `goal` in FrankaKitchen-v1 (ends when all four are done).
 
-  With `render`, every `render_every`-th step is rendered (~0.5 s a frame in software) under a
-  progress bar."""
+  The actor gets the environment's observation (it maps it to its own layout). With `render`,
+  every `render_every`-th step is rendered (~0.5 s a frame in software) under a progress bar."""
   import dm_env  # pylint: disable=import-outside-toplevel
-  env = _goal_env(goal, max_steps, render, render_size)
+  env = _goal_env(goal, max_steps, render, render_size, settings)
   obs, _ = env.reset(seed=seed)
   actor.set_goal(goal.goal_state)
   actor.observe_first(dm_env.restart(obs["observation"]))
   frames = [env.render()] if render else None
-  completed: List[str] = []
+  first_done: Dict[str, int] = {}
   steps = 0
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   for steps in tqdm(range(1, max_steps + 1), desc="rendering video", unit="step", disable=not render, leave=False):
     action = actor.select_action(obs["observation"].astype(np.float32))
     obs, reward, terminated, truncated, info = env.step(action)
-    completed = list(info["episode_task_completions"])  # the env mutates this list: copy
+    for e in info["episode_task_completions"]:  # the env mutates this list: read it now
+      first_done.setdefault(e, steps)
     actor.observe(action, dm_env.transition(np.float32(reward), obs["observation"]))
     if render and steps % render_every == 0:
       frames.append(env.render())
     if terminated or truncated:
       break
-  return Rollout(completed=[e for e in goal.elements if e in completed], steps=steps, frames=frames)
+  return Rollout(completed=[e for e in goal.elements if e in first_done], steps=steps, frames=frames,
+                 first_done={e: first_done[e] for e in goal.elements if e in first_done})
 
 
 @dataclasses.dataclass
 class GoalResult:
+  """Per goal: each rollout's first-completion step per element (within `max_steps`)."""
   goal: str
   heldout: bool
-  completions: List[int]
+  first_done: List[Dict[str, int]]
+  max_steps: int
+
+  def completions_at(self, horizon: Optional[int] = None) -> List[int]:
+    """Elements done per rollout within `horizon` steps (default: the whole rollout)."""
+    h = self.max_steps if horizon is None else horizon
+    return [sum(step <= h for step in done.values()) for done in self.first_done]
 
   @property
-  def step_completion(self) -> float:
-    return float(np.mean(self.completions))
+  def completions(self) -> List[int]:
+    return self.completions_at()
 
-  @property
-  def success_rate(self) -> float:
-    return float(np.mean([c == 4 for c in self.completions]))
+  def step_completion(self, horizon: Optional[int] = None) -> float:
+    return float(np.mean(self.completions_at(horizon)))
+
+  def success_rate(self, horizon: Optional[int] = None) -> float:
+    return float(np.mean([c == 4 for c in self.completions_at(horizon)]))
+
+  def to_json(self) -> Dict:
+    return {"goal": self.goal, "heldout": self.heldout, "completions": self.completions,
+            "first_done": self.first_done, "max_steps": self.max_steps,
+            "completions_at": {str(h): self.completions_at(h) for h in horizons(self.max_steps)}}
+
+
+def horizons(max_steps: int) -> List[int]:
+  """The horizons results are reported at: the env's own limit (when shorter) and `max_steps`."""
+  return sorted({min(ENV_HORIZON, max_steps), max_steps})
 
 
 def rollout_seeds(seed: int, goal_index: int, r: int):
@@ -124,19 +158,32 @@ def rollout_seeds(seed: int, goal_index: int, r: int):
 
 
 def _rollout_task(task):
-  """One rollout in a worker: (make_actor, goal, goal index, r, max_steps, seed) -> summary."""
-  make_actor, goal, gi, r, max_steps, seed = task
+  """One rollout in a worker: (make_actor, goal, goal index, r, max_steps, seed, settings) -> summary."""
+  make_actor, goal, gi, r, max_steps, seed, settings = task
   actor_seed, env_seed = rollout_seeds(seed, gi, r)
-  result = rollout(make_actor(actor_seed), goal, max_steps, seed=env_seed)
-  return gi, r, len(result.completed), result.steps
+  result = rollout(make_actor(actor_seed), goal, max_steps, seed=env_seed, settings=settings)
+  return gi, r, result.first_done, result.steps
+
+
+def log_key(model_fingerprint: str, goals: Sequence[EvalGoal], play_fingerprint: str, max_steps: int,
+            seed: int, sample: bool) -> str:
+  """What a logged rollout depends on: the model's fingerprint, the goal vectors (and names), the
+  play dataset's fingerprint, the horizon, the seed and the action mode."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  h = hashlib.sha256()
+  for g in goals:
+    h.update(g.name.encode() + np.asarray(g.goal_state, np.float32).tobytes())
+  return json.dumps({"model": model_fingerprint, "goals": h.hexdigest()[:16], "play": play_fingerprint,
+                     "max_steps": max_steps, "seed": seed, "sample": sample}, sort_keys=True)
 
 
 class RolloutLog:
   """Append-only JSONL of finished rollouts, so an interrupted evaluation resumes where it stopped.
 
-  A record is reused only under the same `key` (which names the model, its training record, the
-  horizon, the seed and the action mode) and goal name; a torn last line (a crash mid-write) is
-  ignored. The log is a cache, not a result: `relay eval --json` writes the result atomically.
+  A record is reused only under the same `key` (`log_key`: model fingerprint, goal vectors, play
+  dataset fingerprint, horizon, seed, action mode) and goal name; a torn last line (a crash
+  mid-write) is ignored. The log is a cache, not a result: `relay eval --json` writes the result
+  atomically.
   """
 
   def __init__(self, path: Optional[str], key: str):
@@ -149,32 +196,33 @@ class RolloutLog:
           rec = json.loads(line)
         except ValueError:
           continue
-        if rec.get("key") == key:
-          self.done[(rec["goal"], rec["rollout"])] = rec["completed"]
+        if isinstance(rec, dict) and rec.get("key") == key and isinstance(rec.get("first_done"), dict):
+          self.done[(rec["goal"], rec["rollout"])] = rec["first_done"]
       if text and not text.endswith("\n"):
         with open(path, "a") as f:  # end the torn line, so the next record starts on its own
           f.write("\n")
 
-  def add(self, goal: str, r: int, completed: int, steps: int) -> None:
-    self.done[(goal, r)] = completed
+  def add(self, goal: str, r: int, first_done: Dict[str, int], steps: int) -> None:
+    self.done[(goal, r)] = first_done
     if self.path:
       with open(self.path, "a") as f:
-        f.write(json.dumps({"key": self.key, "goal": goal, "rollout": r, "completed": completed,
-                            "steps": steps}) + "\n")
+        f.write(json.dumps({"key": self.key, "goal": goal, "rollout": r, "completed": len(first_done),
+                            "first_done": first_done, "steps": steps}) + "\n")
 
 
 def evaluate(make_actor: Callable[[int], object], goals: Sequence[EvalGoal], rollouts: int,
              max_steps: int, seed: int = 0, progress: bool = True, workers: int = 1,
-             log: Optional[RolloutLog] = None) -> List[GoalResult]:
+             log: Optional[RolloutLog] = None, settings: Optional[kitchen.EnvSettings] = None) -> List[GoalResult]:
   """`rollouts` rollouts of the actor from `make_actor(seed)` on every goal.
 
   workers > 1 runs rollouts in that many spawned processes (`make_actor` must then be picklable,
   e.g. a functools.partial of a module-level function); results do not depend on `workers`.
-  `log` skips rollouts it already holds and records new ones as they finish.
+  `log` skips rollouts it already holds and records new ones as they finish. `settings`: the
+  kitchen's settings (the model's; None = gymnasium defaults).
   """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   log = log if log is not None else RolloutLog(None, "")
-  tasks = [(make_actor, goal, gi, r, max_steps, seed) for gi, goal in enumerate(goals)
+  tasks = [(make_actor, goal, gi, r, max_steps, seed, settings) for gi, goal in enumerate(goals)
            for r in range(rollouts) if (goal.name, r) not in log.done]
   bar = tqdm(total=len(goals) * rollouts, initial=len(goals) * rollouts - len(tasks), desc="evaluating",
              unit="rollout", disable=not progress, leave=False)
@@ -185,34 +233,54 @@ def evaluate(make_actor: Callable[[int], object], goals: Sequence[EvalGoal], rol
       finished = pool.imap_unordered(_rollout_task, tasks, chunksize=1)
     else:
       finished = map(_rollout_task, tasks)
-    for gi, r, completed, steps in finished:
-      log.add(goals[gi].name, r, completed, steps)
+    for gi, r, first_done, steps in finished:
+      log.add(goals[gi].name, r, first_done, steps)
       bar.update(1)
   finally:
     bar.close()
     if pool is not None:
       pool.terminate()
-  return [GoalResult(goal.name, goal.heldout, [log.done[(goal.name, r)] for r in range(rollouts)])
+  return [GoalResult(goal.name, goal.heldout, [log.done[(goal.name, r)] for r in range(rollouts)], max_steps)
           for goal in goals]
 
 
-def summarize(results: Sequence[GoalResult], heldout: Optional[bool] = False) -> Dict[str, float]:
+def summarize(results: Sequence[GoalResult], heldout: Optional[bool] = False,
+              horizon: Optional[int] = None) -> Dict[str, Optional[float]]:
+  """Mean success rate and step completion over the chosen goals (None when there are none:
+  results are written as strict JSON)."""
   chosen = [r for r in results if heldout is None or r.heldout == heldout]
   if not chosen:
-    return {"success_rate": float("nan"), "step_completion": float("nan"), "goals": 0}
-  return {"success_rate": float(np.mean([r.success_rate for r in chosen])),
-          "step_completion": float(np.mean([r.step_completion for r in chosen])), "goals": len(chosen)}
+    return {"success_rate": None, "step_completion": None, "goals": 0}
+  return {"success_rate": float(np.mean([r.success_rate(horizon) for r in chosen])),
+          "step_completion": float(np.mean([r.step_completion(horizon) for r in chosen])), "goals": len(chosen)}
+
+
+def to_json(results: Sequence[GoalResult]) -> Dict:
+  """One method's results: per goal, and summaries at the full horizon and at each of `horizons`."""
+  max_steps = results[0].max_steps if results else 0
+  return {"per_goal": [r.to_json() for r in results], "max_steps": max_steps,
+          "frequent": summarize(results, False), "heldout": summarize(results, True),
+          "horizons": {str(h): {"frequent": summarize(results, False, h), "heldout": summarize(results, True, h)}
+                       for h in horizons(max_steps)}}
 
 
 def format_table(results: Sequence[GoalResult]) -> str:
-  lines = [f"{'goal':58s} {'set':8s} {'success':>8s} {'steps done':>10s}"]
+  """Per-goal success and elements done at each reported horizon (env limit and full rollout)."""
+  hs = horizons(results[0].max_steps) if results else []
+  head = " ".join(f"{'success@' + str(h):>12s} {'done@' + str(h):>9s}" for h in hs)
+  lines = [f"{'goal':58s} {'set':8s} {head}"]
+
+  def cells(get):
+    return " ".join(f"{'-' if s is None else f'{100 * s:.1f}%':>12s} {'-' if d is None else f'{d:.2f}':>9s}"
+                    for s, d in (get(h) for h in hs))
+
   for r in results:
-    lines.append(f"{r.goal:58s} {'held-out' if r.heldout else 'demo':8s} {100 * r.success_rate:7.1f}% "
-                 f"{r.step_completion:10.2f}")
+    lines.append(f"{r.goal:58s} {'held-out' if r.heldout else 'demo':8s} "
+                 + cells(lambda h, r=r: (r.success_rate(h), r.step_completion(h))))
   for label, flag in (("frequent goals", False), ("held-out goals", True)):
-    s = summarize(results, flag)
-    if s["goals"]:
-      lines.append(f"{'mean over ' + label:58s} {'':8s} {100 * s['success_rate']:7.1f}% {s['step_completion']:10.2f}")
+    if summarize(results, flag)["goals"]:
+      lines.append(f"{'mean over ' + label:58s} {'':8s} " + cells(
+          lambda h, flag=flag: (summarize(results, flag, h)["success_rate"], summarize(results, flag, h)["step_completion"])))
   return "\n".join(lines)
 
 
@@ -224,7 +292,7 @@ def plot(results_by_method: Dict[str, Sequence[GoalResult]], png_path: str) -> s
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for ax, key, label, top in ((axes[0], "success_rate", "success rate (all 4 done)", 1.0),
                               (axes[1], "step_completion", "avg. elements done (0-4)", 4.0)):
-    vals = [summarize(results_by_method[m], False)[key] for m in methods]
+    vals = [summarize(results_by_method[m], False)[key] or 0.0 for m in methods]
     ax.bar(methods, vals, color="tab:blue")
     ax.set_ylim(0, top)
     ax.set_title(label)

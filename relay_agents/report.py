@@ -7,30 +7,49 @@ from typing import Dict, List
 import numpy as np
 
 
+ENV_HORIZON = "280"  # FrankaKitchen-v1's own limit: `relay eval` reports it beside its --max-steps
+
+
 def aggregate(runs: List[Dict]) -> Dict[str, Dict[str, List[float]]]:
+  """method -> "split/metric" (and "split/metric@280" when the runs report the env's own limit
+  beside a longer horizon) -> one value per run; a split a run has no goals for adds nothing."""
   out: Dict[str, Dict[str, List[float]]] = {}
   for run in runs:
     for method, result in run.items():
+      m = out.setdefault(method, {})
+      at_limit = result.get("horizons", {}).get(ENV_HORIZON) if str(result.get("max_steps")) != ENV_HORIZON else None
       for split in ("frequent", "heldout"):
         for key in ("success_rate", "step_completion"):
-          out.setdefault(method, {}).setdefault(f"{split}/{key}", []).append(result[split][key])
-      out[method].setdefault("rollouts", []).extend(len(g["completions"]) for g in result.get("per_goal", []))
+          for name, source in ((f"{split}/{key}", result), (f"{split}/{key}@{ENV_HORIZON}", at_limit)):
+            value = source.get(split, {}).get(key) if source else None
+            if value is not None:
+              m.setdefault(name, []).append(value)
+      m.setdefault("rollouts", []).extend(len(g["completions"]) for g in result.get("per_goal", []))
   return out
 
 
 def markdown(agg: Dict[str, Dict[str, List[float]]]) -> str:
   def cell(values, pct=False):
+    if not values:
+      return "-"
     v = np.asarray(values, float) * (100 if pct else 1)
     return f"{v.mean():.1f} ± {v.std():.1f}" if pct else f"{v.mean():.2f} ± {v.std():.2f}"
-  lines = ["| method | seeds | rollouts/goal | success % (demo goals) | avg. elements done | success % (held-out) | "
-           "avg. done (held-out) |", "|---|---|---|---|---|---|---|"]
+  limit = any(f"frequent/success_rate@{ENV_HORIZON}" in m for m in agg.values())
+  head = ["method", "seeds", "rollouts/goal", "success % (demo goals)", "avg. elements done", "success % (held-out)",
+          "avg. done (held-out)"]
+  if limit:
+    head += [f"success % (demo goals, {ENV_HORIZON} steps)", f"avg. done ({ENV_HORIZON} steps)"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for method, m in agg.items():
     counts = m.get("rollouts") or [0]
     rollouts = str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
-    lines.append(f"| {method} | {len(m['frequent/success_rate'])} | {rollouts} | "
-                 f"{cell(m['frequent/success_rate'], True)} | "
-                 f"{cell(m['frequent/step_completion'])} | {cell(m['heldout/success_rate'], True)} | "
-                 f"{cell(m['heldout/step_completion'])} |")
+    row = [method, str(len(m.get("frequent/success_rate", []))), rollouts,
+           cell(m.get("frequent/success_rate"), True), cell(m.get("frequent/step_completion")),
+           cell(m.get("heldout/success_rate"), True), cell(m.get("heldout/step_completion"))]
+    if limit:
+      row += [cell(m.get(f"frequent/success_rate@{ENV_HORIZON}"), True),
+              cell(m.get(f"frequent/step_completion@{ENV_HORIZON}"))]
+    lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines)
 
 
@@ -46,7 +65,7 @@ def plot(agg: Dict[str, Dict[str, List[float]]], png_path: str) -> str:
   for ax, key, label, top in ((axes[0], "success_rate", "success rate", 1.0),
                               (axes[1], "step_completion", "avg. elements done (0-4)", 4.0)):
     for offset, split, color in ((-0.2, "frequent", "tab:blue"), (0.2, "heldout", "tab:orange")):
-      values = [np.asarray(agg[m][f"{split}/{key}"], float) for m in methods]
+      values = [np.asarray(agg[m].get(f"{split}/{key}") or [0.0], float) for m in methods]
       ax.bar(x + offset, [v.mean() for v in values], 0.4, yerr=[v.std() for v in values], color=color,
              label="demo goals" if split == "frequent" else "held-out goals", capsize=3)
     ax.set_xticks(x, methods)

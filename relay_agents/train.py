@@ -4,16 +4,21 @@
     relay train-il --agent gcbc --data out/flat --out models/gcbc
 
 A policy is trained per level: its relabeled dataset is streamed into a Reverb table (a local
-server, or `reverb_address` for a server elsewhere), Acme's BC learner reads batches from it,
-scalars go to TensorBoard (`<out>/tensorboard`), checkpoints to `<out>/<level>/checkpoint.pkl`
-(resumed automatically), and the final policy to `<out>/<level>/policy.pkl`.
+server, or `reverb_address` for a server elsewhere), Acme's BC learner (made by the GCBC builder)
+reads batches from it, scalars go to TensorBoard (`<out>/tensorboard`), checkpoints to
+`<out>/<level>/checkpoint.pkl` every `checkpoint_every` steps (the one before is kept as
+`checkpoint.prev.pkl`: a damaged latest checkpoint falls back to it), and the final policy to
+`<out>/<level>/policy.pkl`. The model's record (`relay_agents.models`) is written last.
+
+A rerun into the same directory resumes (or finds the policy already trained) only when the data
+(fingerprint) and the config match what is there; anything else is refused unless `overwrite`,
+which retrains from scratch: old weights are never returned for new data.
 """
 import dataclasses
-import functools
 import hashlib
 import json
 import os
-import pickle
+import sys
 import time
 from typing import Dict, Optional
 
@@ -24,10 +29,11 @@ import tensorflow as tf
 
 from relay_agents import acme_compat  # noqa: F401
 from acme.utils import loggers  # pylint: disable=g-bad-import-order
-from relay_agents import replay
-from relay_agents.gcbc import acting, builder as gcbc_builder, learning, networks as gcbc_networks
+from relay_agents import models, replay
+from relay_agents.gcbc import builder as gcbc_builder, learning, networks as gcbc_networks
 from relay_agents.gcbc.config import GoalBCConfig
-from relay_data import atomic, relabeled, rlds_io
+from relay_data import goal_space, relabeled, rlds_io, version
+from relay_data.errors import DataError
 
 AGENTS = {
     # agent -> {level: (relabel level expected, GoalBCConfig overrides)}
@@ -36,6 +42,7 @@ AGENTS = {
     "gcbc-norelabel": {"policy": ("final-goal", {})},
     "bc": {"policy": ("bc", {"use_goal": False})},
 }
+CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pkl", "checkpoint.prev.pkl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +53,10 @@ class TrainConfig:
   checkpoint_every: int = 1000
   reverb_address: Optional[str] = None   # host:port of a running server; None starts one here
   progress: bool = True
+
+  def __post_init__(self):
+    if self.steps <= 0 or self.checkpoint_every <= 0 or self.log_every <= 0:
+      raise ValueError("steps, checkpoint_every and log_every must be positive")
 
 
 class _TensorBoardLogger(loggers.Logger):
@@ -66,22 +77,102 @@ class _TensorBoardLogger(loggers.Logger):
     self._writer.flush()
 
 
-def _atomic_pickle(obj, path: str) -> None:
-  with atomic.atomic_file(path) as tmp, open(tmp, "wb") as f:
-    pickle.dump(obj, f)
-
-
 def _load_examples(path: str, max_examples: int) -> Dict[str, np.ndarray]:
   batches = relabeled.load(path).take(max_examples).batch(65536).as_numpy_iterator()
   parts = list(batches)
   if not parts:
-    raise ValueError(f"relabeled dataset {path} has no examples")
+    raise DataError("relabeled dataset has no examples", path=path)
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_dir: str) -> Dict:
-  """Trains one goal-conditioned policy; returns a summary (losses, steps, timings)."""
+def train_key(data_dir: str, config: GoalBCConfig, train: TrainConfig) -> str:
+  """What a level's weights depend on: the data (its fingerprint and its lineage: relabel config,
+  seed and source; the fingerprint alone sees only sizes), the policy config and the seed (not
+  the step count: more steps resume the same training)."""
+  lineage = {k: v for k, v in relabeled.read_lineage(data_dir).items() if k not in ("code_version", "beam_options")}
+  ident = {"data": relabeled.fingerprint(data_dir), "lineage": lineage, "config": dataclasses.asdict(config),
+           "seed": train.seed}
+  return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _stale_files(out_dir: str, key: str):
+  """Files in a level dir that come from another key (other data or config), or that cannot tell."""
+  stale = []
+  for name, what, field in ((models.POLICY, "trained policy", "train_key"),
+                            (CHECKPOINT, "training checkpoint", "key"),
+                            (PREVIOUS_CHECKPOINT, "training checkpoint", "key")):
+    path = os.path.join(out_dir, name)
+    if not os.path.exists(path):
+      continue
+    try:
+      saved = models.load_pickle(path, what)
+    except DataError:
+      continue  # a damaged file is handled where it is read (fallback or a clear error)
+    if not isinstance(saved, dict) or saved.get(field) != key:
+      stale.append(path)
+  return stale
+
+
+def check_level_dir(out_dir: str, key: str, overwrite: bool) -> None:
+  """Refuses to resume weights trained from other data or config; `overwrite` deletes them."""
+  stale = _stale_files(out_dir, key)
+  if stale and not overwrite:
+    raise DataError(f"{out_dir} holds weights trained from other data or another config ({os.path.basename(stale[0])}); "
+                    "pass --overwrite to retrain from scratch, or choose another --out")
+  if overwrite:
+    for name in (models.POLICY, CHECKPOINT, PREVIOUS_CHECKPOINT):
+      if os.path.exists(os.path.join(out_dir, name)):
+        os.remove(os.path.join(out_dir, name))
+
+
+def _load_checkpoint(out_dir: str) -> Optional[Dict]:
+  """The latest readable checkpoint; a damaged latest one falls back to the previous (said on
+  stderr); none readable is a one-line error naming the file."""
+  errors = []
+  for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+    path = os.path.join(out_dir, name)
+    if not os.path.exists(path):
+      continue
+    try:
+      saved = models.load_pickle(path, "training checkpoint")
+      if not isinstance(saved, dict) or not {"state", "step", "key"} <= set(saved):
+        raise DataError("not a relay training checkpoint", path=path)
+    except DataError as e:
+      errors.append(e)
+      continue
+    for e in errors:
+      print(f"warning: {e}; resuming from {path} (step {saved['step']})", file=sys.stderr)
+    return saved
+  if errors:
+    raise DataError(f"{errors[0]}; no earlier checkpoint to fall back to (pass --overwrite to retrain)")
+  return None
+
+
+def _save_checkpoint(out_dir: str, state: Dict) -> None:
+  path = os.path.join(out_dir, CHECKPOINT)
+  if os.path.exists(path):
+    os.replace(path, os.path.join(out_dir, PREVIOUS_CHECKPOINT))
+  models.save_pickle(path, state)
+
+
+def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_dir: str,
+                 overwrite: bool = False) -> Dict:
+  """Trains one goal-conditioned policy; returns a summary (losses, steps, timings).
+
+  `first_loss` is None when the policy in `out_dir` was already trained from this data and
+  config for `train.steps` steps (nothing is retrained)."""
   os.makedirs(out_dir, exist_ok=True)
+  key = train_key(data_dir, config, train)
+  check_level_dir(out_dir, key, overwrite)
+  if os.path.exists(os.path.join(out_dir, models.POLICY)):
+    saved = models.load_policy(out_dir)
+    if saved.get("steps") == train.steps:
+      return {"examples_fed": 0, "steps": train.steps, "resumed_from": train.steps, "first_loss": None,
+              "last_loss": None, "steps_per_s": 0.0, "train_key": key}
+  checkpoint = _load_checkpoint(out_dir)
+  if checkpoint is not None and checkpoint["step"] > train.steps:
+    raise DataError(f"checkpoint is at step {checkpoint['step']}, beyond --steps {train.steps} (pass a larger "
+                    "--steps, or --overwrite to retrain)", path=os.path.join(out_dir, CHECKPOINT))
   dims = replay.ExampleDims.of(data_dir).dims
   sample = _load_examples(data_dir, 100_000)
   norm = gcbc_networks.stats_from_examples([sample], config)
@@ -104,13 +195,10 @@ def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_di
                                 os.path.basename(out_dir), train.log_every)
     learner = builder.make_learner(jax.random.PRNGKey(train.seed), networks,
                                    builder.make_dataset_iterator(client), logger=logger)
-    ckpt = os.path.join(out_dir, "checkpoint.pkl")
     start = 0
-    if os.path.exists(ckpt):
-      with open(ckpt, "rb") as f:
-        saved = pickle.load(f)
-      learner.restore(saved["state"])
-      start = saved["step"]
+    if checkpoint is not None:
+      learner.restore(checkpoint["state"])
+      start = checkpoint["step"]
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     losses = []
     t0 = time.time()
@@ -119,35 +207,15 @@ def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_di
       learner.step()
       losses.append(logger.last["loss"])
       if (step + 1) % train.checkpoint_every == 0 or step + 1 == train.steps:
-        _atomic_pickle({"state": jax.device_get(learner.save()), "step": step + 1}, ckpt)
+        _save_checkpoint(out_dir, {"state": jax.device_get(learner.save()), "step": step + 1, "key": key})
     logger.close()
-    params = learning.params_of(learner)
-    _atomic_pickle({"params": params, "normalization": norm, "config": config, "dims": dims,
-                    "input_dim": input_dim, "source": data_dir}, os.path.join(out_dir, "policy.pkl"))
+    models.save_policy(out_dir, learning.params_of(learner), norm, config, dims, input_dim, key, train.steps)
     return {"examples_fed": fed, "steps": train.steps, "resumed_from": start,
             "first_loss": losses[0] if losses else None, "last_loss": float(np.mean(losses[-50:])) if losses else None,
-            "steps_per_s": (train.steps - start) / max(time.time() - t0, 1e-9)}
+            "steps_per_s": (train.steps - start) / max(time.time() - t0, 1e-9), "train_key": key}
   finally:
     if server is not None:
       server.stop()
-
-
-def load_policy(level_dir: str) -> acting.GoalPolicy:
-  """The trained policy in `level_dir`; cached per file version, so an evaluation that builds an
-  actor per rollout loads and jit-compiles each policy once."""
-  path = os.path.join(level_dir, "policy.pkl")
-  stat = os.stat(path)
-  return _load_policy(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=16)
-def _load_policy(path: str, mtime_ns: int, size: int) -> acting.GoalPolicy:  # pylint: disable=unused-argument
-  with open(path, "rb") as f:
-    saved = pickle.load(f)
-  config = saved["config"]
-  networks = gcbc_networks.make_networks(saved["input_dim"], saved["dims"][config.target], config,
-                                         saved["normalization"])
-  return acting.GoalPolicy(networks, saved["params"], config)
 
 
 def check_dataset_level(agent: str, level: str, data_dir: str) -> None:
@@ -159,42 +227,67 @@ def check_dataset_level(agent: str, level: str, data_dir: str) -> None:
                      f"'{got}' (make one with: relay relabel --level {expected} ...)")
 
 
+def _sources(agent: str, data: Dict[str, str]) -> Dict[str, Dict]:
+  """Per level: the relabeled dataset's path, fingerprint, relabel config, spec and settings."""
+  out = {}
+  for level, path in data.items():
+    check_dataset_level(agent, level, path)
+    lineage = relabeled.read_lineage(path)
+    out[level] = {"path": os.path.abspath(path), "fingerprint": relabeled.fingerprint(path),
+                  "relabel": lineage.get("config", {}), "source": {
+                      k: lineage.get("source", {}).get(k) for k in ("path", "name", "version", "fingerprint")},
+                  **goal_space.provenance_of_relabeled_dataset(path)}
+  return out
+
+
+def check_sources_agree(sources: Dict[str, Dict]) -> None:
+  """Levels of one agent must share W_l, observation spec, goal space and environment settings."""
+  levels = sorted(sources)
+  first = sources[levels[0]]
+  if "low" in sources and "high" in sources:
+    w_low, w_high = sources["low"]["relabel"].get("window"), sources["high"]["relabel"].get("window")
+    if w_low != w_high:
+      raise ValueError(f"the low-level dataset {sources['low']['path']} was relabeled with W_l = {w_low} but the "
+                       f"high-level dataset {sources['high']['path']} with W_l = {w_high}; relabel both with the "
+                       "same --window")
+  for level in levels[1:]:
+    other = sources[level]
+    goal_space.DataSpec.from_dict(first["spec"]).require_same(
+        goal_space.DataSpec.from_dict(other["spec"]), f"the {levels[0]} dataset {first['path']}",
+        f"the {level} dataset {other['path']}")
+    if first["env_settings"] != other["env_settings"]:
+      raise DataError(f"the {levels[0]} dataset {first['path']} was recorded under environment settings "
+                      f"{first['env_settings']} but the {level} dataset {other['path']} under {other['env_settings']}")
+
+
 def train_agent(agent: str, data: Dict[str, str], out_dir: str, train: TrainConfig,
-                config: GoalBCConfig = GoalBCConfig(), replan_every: Optional[int] = None) -> Dict:
-  """Trains every policy of `agent` (see AGENTS) and writes `<out_dir>/agent.json`."""
+                config: GoalBCConfig = GoalBCConfig(), overwrite: bool = False) -> Dict:
+  """Trains every policy of `agent` (see AGENTS) and writes the model record (`models.ModelRecord`)."""
   if agent not in AGENTS:
     raise ValueError(f"unknown agent {agent!r}; known: {', '.join(AGENTS)}")
   if set(data) != set(AGENTS[agent]):
     raise ValueError(f"{agent} needs datasets for {sorted(AGENTS[agent])}, got {sorted(data)}")
+  sources = _sources(agent, data)
+  check_sources_agree(sources)
+  level_configs = {level: dataclasses.replace(config, **AGENTS[agent][level][1]) for level in data}
+  if not overwrite:  # refuse before anything in out_dir changes
+    for level, path in data.items():
+      check_level_dir(os.path.join(out_dir, level), train_key(path, level_configs[level], train), overwrite=False)
+  record_path = os.path.join(out_dir, models.RECORD)
+  if os.path.exists(record_path):
+    os.remove(record_path)  # the record marks a finished model: not while its policies change
+  first = sources[sorted(sources)[0]]
+  window_source = sources.get("low", first)["relabel"]
+  summary = {"agent": agent, "window": window_source.get("window") if agent in ("ril", "gcbc") else None,
+             "levels": {}}
   for level, path in data.items():
-    check_dataset_level(agent, level, path)
-  if agent == "ril" and replan_every is None:
-    replan_every = relabeled.read_lineage(data["low"])["config"]["window"]
-  summary = {"agent": agent, "replan_every": replan_every, "levels": {}}
-  for level, path in data.items():
-    level_config = dataclasses.replace(config, **AGENTS[agent][level][1])
-    summary["levels"][level] = train_policy(path, level_config, train, os.path.join(out_dir, level))
-  atomic.write_json(os.path.join(out_dir, "agent.json"), summary)  # last: marks the agent complete
+    summary["levels"][level] = train_policy(path, level_configs[level], train, os.path.join(out_dir, level),
+                                            overwrite=overwrite)
+  record = models.ModelRecord(
+      agent=agent, levels=summary["levels"], window=summary["window"],
+      window_high=sources["high"]["relabel"].get("window_high") if "high" in sources else None,
+      spec=first["spec"], env_settings=first["env_settings"], sources=sources,
+      policy_configs={level: dataclasses.asdict(c) for level, c in level_configs.items()},
+      train_config=dataclasses.asdict(train), code_version=version.code_version())
+  models.write_record(out_dir, record)  # last: marks the model complete
   return summary
-
-
-def model_fingerprint(model_dir: str) -> str:
-  """Content hash of a trained agent (agent.json and every policy.pkl): names it in eval logs."""
-  h = hashlib.sha256()
-  for root, _, files in sorted(os.walk(model_dir)):
-    for name in sorted(files):
-      if name in ("agent.json", "policy.pkl"):
-        with open(os.path.join(root, name), "rb") as f:
-          h.update(os.path.relpath(os.path.join(root, name), model_dir).encode() + f.read())
-  return h.hexdigest()[:16]
-
-
-def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True):
-  """The acting policy of a trained agent directory (hierarchical for ril, flat otherwise)."""
-  with open(os.path.join(model_dir, "agent.json")) as f:
-    meta = json.load(f)
-  if meta["agent"] == "ril":
-    return acting.HierarchicalActor(load_policy(os.path.join(model_dir, "high")),
-                                    load_policy(os.path.join(model_dir, "low")),
-                                    replan_every=meta["replan_every"], seed=seed, deterministic=deterministic)
-  return acting.FlatActor(load_policy(os.path.join(model_dir, "policy")), seed=seed, deterministic=deterministic)

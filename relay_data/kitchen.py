@@ -84,14 +84,14 @@ class EnvSettings:
 
   @classmethod
   def from_dict(cls, values: Optional[Mapping[str, Any]]) -> "EnvSettings":
-    """Settings from a metadata dict; None (nothing recorded) means the gymnasium defaults."""
-    if values is None:
-      return GYMNASIUM_DEFAULTS
+    """Settings from a metadata dict. Nothing recorded (None, or a field missing because the
+    record predates it) means gymnasium's defaults, which such data was recorded under."""
+    values = dict(values or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
       raise ValueError(f"unknown environment settings {unknown} (known: {sorted(known)})")
-    return cls(**dict(values))
+    return dataclasses.replace(GYMNASIUM_DEFAULTS, **values)
 
   def env_kwargs(self) -> Dict[str, float]:
     return {"robot_noise_ratio": self.robot_noise_ratio, "object_noise_ratio": self.object_noise_ratio}

@@ -20,6 +20,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+DEFAULT_WINDOW = 30  # W_l, the paper's: the one default from `relay relabel --window` to the actor
+
 Examples = Dict[str, np.ndarray]
 
 

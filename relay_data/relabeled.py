@@ -29,7 +29,7 @@ class RelabelConfig:
   seed: with the episode id, seeds the goal sampling of each episode.
   """
   level: str = "low"
-  window: int = 30
+  window: int = relabel.DEFAULT_WINDOW
   window_high: int = 280
   goals_per_step: Optional[int] = None
   seed: int = 0

@@ -8,7 +8,7 @@ action of the last row is not used):
   action      [L, d_a] float   the demonstrator's intended action (the label policies imitate)
   executed_action [L, d_a] float  what was sent to the env, when it differs (perturbed play) (optional)
   reward      [L] float, discount [L] float, is_terminal [L] bool      (optional, defaulted)
-  completed_tasks [L, 7] bool  per-step kitchen completion mask         (optional, derived)
+  completed_tasks [L, 7] bool  per-step kitchen completion mask         (optional, derived; None = none)
   episode_id (str), subtask_order (str, comma-separated), seed (int)     (optional metadata)
 
 On disk each episode is an RLDS record: `steps` (observation = {state, goal_state}, action,
@@ -87,9 +87,9 @@ def normalize_episode(raw: Episode, path: Optional[str] = None, episode_id: Any 
     if key in ("reward", "discount", "is_terminal") and ep[key].ndim != 1:
       raise DataError(f"expected rank 1 [steps], got shape {ep[key].shape}", path=path,
                       episode=episode_id, field=key)
-  if "completed_tasks" in raw:
+  if raw.get("completed_tasks") is not None:
     ep["completed_tasks"] = np.asarray(raw["completed_tasks"]).astype(bool)
-  elif ep["goal_state"].shape[1] == kitchen.GOAL_DIM:
+  elif "completed_tasks" not in raw and ep["goal_state"].shape[1] == kitchen.GOAL_DIM:  # None: no test
     ep["completed_tasks"] = kitchen.completion_mask(ep["goal_state"])
   ep["episode_id"] = str(episode_id if episode_id is not None else "")
   ep["subtask_order"] = str(raw.get("subtask_order", ""))

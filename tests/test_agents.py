@@ -7,7 +7,7 @@ import pytest
 import reverb
 
 from pipelines import relabel as relabel_pipeline
-from relay_agents import evaluation, replay, train
+from relay_agents import evaluation, models, replay, train
 from relay_agents.gcbc import acting
 from relay_agents.gcbc.config import GoalBCConfig
 from relay_data import kitchen, relabeled, rlds_io
@@ -67,7 +67,7 @@ def test_training_through_reverb_lowers_the_loss_and_resumes(relabeled_dirs, tmp
   again = train.train_policy(relabeled_dirs["low"], config,
                              train.TrainConfig(steps=350, progress=False, checkpoint_every=100), out)
   assert again["resumed_from"] == 300
-  policy = train.load_policy(out)
+  policy = models.load_goal_policy(out)
   obs = np.random.default_rng(1).normal(size=59).astype(np.float32)
   action = policy(obs, np.zeros(30, np.float32), jax.random.PRNGKey(0))
   assert action.shape == (9,)
@@ -91,8 +91,8 @@ def test_train_agent_checks_dataset_levels(relabeled_dirs, tmp_path):
 
 
 def test_hierarchical_actor_replans_exactly_every_window(ril_model, kitchen_play_tiny):
-  actor = train.make_actor(ril_model)
-  assert isinstance(actor, acting.HierarchicalActor) and actor.replan_every == 5
+  actor = models.make_actor(ril_model)
+  assert isinstance(actor, acting.HierarchicalActor) and actor.window == 5
   goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
   subgoals = []
   original = actor.high
@@ -119,7 +119,7 @@ def test_evaluation_on_a_tiny_goal_set(ril_model, kitchen_play_tiny):
   for g in goals:
     if g.heldout:
       assert all(kitchen.completion_mask(g.goal_state)[kitchen.ELEMENTS.index(e)] for e in g.elements)
-  results = evaluation.evaluate(lambda seed: train.make_actor(ril_model, seed), goals[:1] + goals[-1:],
+  results = evaluation.evaluate(lambda seed: models.make_actor(ril_model, seed), goals[:1] + goals[-1:],
                                 rollouts=2, max_steps=20, progress=False)
   assert [r.heldout for r in results] == [False, True]
   assert all(len(r.completions) == 2 and all(0 <= c <= 4 for c in r.completions) for r in results)
@@ -129,7 +129,7 @@ def test_evaluation_on_a_tiny_goal_set(ril_model, kitchen_play_tiny):
 
 def test_rollout_video_is_rendered_offscreen(ril_model, kitchen_play_tiny, tmp_path):
   goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
-  result = evaluation.rollout(train.make_actor(ril_model), goal, max_steps=3, seed=0, render=True,
+  result = evaluation.rollout(models.make_actor(ril_model), goal, max_steps=3, seed=0, render=True,
                               render_size=(64, 48))
   assert len(result.frames) == 4 and result.frames[0].shape == (48, 64, 3)
   for ext in ("mp4", "gif"):
@@ -162,8 +162,8 @@ def test_near_constant_input_dims_cannot_blow_up_the_policy():
 def test_reused_env_takes_each_goals_tasks(ril_model, kitchen_play_tiny):
   goals = evaluation.goal_sets(kitchen_play_tiny, num_frequent=17)
   first, last = goals[0], goals[-1]
-  evaluation.rollout(train.make_actor(ril_model), first, max_steps=5, seed=0)
-  evaluation.rollout(train.make_actor(ril_model), last, max_steps=5, seed=0)
+  evaluation.rollout(models.make_actor(ril_model), first, max_steps=5, seed=0)
+  evaluation.rollout(models.make_actor(ril_model), last, max_steps=5, seed=0)
   env = evaluation._goal_env(last, 5, False, (160, 120))  # pylint: disable=protected-access
   assert env.unwrapped.tasks_to_complete == set(last.elements)
 
@@ -174,10 +174,11 @@ def test_parallel_evaluation_resumes_from_its_rollout_log(ril_model, kitchen_pla
   goals = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1)[:2]
   log_path = str(tmp_path / "rollouts.jsonl")
   with open(log_path, "w") as f:  # a finished rollout of this key, one of another key, a torn line
-    f.write(json.dumps({"key": "k", "goal": goals[0].name, "rollout": 0, "completed": 4, "steps": 9}) + "\n")
-    f.write(json.dumps({"key": "other", "goal": goals[0].name, "rollout": 1, "completed": 3, "steps": 9}) + "\n")
+    done4 = {e: 5 for e in goals[0].elements}  # within the 6-step horizon
+    f.write(json.dumps({"key": "k", "goal": goals[0].name, "rollout": 0, "first_done": done4, "steps": 9}) + "\n")
+    f.write(json.dumps({"key": "other", "goal": goals[0].name, "rollout": 1, "first_done": done4, "steps": 9}) + "\n")
     f.write('{"key": "k", "goal": "')
-  make = functools.partial(train.make_actor, ril_model, deterministic=True)
+  make = functools.partial(models.make_actor, ril_model, deterministic=True)
   results = evaluation.evaluate(make, goals, rollouts=2, max_steps=6, progress=False, workers=2,
                                 log=evaluation.RolloutLog(log_path, "k"))
   # The logged rollout is reused as is (6 steps cannot complete 4 elements); the rest ran.
@@ -248,8 +249,8 @@ def test_cli_train_il_and_eval(cli, relabeled_dirs, kitchen_play_tiny, tmp_path)
 def test_oracle_subgoal_rollout_starts_in_the_demos_state(ril_model, kitchen_play_tiny):
   from relay_agents import diagnostics
   episode = next(rlds_io.iter_episodes(kitchen_play_tiny, 0, 1))
-  low = train.load_policy(os.path.join(ril_model, "low"))
-  result = diagnostics.oracle_subgoal_rollout(low, episode, replan_every=5, max_steps=11)
+  low = models.load_goal_policy(os.path.join(ril_model, "low"))
+  result = diagnostics.oracle_subgoal_rollout(low, episode, window=5, max_steps=11)
   assert result.demo_subtasks == episode["subtask_order"].split(",") and len(result.demo_subtasks) == 4
   assert result.steps == 11 and len(result.arm_error) == 3  # re-plans at steps 0, 5, 10
   assert result.arm_error[0] < 0.02  # reset with the recorded seed: the demo's own initial state
@@ -259,7 +260,7 @@ def test_oracle_subgoal_rollout_starts_in_the_demos_state(ril_model, kitchen_pla
 def test_subgoal_trace_records_every_replan(ril_model, kitchen_play_tiny):
   from relay_agents import diagnostics
   goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
-  actor = train.make_actor(ril_model)
+  actor = models.make_actor(ril_model)
   result, trace = diagnostics.subgoal_trace(actor, goal, max_steps=12, seed=0)
   assert result.steps == 12
   assert [r.step for r in trace] == actor.replans == [0, 5, 10]  # W_l = 5 in this model

@@ -40,7 +40,29 @@ def test_d4rl_round_trip_is_exact(tmp_path):
     np.testing.assert_array_equal(ep["reward"], rewards[start:start + n])
     assert ep["is_terminal"][-1] and not ep["is_terminal"][:-1].any()
     np.testing.assert_array_equal(ep["completed_tasks"], kitchen.completion_mask(obs[start:start + n, :30]))
-  assert rlds_io.read_metadata(out)["format"] == "d4rl-hdf5"
+  meta = rlds_io.read_metadata(out)
+  assert meta["format"] == "d4rl-hdf5" and meta["env_settings"] == {"robot_noise_ratio": 0.01,
+                                                                     "object_noise_ratio": 0.0005}
+  assert meta["spec"]["observation"] == {"env": "kitchen", "layout": "d4rl", "dim": 30}
+
+
+def test_environment_is_declared_not_guessed(tmp_path):
+  """A 59-d file is the kitchen's own observation only when the kitchen is declared; with
+  --env none it keeps its observation as the goal and records no completion test."""
+  rng = np.random.default_rng(3)
+  np.savez(tmp_path / "e.npz", observations=rng.normal(size=(6, 59)), actions=rng.normal(size=(6, 9)))
+  kitchen_dir = converters.ingest("npz", str(tmp_path / "e.npz"), "k", str(tmp_path / "data"), progress=False)
+  other_dir = converters.ingest("npz", str(tmp_path / "e.npz"), "o", str(tmp_path / "data"), progress=False,
+                                env="none")
+  k_ep, o_ep = next(rlds_io.iter_episodes(kitchen_dir)), next(rlds_io.iter_episodes(other_dir))
+  assert k_ep["goal_state"].shape == (6, 30) and "completed_tasks" in k_ep
+  assert o_ep["goal_state"].shape == (6, 59) and "completed_tasks" not in o_ep
+  assert rlds_io.read_metadata(other_dir)["spec"] == {
+      "observation": {"env": "none", "layout": "custom", "dim": 59}, "goal_space": {"name": "custom", "dim": 59}}
+  np.savez(tmp_path / "w.npz", observations=rng.normal(size=(6, 12)), actions=rng.normal(size=(6, 2)))
+  with pytest.raises(DataError, match="observations are 12-d; the kitchen's are 59-d .*--env none"):
+    converters.ingest("npz", str(tmp_path / "w.npz"), "w", str(tmp_path / "data"), progress=False)
+  assert _leaves_nothing(str(tmp_path / "data"), "w")
 
 
 def _minari_file(path, lengths=(4, 6)):
@@ -74,8 +96,32 @@ def test_minari_round_trip_is_exact(tmp_path):
     np.testing.assert_array_equal(ep["goal_state"], kitchen.goal_state_from_observation(o))
     np.testing.assert_array_equal(ep["action"][:-1], a.astype(np.float32))
     np.testing.assert_array_equal(ep["action"][-1], 0.0)
-    np.testing.assert_array_equal(ep["reward"][1:], r.astype(np.float32))
+    # RLDS alignment: reward t is the result of action t; the last step (no action) has reward 0.
+    np.testing.assert_array_equal(ep["reward"][:-1], r.astype(np.float32))
+    assert ep["reward"][-1] == 0.0
     assert ep["is_terminal"][-1]
+  spec = rlds_io.read_metadata(out)["spec"]
+  assert spec["observation"] == {"env": "kitchen", "layout": "franka-kitchen-v1", "dim": 59}
+  assert spec["goal_space"] == {"name": "kitchen-qpos", "dim": 30}
+
+
+def test_ingested_steps_read_with_plain_rlds_pair_reward_with_its_action(tmp_path):
+  """RLDS alignment: step t holds observation t, action t and the reward action t earned; the last
+  step (the final observation) has no action and reward 0. Read with tfds + rlds, not relay."""
+  import rlds
+  import tensorflow_datasets as tfds
+  (tmp_path / "ds" / "data").mkdir(parents=True)
+  episodes = _minari_file(tmp_path / "ds" / "data" / "main_data.hdf5")
+  out = converters.ingest("minari", str(tmp_path / "ds"), "minari", str(tmp_path / "data"), progress=False)
+  for episode, (o, a, r) in zip(tfds.builder_from_directory(out).as_dataset(split="train"), episodes):
+    steps = list(episode[rlds.STEPS].as_numpy_iterator())
+    assert len(steps) == len(a) + 1 and steps[0][rlds.IS_FIRST] and steps[-1][rlds.IS_LAST]
+    for t, step in enumerate(steps[:-1]):
+      np.testing.assert_allclose(step[rlds.OBSERVATION]["state"], o[t], rtol=1e-6)
+      np.testing.assert_allclose(step[rlds.ACTION], a[t], rtol=1e-6)
+      assert step[rlds.REWARD] == np.float32(r[t]) and not step[rlds.IS_LAST]
+    assert steps[-1][rlds.REWARD] == 0.0 and steps[-1][rlds.IS_TERMINAL]
+    np.testing.assert_allclose(steps[-1][rlds.OBSERVATION]["state"], o[-1], rtol=1e-6)
 
 
 def test_npz_directory_round_trip(tmp_path):
@@ -87,7 +133,7 @@ def test_npz_directory_round_trip(tmp_path):
     o, a, g = rng.normal(size=(n, 4)), rng.normal(size=(n - 1, 2)), rng.normal(size=(n, 3))
     np.savez(src / f"ep{i}.npz", observations=o, actions=a, goal_states=g, terminal=np.bool_(i == 1))
     saved.append((o, a, g))
-  out = converters.ingest("npz", str(src), "npz_demos", str(tmp_path / "data"), progress=False)
+  out = converters.ingest("npz", str(src), "npz_demos", str(tmp_path / "data"), progress=False, env="none")
   eps = list(rlds_io.iter_episodes(out))
   for ep, (o, a, g) in zip(eps, saved):
     np.testing.assert_array_equal(ep["observation"], o.astype(np.float32))
@@ -151,7 +197,7 @@ def test_shape_and_length_errors(tmp_path):
   npz = tmp_path / "one.npz"
   np.savez(npz, observations=np.zeros((1, 3)), actions=np.zeros((1, 2)))
   with pytest.raises(DataError, match="episode 0: .*at least 2 are needed|at least 2 are needed"):
-    converters.ingest("npz", str(npz), "short", str(tmp_path / "data"), progress=False)
+    converters.ingest("npz", str(npz), "short", str(tmp_path / "data"), progress=False, env="none")
   np.savez(npz, observations=np.zeros((4, 3)))
   with pytest.raises(DataError, match="field 'actions': missing"):
     list(converters.read_npz(str(npz)))

@@ -34,3 +34,19 @@ def test_truncated_eval_json_names_the_file_and_writes_nothing(tmp_path, capsys)
     raise AssertionError("a torn eval JSON must be an error")
   assert str(bad) in capsys.readouterr().err
   assert sorted(tmp_path.iterdir()) == sorted([good, bad])  # no table, no temp file left behind
+
+
+def test_runs_without_heldout_goals_and_with_the_env_limit(tmp_path):
+  """`relay eval` JSON: held-out summaries are null when there are none (strict JSON), and the
+  results at the env's own 280-step limit sit beside those at --max-steps."""
+  split = {"success_rate": 0.5, "step_completion": 3.0, "goals": 1}
+  none = {"success_rate": None, "step_completion": None, "goals": 0}
+  run = {"ril": {"frequent": split, "heldout": none, "max_steps": 400, "per_goal": [{"completions": [4, 2]}],
+                 "horizons": {"280": {"frequent": dict(split, success_rate=0.25), "heldout": none},
+                              "400": {"frequent": split, "heldout": none}}}}
+  path = tmp_path / "eval.json"
+  path.write_text(json.dumps(run, allow_nan=False))
+  assert report.main([str(path), "--out", str(tmp_path / "t.md")]) == 0
+  table = (tmp_path / "t.md").read_text()
+  assert "success % (demo goals, 280 steps)" in table
+  assert "| ril | 1 | 2 | 50.0 ± 0.0 | 3.00 ± 0.00 | - | - | 25.0 ± 0.0 | 3.00 ± 0.00 |" in table

@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from relay_data import kitchen, pace, rlds_io, schema
+from relay_data import goal_space, kitchen, pace, rlds_io, schema
 from relay_data.play import generator
 from relay_data.play import perturb as perturb_lib
 
@@ -103,6 +103,7 @@ class KitchenPlay(rlds_io.QuietBuilderMixin, tfds.core.GeneratorBasedBuilder):
         "generator_version": generator.GENERATOR_VERSION,
         "seed": cfg.seed,
         "holdout": [generator.format_set(s) for s in gen_config.holdout],
+        goal_space.METADATA_KEY: goal_space.kitchen_spec(kitchen.OBS_DIM).to_dict(),
         "env_settings": settings.to_dict(),
         "perturb": {"spec": cfg.perturb, **gen_config.perturb.to_dict()},
         "action_fields": {"action": "the demonstrator's intended action from the observed state (clean label)",

@@ -1,10 +1,15 @@
-"""Actors: a goal-conditioned policy, and the relay hierarchical actor built from two of them.
+"""Policies and actors: a goal-conditioned policy, and the relay hierarchical actor built from two.
 
-The hierarchical actor re-plans every `replan_every` (= W_l) steps: the high-level policy maps
+`GoalPolicyFn` is the jitted policy network (networks + config; params passed in), made once per
+trained policy by the builder's `make_policy`; `GoalPolicy` binds it to parameters. Actors take
+the environment's observation and map it to the layout the policy was trained on
+(`observation_fn`, from the model's observation spec), so one actor serves every data layout.
+
+The hierarchical actor re-plans every `window` (= W_l) steps: the high-level policy maps
 (s_t, final goal g_h) to a subgoal g_l, then the low-level policy acts toward g_l. Both run in
-deterministic (mean) or sampled mode.
+deterministic (mean / likeliest mode) or sampled mode.
 """
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import numpy as np
@@ -16,11 +21,12 @@ from relay_agents.gcbc.networks import GoalBCNetworks
 from relay_agents.gcbc.networks import policy_inputs
 
 
-class GoalPolicy:
-  """A trained goal-conditioned policy: (s, g) -> output, jitted; numpy in, numpy out."""
+class GoalPolicyFn:
+  """(params, s, g, key) -> output, jitted once; numpy in, numpy out. `deterministic` is the
+  default mode (evaluation: the mean / likeliest mode; otherwise a sample)."""
 
-  def __init__(self, networks: GoalBCNetworks, params, config: GoalBCConfig):
-    self.networks, self.params, self.config = networks, params, config
+  def __init__(self, networks: GoalBCNetworks, config: GoalBCConfig, deterministic: bool = True):
+    self.networks, self.config, self.deterministic = networks, config, deterministic
 
     def act(params, observation, goal, key, deterministic):
       inputs = policy_inputs(observation, goal, config.use_goal, jax.numpy.concatenate)
@@ -30,21 +36,41 @@ class GoalPolicy:
 
     self._act = jax.jit(act)
 
-  def __call__(self, observation, goal, key, deterministic: bool = True) -> np.ndarray:
+  def __call__(self, params, observation, goal, key, deterministic: Optional[bool] = None) -> np.ndarray:
     goal = np.zeros(0, np.float32) if goal is None else goal
-    return np.asarray(self._act(self.params, np.asarray(observation, np.float32),
-                                np.asarray(goal, np.float32), key, deterministic))
+    mode = self.deterministic if deterministic is None else deterministic
+    return np.asarray(self._act(params, np.asarray(observation, np.float32), np.asarray(goal, np.float32), key,
+                                mode))
+
+
+class GoalPolicy:
+  """A trained goal-conditioned policy: a `GoalPolicyFn` bound to its parameters."""
+
+  def __init__(self, fn: GoalPolicyFn, params):
+    self.fn, self.params = fn, params
+
+  @property
+  def config(self) -> GoalBCConfig:
+    return self.fn.config
+
+  def __call__(self, observation, goal, key, deterministic: Optional[bool] = None) -> np.ndarray:
+    return self.fn(self.params, observation, goal, key, deterministic)
 
 
 class _GoalActor(core.Actor):
   """Shared bookkeeping: the episode goal, an RNG key, and no learning (pure evaluation)."""
 
-  def __init__(self, seed: int, deterministic: bool):
+  def __init__(self, seed: int, deterministic: bool,
+               observation_fn: Optional[Callable[[np.ndarray], np.ndarray]] = None):
     # Keys are drawn with numpy (a raw uint32[2] key per step): an eager jax.random.split per
     # env step costs about as much as the policy's own forward pass.
     self._rng = np.random.default_rng(seed)
     self.deterministic = deterministic
+    self.observation_fn = observation_fn  # env observation -> the policy's layout (None: as is)
     self.goal: Optional[np.ndarray] = None
+
+  def _observation(self, observation) -> np.ndarray:
+    return observation if self.observation_fn is None else self.observation_fn(observation)
 
   def set_goal(self, goal: np.ndarray) -> None:
     self.goal = np.asarray(goal, np.float32)
@@ -63,27 +89,36 @@ class _GoalActor(core.Actor):
 
 
 class FlatActor(_GoalActor):
-  """One goal-conditioned (or goal-free) policy acting directly: GCBC and BC baselines."""
+  """One goal-conditioned (or goal-free) policy acting directly: GCBC and BC baselines.
+
+  With a `variable_source`, `update()` re-reads the policy's parameters from it (a learner)."""
 
   def __init__(self, policy: GoalPolicy, action_low=-1.0, action_high=1.0, seed: int = 0,
-               deterministic: bool = True):
-    super().__init__(seed, deterministic)
+               deterministic: bool = True, observation_fn=None,
+               variable_source: Optional[core.VariableSource] = None):
+    super().__init__(seed, deterministic, observation_fn)
     self.policy, self.low, self.high = policy, action_low, action_high
+    self._variable_source = variable_source
 
   def select_action(self, observation):
-    action = self.policy(observation, self.goal, self._next_key(), self.deterministic)
+    action = self.policy(self._observation(observation), self.goal, self._next_key(), self.deterministic)
     return np.clip(action, self.low, self.high).astype(np.float32)
+
+  def update(self, wait: bool = False) -> None:
+    del wait
+    if self._variable_source is not None:
+      self.policy = GoalPolicy(self.policy.fn, self._variable_source.get_variables(["policy"])[0])
 
 
 class HierarchicalActor(_GoalActor):
-  """Relay policy: π_h picks a subgoal every `replan_every` steps, π_l acts toward it."""
+  """Relay policy: π_h picks a subgoal every `window` (W_l) steps, π_l acts toward it."""
 
-  def __init__(self, high: GoalPolicy, low: GoalPolicy, replan_every: int = 30, action_low=-1.0,
-               action_high=1.0, seed: int = 0, deterministic: bool = True):
-    super().__init__(seed, deterministic)
-    if replan_every <= 0:
-      raise ValueError(f"replan_every must be positive, got {replan_every}")
-    self.high, self.low_policy, self.replan_every = high, low, replan_every
+  def __init__(self, high: GoalPolicy, low: GoalPolicy, window: int, action_low=-1.0,
+               action_high=1.0, seed: int = 0, deterministic: bool = True, observation_fn=None):
+    super().__init__(seed, deterministic, observation_fn)
+    if window <= 0:
+      raise ValueError(f"window (W_l) must be positive, got {window}")
+    self.high, self.low_policy, self.window = high, low, window
     self.action_low, self.action_high = action_low, action_high
     self.subgoal: Optional[np.ndarray] = None
     self.steps = 0
@@ -96,7 +131,8 @@ class HierarchicalActor(_GoalActor):
     self.replans = []
 
   def select_action(self, observation):
-    if self.steps % self.replan_every == 0:
+    observation = self._observation(observation)
+    if self.steps % self.window == 0:
       self.subgoal = self.high(observation, self.goal, self._next_key(), self.deterministic)
       self.replans.append(self.steps)
     action = self.low_policy(observation, self.subgoal, self._next_key(), self.deterministic)

@@ -1,0 +1,267 @@
+"""Trained-model artifacts: what a model records, how it is saved, loaded and fingerprinted, and its actor.
+
+A model directory (written by `relay_agents.train`):
+  agent.json                `ModelRecord`: the agent, W_l (`window`) and W_h, the observation spec
+                            and goal space, the environment settings, each source dataset (path and
+                            fingerprint, and the episode dataset it was relabeled from), the policy
+                            and training configs, the code version and the training summary. Written
+                            last: a directory without it is not a (finished) model.
+  <level>/policy.pkl        (`save_policy`) parameters, normalization, policy config, example dims,
+                            steps and the key of the data + config it was trained from
+  <level>/checkpoint.pkl    learner state, to resume (see `relay_agents.train`)
+
+Evaluation and finetuning read the record and refuse, with one line, an environment or dataset
+whose goal space, environment or environment settings differ (`check_fits`). The
+actor is made through the agent's builder (`relay_agents.gcbc.builder`), with the saved
+parameters as its variable source; it takes the environment's observation and maps it to the
+layout the model was trained on.
+"""
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import pickle
+from typing import Dict, List, Optional
+
+from relay_data import atomic, goal_space
+from relay_data.errors import DataError
+
+FORMAT = 2
+RECORD = "agent.json"
+POLICY = "policy.pkl"
+
+
+@dataclasses.dataclass
+class ModelRecord:
+  """Everything a model was trained from and how (agent.json)."""
+  agent: str
+  levels: Dict[str, Dict]              # level -> training summary (steps, losses, examples fed)
+  window: Optional[int]                # W_l: relabeling window and the hierarchy's re-plan interval
+  window_high: Optional[int]           # W_h (ril)
+  spec: Dict                           # goal_space.DataSpec.to_dict()
+  env_settings: Optional[Dict]         # kitchen.EnvSettings.to_dict(); None outside the kitchen
+  sources: Dict[str, Dict]             # level -> relabeled dataset {path, fingerprint, relabel config, source}
+  policy_configs: Dict[str, Dict]      # level -> GoalBCConfig fields
+  train_config: Dict                   # seed, steps, ...
+  code_version: str
+  format: int = FORMAT
+
+  @property
+  def data_spec(self) -> goal_space.DataSpec:
+    return goal_space.DataSpec.from_dict(self.spec)
+
+  def to_dict(self) -> Dict:
+    return dataclasses.asdict(self)
+
+
+def _record_error(model_dir: str, message: str) -> DataError:
+  return DataError(f"{message} (not a trained relay model; train one with `relay train-il`)",
+                   path=os.path.join(model_dir, RECORD))
+
+
+def read_record(model_dir: str) -> ModelRecord:
+  """The model's record; a one-line DataError naming agent.json when it is missing or malformed.
+
+  Records written before FORMAT 2 ({agent, replan_every, levels}) are read with their spec
+  inferred from the saved policies' widths and gymnasium's default environment settings.
+  """
+  path = os.path.join(model_dir, RECORD)
+  if not os.path.isfile(path):
+    raise _record_error(model_dir, "missing")
+  try:
+    with open(path) as f:
+      d = json.load(f)
+  except (OSError, ValueError) as e:
+    raise _record_error(model_dir, f"cannot be read as JSON: {e}") from e
+  if not isinstance(d, dict) or not isinstance(d.get("agent"), str) or not isinstance(d.get("levels"), dict) \
+      or not d["levels"]:
+    raise _record_error(model_dir, "has no 'agent' and 'levels'")
+  if d.get("format") != FORMAT:
+    return _legacy_record(model_dir, d)
+  try:
+    record = ModelRecord(**d)
+    record.data_spec  # pylint: disable=pointless-statement  (validates the spec)
+  except (TypeError, ValueError) as e:
+    raise _record_error(model_dir, f"malformed record: {e}") from e
+  return record
+
+
+def _legacy_record(model_dir: str, d: Dict) -> ModelRecord:
+  from relay_data import kitchen  # pylint: disable=import-outside-toplevel
+  level = sorted(d["levels"])[0]
+  dims = load_policy(os.path.join(model_dir, level))["dims"]
+  spec = goal_space.infer_legacy(dims["observation"], dims.get("goal", dims.get("subgoal", kitchen.GOAL_DIM)))
+  return ModelRecord(agent=d["agent"], levels=d["levels"], window=d.get("replan_every"), window_high=None,
+                     spec=spec.to_dict(), env_settings=goal_space.env_settings_of_metadata({}, spec),
+                     sources={}, policy_configs={}, train_config={}, code_version="unknown (format 1)", format=1)
+
+
+def _strict(value):
+  """Non-finite floats (e.g. a diverged loss) as null: the record is strict JSON."""
+  if isinstance(value, dict):
+    return {k: _strict(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_strict(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def write_record(model_dir: str, record: ModelRecord) -> str:
+  """Writes agent.json atomically (strict JSON)."""
+  return atomic.write_json(os.path.join(model_dir, RECORD), _strict(record.to_dict()), allow_nan=False)
+
+
+def save_pickle(path: str, value) -> None:
+  """Pickles `value` to `path` via a temp file: a crash never leaves a torn file under `path`."""
+  with atomic.atomic_file(path) as tmp, open(tmp, "wb") as f:
+    pickle.dump(value, f)
+
+
+def load_pickle(path: str, what: str):
+  """Unpickles `path`; a missing, truncated or corrupt file is a one-line DataError naming it."""
+  if not os.path.isfile(path):
+    raise DataError(f"missing ({what})", path=path)
+  try:
+    with open(path, "rb") as f:
+      return pickle.load(f)
+  except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, IndexError, ValueError) as e:
+    raise DataError(f"cannot be read ({what}; truncated or corrupt?): {e}", path=path) from e
+
+
+def save_policy(level_dir: str, params, normalization, config, dims: Dict[str, int], input_dim: int,
+                train_key: str, steps: int) -> str:
+  path = os.path.join(level_dir, POLICY)
+  save_pickle(path, {"format": FORMAT, "params": params, "normalization": normalization, "config": config,
+                     "dims": dims, "input_dim": input_dim, "train_key": train_key, "steps": steps})
+  return path
+
+
+def load_policy(level_dir: str) -> Dict:
+  """The saved policy of one level (dict: params, normalization, config, dims, input_dim, ...)."""
+  saved = load_pickle(os.path.join(level_dir, POLICY), "trained policy")
+  missing = [k for k in ("params", "normalization", "config", "dims", "input_dim") if k not in saved] \
+      if isinstance(saved, dict) else ["params"]
+  if missing:
+    raise DataError(f"not a saved relay policy (no {', '.join(missing)})", path=os.path.join(level_dir, POLICY))
+  return saved
+
+
+def load_networks(level_dir: str):
+  """(GoalBCNetworks, params, GoalBCConfig, example dims) of one level's saved policy: what a
+  learner needs to continue from it (e.g. finetuning) and what `make_policy` needs to act."""
+  from relay_agents.gcbc import networks as gcbc_networks  # pylint: disable=import-outside-toplevel
+  saved = load_policy(level_dir)
+  config = saved["config"]
+  networks = gcbc_networks.make_networks(saved["input_dim"], saved["dims"][config.target], config,
+                                         saved["normalization"])
+  return networks, saved["params"], config, saved["dims"]
+
+
+@functools.lru_cache(maxsize=32)
+def _policy_fn(path: str, mtime_ns: int, size: int, deterministic: bool):  # pylint: disable=unused-argument
+  """(jitted GoalPolicyFn, params) of a policy file version: built and compiled once per process,
+  so an evaluation that makes an actor per rollout does not re-compile."""
+  from relay_agents.gcbc import builder as gcbc_builder  # pylint: disable=import-outside-toplevel
+  networks, params, config, dims = load_networks(os.path.dirname(path))
+  return gcbc_builder.GoalBCBuilder(config, dims).make_policy(networks, evaluation=deterministic), params
+
+
+def policy_fn(level_dir: str, deterministic: bool = True):
+  path = os.path.abspath(os.path.join(level_dir, POLICY))
+  if not os.path.isfile(path):
+    raise DataError("missing (trained policy)", path=path)
+  stat = os.stat(path)
+  return _policy_fn(path, stat.st_mtime_ns, stat.st_size, deterministic)
+
+
+def load_goal_policy(level_dir: str, deterministic: bool = True):
+  """One level's trained policy, bound to its parameters (`acting.GoalPolicy`)."""
+  from relay_agents.gcbc import acting  # pylint: disable=import-outside-toplevel
+  fn, params = policy_fn(level_dir, deterministic)
+  return acting.GoalPolicy(fn, params)
+
+
+def fingerprint(model_dir: str) -> str:
+  """Content hash of a trained model (agent.json and every policy.pkl): names it in eval logs."""
+  read_record(model_dir)
+  h = hashlib.sha256()
+  for root, _, files in sorted(os.walk(model_dir)):
+    for name in sorted(files):
+      if name in (RECORD, POLICY):
+        with open(os.path.join(root, name), "rb") as f:
+          h.update(os.path.relpath(os.path.join(root, name), model_dir).encode() + f.read())
+  return h.hexdigest()[:16]
+
+
+class SavedVariables:
+  """A `core.VariableSource` serving a saved policy's parameters (as a learner serves live ones)."""
+
+  def __init__(self, params):
+    self._variables = {"policy": params}
+
+  def get_variables(self, names: List[str]):
+    return [self._variables[n] for n in names]
+
+
+def observation_fn(record: ModelRecord):
+  """Env observation -> the model's layout (None when the model takes the env's own observation)."""
+  spec = record.data_spec.observation
+  return None if spec.layout == "franka-kitchen-v1" else spec.from_env
+
+
+def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True):
+  """The acting policy of a model, made by its builder: hierarchical for ril, flat otherwise.
+
+  It takes the environment's observation (mapped to the model's layout inside the actor).
+  """
+  from relay_agents.gcbc import builder as gcbc_builder  # pylint: disable=import-outside-toplevel
+  record = read_record(model_dir)
+  obs_fn = observation_fn(record)
+  key = (0, seed)  # an Acme random_key stand-in: the actor seeds its numpy stream with the last entry
+  builders, policies, sources = {}, {}, {}
+  for level in record.levels:
+    fn, params = policy_fn(os.path.join(model_dir, level), deterministic)
+    builders[level] = gcbc_builder.GoalBCBuilder(fn.config, observation_fn=obs_fn)
+    policies[level], sources[level] = fn, SavedVariables(params)
+  if record.agent == "ril":
+    if not record.window:
+      raise _record_error(model_dir, "ril model without a window (W_l)")
+    relay = gcbc_builder.RelayBuilder(builders["high"], builders["low"], window=record.window)
+    return relay.make_actor(key, policies, variable_source=sources)
+  (level,) = record.levels
+  return builders[level].make_actor(key, policies[level], variable_source=sources[level])
+
+
+def check_fits(record: ModelRecord, model_dir: str, spec: goal_space.DataSpec, env_settings: Optional[Dict],
+               what: str) -> None:
+  """Refuses (one-line DataError) an environment or dataset (`what`, with its `spec` and kitchen
+  settings) the model does not fit: the model must act in the kitchen, and the goal space,
+  environment and settings must be the model's. Observation layouts may differ: the actor maps
+  the environment's observation to the model's. Evaluation and finetuning both apply this."""
+  mine = record.data_spec
+  where = f"model {model_dir}"
+  if not mine.observation.evaluable:
+    raise DataError(f"{where} was trained on env '{mine.env}' data ({mine.describe()}); only kitchen models "
+                    "can act in FrankaKitchen-v1")
+  if spec.goal_space != mine.goal_space or spec.env != mine.env:
+    raise DataError(f"{where} has a {mine.goal_space.dim}-d {mine.goal_space.name} goal space (env {mine.env}) but "
+                    f"{what} has {spec.describe()}")
+  if goal_space.normalize_env_settings(env_settings) != goal_space.normalize_env_settings(record.env_settings):
+    raise DataError(f"{where} was trained under environment settings {record.env_settings} but {what} "
+                    f"was recorded under {env_settings}")
+
+
+def check_goal_source(record: ModelRecord, model_dir: str, play_dir: str) -> None:
+  """`check_fits` against the play dataset evaluation goals come from."""
+  play = goal_space.provenance_of_episode_dataset(play_dir)
+  check_fits(record, model_dir, goal_space.DataSpec.from_dict(play[goal_space.METADATA_KEY]), play["env_settings"],
+             f"the goals' dataset {play_dir}")
+
+
+def env_settings(record: ModelRecord):
+  """The `kitchen.EnvSettings` the model's data was recorded under (evaluation builds this env)."""
+  from relay_data import kitchen  # pylint: disable=import-outside-toplevel
+  return kitchen.EnvSettings.from_dict(goal_space.normalize_env_settings(record.env_settings))
