@@ -49,5 +49,5 @@ def test_legacy_inference_and_settings_defaults():
   assert goal_space.infer_legacy(59, 30) == goal_space.kitchen_spec(59)
   assert goal_space.infer_legacy(30, 30, "d4rl-hdf5") == goal_space.kitchen_spec(30)
   assert goal_space.infer_legacy(30, 30, "npz") == goal_space.custom_spec(30, 30)  # never guessed into the kitchen
-  assert goal_space.normalize_env_settings(None) == kitchen.EnvSettings().to_dict()
+  assert goal_space.normalize_env_settings(None) == kitchen.GYMNASIUM_DEFAULTS.to_dict()
   assert goal_space.normalize_env_settings({"robot_noise_ratio": 0.0})["object_noise_ratio"] == 0.0005

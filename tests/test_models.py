@@ -51,19 +51,19 @@ def test_low_and_high_relabeled_with_different_windows_are_refused(datasets, tmp
 def test_relabeled_lineage_carries_the_spec_and_settings(datasets):
   lineage = relabeled.read_lineage(datasets["low_a"])
   assert goal_space.DataSpec.from_dict(lineage["spec"]) == goal_space.kitchen_spec(59)
-  assert lineage["env_settings"] == kitchen.EnvSettings().to_dict()
+  assert lineage["env_settings"] == kitchen.GYMNASIUM_DEFAULTS.to_dict()
 
 
 def test_evaluation_refuses_a_model_that_does_not_fit_the_goals(tmp_path, kitchen_play_tiny):
   kitchen59 = goal_space.kitchen_spec(59)
-  defaults = kitchen.EnvSettings().to_dict()
+  defaults = kitchen.DEFAULT_SETTINGS.to_dict()  # what kitchen play (2.0.0) records
   models.check_goal_source(_record(kitchen59, defaults), "m", kitchen_play_tiny)  # fits: no error
   models.check_goal_source(_record(goal_space.kitchen_spec(30), defaults), "m", kitchen_play_tiny)  # 30-d D4RL too
   with pytest.raises(DataError, match="trained on env 'none' data .*only kitchen models can act in FrankaKitchen-v1"):
     models.check_goal_source(_record(goal_space.custom_spec(59, 59), None), "m", kitchen_play_tiny)
-  noisy = kitchen.EnvSettings(robot_noise_ratio=0.1).to_dict()
-  with pytest.raises(DataError, match="trained under environment settings .*robot_noise_ratio': 0.1"):
-    models.check_goal_source(_record(kitchen59, noisy), "m", kitchen_play_tiny)
+  other_noise = kitchen.GYMNASIUM_DEFAULTS.to_dict()
+  with pytest.raises(DataError, match="trained under environment settings .*robot_noise_ratio': 0.01"):
+    models.check_goal_source(_record(kitchen59, other_noise), "m", kitchen_play_tiny)
   np.savez(tmp_path / "o.npz", observations=np.random.default_rng(0).normal(size=(5, 59)), actions=np.zeros((5, 9)))
   other = converters.ingest("npz", str(tmp_path / "o.npz"), "other", str(tmp_path / "d"), progress=False, env="none")
   with pytest.raises(DataError, match="30-d kitchen-qpos goal space .* has env none, 59-d custom observation, 59-d custom goal"):
@@ -76,7 +76,7 @@ def test_broken_model_dirs_are_one_line_errors_naming_the_file(tmp_path, kitchen
   (empty / "agent.json").write_text("{}")
   no_policy = tmp_path / "no_policy"
   (no_policy / "policy").mkdir(parents=True)
-  models.write_record(str(no_policy), _record(goal_space.kitchen_spec(59), kitchen.EnvSettings().to_dict()))
+  models.write_record(str(no_policy), _record(goal_space.kitchen_spec(59), kitchen.GYMNASIUM_DEFAULTS.to_dict()))
   for model, names in ((empty, "agent.json: has no 'agent' and 'levels'"),
                        (no_policy, "policy.pkl: missing (trained policy)"),
                        (tmp_path / "nothing", "agent.json: missing")):
@@ -86,9 +86,7 @@ def test_broken_model_dirs_are_one_line_errors_naming_the_file(tmp_path, kitchen
 
 
 def test_hidden_flag_error_names_the_flag(capsys):
-  with pytest.raises(SystemExit) as exit_info:
-    relay_cli.main(["train-il", "--agent", "gcbc", "--data", "x", "--out", "y", "--hidden", "a,b"])
-  assert exit_info.value.code == 2
+  assert relay_cli.main(["train-il", "--agent", "gcbc", "--data", "x", "--out", "y", "--hidden", "a,b"]) == 2
   assert "--hidden must be comma-separated positive integers (e.g. 256,256), got 'a,b'" in capsys.readouterr().err
 
 
@@ -150,7 +148,7 @@ def test_model_record_and_actor(datasets, tmp_path):
                     GoalBCConfig(hidden_sizes=(8,), batch_size=16))
   with open(os.path.join(model, "agent.json")) as f:
     raw = json.load(f)
-  assert raw["format"] == models.FORMAT and raw["window"] == 7 and raw["env_settings"] == kitchen.EnvSettings().to_dict()
+  assert raw["format"] == models.FORMAT and raw["window"] == 7 and raw["env_settings"] == kitchen.GYMNASIUM_DEFAULTS.to_dict()
   assert raw["sources"]["policy"]["fingerprint"] == relabeled.fingerprint(flat)
   assert raw["sources"]["policy"]["source"]["fingerprint"] == relabeled.fingerprint(datasets["source"])
   assert raw["code_version"].startswith("relay ")
@@ -211,4 +209,5 @@ def test_evaluation_builds_the_kitchen_with_the_models_settings(tmp_path, kitche
   env = evaluation._goal_env(goal, 5, False, (160, 120), models.env_settings(record)).unwrapped  # pylint: disable=protected-access
   assert env.robot_env.robot_noise_ratio == 0.0 and env.object_noise_ratio == 0.0
   default = evaluation._goal_env(goal, 5, False, (160, 120), None).unwrapped  # pylint: disable=protected-access
-  assert default.robot_env.robot_noise_ratio == 0.01 and default.object_noise_ratio == 0.0005
+  assert default.robot_env.robot_noise_ratio == kitchen.DEFAULT_SETTINGS.robot_noise_ratio == 0.1
+  assert default.object_noise_ratio == 0.0005
