@@ -68,6 +68,7 @@ def default_log_path() -> str:
 
 
 _redirected: Optional[str] = None
+MAX_LOG_BYTES = 20 << 20  # the log starts over once it outgrows this (it is chatter, not a record)
 
 
 def log_path() -> Optional[str]:
@@ -88,7 +89,8 @@ def redirect_native_stderr(path: Optional[str] = None) -> Iterator[Optional[str]
     return
   path = path or default_log_path()
   try:
-    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    start_over = os.path.getsize(path) > MAX_LOG_BYTES if os.path.exists(path) else False
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if start_over else 0), 0o600)
   except OSError:
     yield None  # no log file: keep the noise rather than fail the command
     return

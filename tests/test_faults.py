@@ -427,5 +427,8 @@ def test_video_frame_stride_renders_every_nth_step():
   assert len(every.frames) == 8                     # the first observation + 7 steps
   assert len(strided.frames) == 3                   # the first observation + steps 3 and 6
   assert np.array_equal(strided.frames[1], every.frames[3]) and np.array_equal(strided.frames[2], every.frames[6])
+  for env in evaluation._ENVS.values():  # pylint: disable=protected-access
+    env.close()  # free the EGL context now, not in a destructor at interpreter exit
+  evaluation._ENVS.clear()  # pylint: disable=protected-access
   help_text = run_cli("eval", "--help").stdout
   assert "0.5 s per frame" in help_text and "--video-every" in help_text
