@@ -94,22 +94,28 @@ def extras_spec():
           "valid": specs.Array((), np.float32, "valid")}
 
 
-def run_episode(environment, actor: FinetuneActor, episode_index: int, seed: int) -> Dict:
+def run_episode(environment, actor: FinetuneActor, episode_index: int, seed: int, record: bool = False) -> Dict:
   """One episode (Acme's actor protocol, as `EnvironmentLoop.run_episode`) with both the env
-  and the actor seeded by (seed, episode_index). Returns steps, task reward and elements done."""
+  and the actor seeded by (seed, episode_index). Returns steps, task reward and elements done
+  (and, with `record`, the [steps + 1, 59] observations)."""
   environment.seed, environment.episode_index = seed, episode_index
   actor.start_episode(env_lib.episode_seed(seed + 1, episode_index))
   actor.update(wait=True)  # on-policy: act with the newest parameters
   timestep = environment.reset()
   actor.observe_first(timestep)
-  steps, ret = 0, 0.0
+  steps, ret, observations = 0, 0.0, [timestep.observation["observation"]]
   while not timestep.last():
     action = actor.select_action(timestep.observation)
     timestep = environment.step(action)
     actor.observe(action, timestep)
     steps += 1
     ret += float(timestep.reward)
-  return {"steps": steps, "return": ret, "completed": list(environment.completed)}
+    if record:
+      observations.append(timestep.observation["observation"])
+  out = {"steps": steps, "return": ret, "completed": list(environment.completed)}
+  if record:
+    out["observations"] = np.stack(observations)
+  return out
 
 
 # --- variables and the run's spec through Reverb (for actors in other processes) ----------------
