@@ -8,6 +8,7 @@ episode into the trajectory table. `relay finetune --actor-processes` starts the
 more by hand (on this or another machine that sees the model directory) to scale out.
 """
 import argparse
+import sys
 
 from relay.cli import UsageError
 
@@ -27,6 +28,12 @@ def run(args: argparse.Namespace) -> int:
     raise UsageError("--episodes must be positive")
   if args.actor_id < 0:
     raise UsageError("--actor-id must be >= 0")
-  done = run_lib.run_actor(args.reverb_address, args.actor_id, args.episodes, args.model)
+  try:
+    done = run_lib.run_actor(args.reverb_address, args.actor_id, args.episodes, args.model)
+  except ConnectionError as e:
+    print(f"relay actor: error: {e}", file=sys.stderr)
+    return 1
+  except ValueError as e:
+    raise UsageError(str(e)) from e
   print(f"actor {args.actor_id}: {done} episodes written")
   return 0

@@ -188,10 +188,8 @@ def test_iril_inserts_relabeled_on_policy_episodes_into_the_demo_table(ril_model
                           demo_max_examples=32, iril_goals_per_step=3)
   builder, server, address = _server_for(config, model)
   try:
-    from relay_agents import replay
-    keys = sorted(builder.demo_level.saved["dims"])
-    replay.feed(address, config.demo_table, relabeled.load(model.levels["low"].source), keys, 32, limit=32,
-                progress=False)
+    keys = builder.demo_keys
+    assert builder.feed_demos(address, model.levels["low"].source, progress=False) == 32
     client = reverb.Client(address)
     learner = builder.make_learner(jax.random.PRNGKey(0), client, 0.5, GOAL,
                                    demo_iterator=builder.make_demo_iterator(address),
@@ -204,9 +202,9 @@ def test_iril_inserts_relabeled_on_policy_episodes_into_the_demo_table(ril_model
     inserted = learner.last["iril_inserted"]
     expected = sum(len(relabeled_rows(e["observations"])) for e in episodes)
     assert inserted == expected
-    assert client.server_info()[config.demo_table].current_size == before + -(-inserted // 32)
+    assert client.server_info()[config.demo_table].current_size == before + -(-inserted // builder.examples_per_item)
     seen = set()
-    for sample in client.sample(config.demo_table, 300, emit_timesteps=False):  # items of 32 examples
+    for sample in client.sample(config.demo_table, 300, emit_timesteps=False):  # items of 32 examples each
       seen.update(row.tobytes() for row in np.asarray(sample.data[keys.index("observation")]))
     for e in episodes:  # every on-policy state (but the last) is now a relabeled example
       assert all(row.tobytes() in seen for row in e["observations"][:-1].astype(np.float32))
@@ -312,3 +310,5 @@ def test_cli_finetune_rejects_bad_flags(cli, ril_model, tmp_path):
   assert bad_steps.returncode == 2 and "--env-steps" in bad_steps.stderr
   bad_address = cli("actor", "--reverb-address", "nohostport")
   assert bad_address.returncode == 2 and "HOST:PORT" in bad_address.stderr
+  nobody = cli("actor", "--reverb-address", "127.0.0.1:1")
+  assert nobody.returncode == 1 and "no Reverb server answered at 127.0.0.1:1" in nobody.stderr

@@ -16,10 +16,8 @@ import reverb
 from relay_agents import acme_compat  # noqa: F401
 from acme.adders.reverb import episode as episode_adders  # pylint: disable=g-bad-import-order
 from acme.jax import variable_utils
-from relay_agents import replay
-from relay_agents.finetune import acting, env as env_lib, learning, policy_io
+from relay_agents.finetune import acting, env as env_lib, learning, policy_io, replay_io
 from relay_agents.finetune.config import FinetuneConfig
-from relay_agents.gcbc.config import GoalBCConfig
 
 
 def _one_item_table(name: str) -> reverb.Table:
@@ -40,11 +38,13 @@ class FinetuneBuilder:
   def sequence_length(self) -> int:
     return self.config.max_episode_steps + 1  # observations of an episode (the last has no action)
 
-  def demo_config(self) -> GoalBCConfig:
-    """How demo batches are read (the demo level's own config, our batch size and table)."""
-    import dataclasses  # pylint: disable=import-outside-toplevel
-    return dataclasses.replace(self.demo_level.config, batch_size=self.config.demo_batch_size,
-                               table_name=self.config.demo_table)
+  @property
+  def demo_keys(self) -> List[str]:
+    return sorted(self.demo_level.saved["dims"])
+
+  @property
+  def examples_per_item(self) -> int:
+    return self.demo_level.config.examples_per_item
 
   def make_replay_tables(self) -> List[reverb.Table]:
     cfg = self.config
@@ -53,9 +53,8 @@ class FinetuneBuilder:
     tables = [reverb.Table.queue(cfg.trajectory_table, max_size=cfg.episodes_per_iteration, signature=signature),
               _one_item_table(cfg.variables_table), _one_item_table(cfg.spec_table)]
     if cfg.uses_demos:
-      demo = self.demo_config()
-      tables.append(replay.make_table(cfg.demo_table, self.demo_level.saved["dims"], demo.max_replay_size,
-                                      demo.examples_per_item))
+      tables.append(replay_io.demo_table(cfg.demo_table, self.demo_level.saved["dims"],
+                                         self.demo_level.config.max_replay_size, self.examples_per_item))
     return tables
 
   def make_adder(self, client: reverb.Client):
@@ -66,19 +65,18 @@ class FinetuneBuilder:
     client = variable_utils.VariableClient(variable_source, acting.variable_names(self.model))
     return acting.FinetuneActor(self.model, client, adder, seed=seed)
 
+  def feed_demos(self, address: str, data_dir: str, progress: bool = True, seed: int = 0) -> int:
+    return replay_io.feed_demos(address, self.config.demo_table, data_dir, self.demo_keys, self.examples_per_item,
+                                self.config.demo_max_examples, progress, seed)
+
   def make_demo_iterator(self, address: str) -> Iterator:
-    return replay.numpy_iterator(replay.learner_dataset(address, self.config.demo_table, self.demo_config()))
+    return replay_io.demo_batches(address, self.config.demo_table, self.demo_level.config,
+                                  self.config.demo_batch_size)
 
   def make_demo_inserter(self, address: str):
     """IRIL's writer: relabeled on-policy examples (dicts of arrays) into the demo table."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    keys = sorted(self.demo_level.saved["dims"])
-    per_item = self.demo_config().examples_per_item
-
-    def insert(examples: Dict[str, np.ndarray]) -> int:
-      ds = tf.data.Dataset.from_tensor_slices({k: examples[k] for k in keys})
-      return replay.feed(address, self.config.demo_table, ds, keys, per_item, progress=False)
-    return insert
+    return lambda examples: replay_io.insert_examples(address, self.config.demo_table, examples, self.demo_keys,
+                                                      self.examples_per_item)
 
   def make_learner(self, random_key, client: reverb.Client, eps: float, elements,
                    demo_iterator: Optional[Iterator] = None, demo_inserter=None, logger=None):

@@ -150,9 +150,7 @@ class NPGLearner(core.Learner):
       d_in = self._model.levels[name].networks.input_dim
       d_out = self._model.levels[name].networks.output_dim
       return {"inputs": np.zeros((1, d_in), np.float32), "actions": np.zeros((1, d_out), np.float32)}, 0.0
-    batch = next(self._demos)
-    return ({"inputs": np.asarray(batch.observation), "actions": np.asarray(batch.action)},
-            self._config.demo_weight(self.iteration))
+    return next(self._demos), self._config.demo_weight(self.iteration)
 
   def _update_level(self, name: str, episodes) -> Dict[str, float]:
     cfg = self._config
@@ -172,6 +170,8 @@ class NPGLearner(core.Learner):
     self._value_params[name], self._value_opt[name], value_loss = self._value_fits[name](
         self._value_params[name], self._value_opt[name], inputs, elapsed, flat(targets), mask, seed)
     out = {k: float(v) for k, v in stats._asdict().items()}
+    if not (cfg.uses_demos and name != "high"):  # no demo term for this level: its stats mean nothing
+      out = {k: v for k, v in out.items() if not k.startswith("demo_")}
     out.update(value_loss=value_loss, demo_weight=float(weight),
                reward=float((tr["rewards"] * tr["mask"]).sum() / max(tr["mask"].sum(), 1)))
     return {f"{name}/{k}": v for k, v in out.items()}

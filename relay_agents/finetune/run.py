@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import reverb
 
-from relay_agents.finetune import acting, env as env_lib, policy_io, rewards
+from relay_agents.finetune import acting, env as env_lib, policy_io, replay_io, rewards
 from relay_agents.finetune.builder import FinetuneBuilder
 from relay_agents.finetune.config import FinetuneConfig
 from relay_data import atomic, kitchen, relabeled
@@ -47,13 +47,6 @@ class RunConfig:
   def __post_init__(self):
     if self.env_steps <= 0 or self.actors <= 0:
       raise ValueError("env_steps and actors must be positive")
-
-
-def start_server(tables) -> reverb.Server:
-  """A Reverb server for the run. Clients reach it at localhost:PORT; reverb 0.14's Server has no
-  bind-address option (it listens on [::]), so loopback-only binding comes from the project's
-  replay module once it offers it."""
-  return reverb.Server(tables)
 
 
 def calibrate_eps(demo_dir: str, quantile: float, max_examples: int = 50_000) -> float:
@@ -159,20 +152,15 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
                     {"run": dataclasses.asdict(run), "config": dataclasses.asdict(config), "eps": eps,
                      "goal_state": goal_state.tolist(), "demos": demo_dir})
 
-  server = start_server(builder.make_replay_tables())
-  address = f"localhost:{server.port}"
-  client = reverb.Client(address)
+  server, address = replay_io.start_server(builder.make_replay_tables())
+  client = replay_io.connect(address)
   procs: List[subprocess.Popen] = []
   try:
     demo_iterator = inserter = None
     if config.uses_demos:
       if not demo_dir:
         raise ValueError(f"{run.model_dir}: the model does not name its relabeled data; pass --demos")
-      from relay_agents import replay  # pylint: disable=import-outside-toplevel
-      keys = sorted(builder.demo_level.saved["dims"])
-      replay.feed(address, config.demo_table, relabeled.load(demo_dir), keys,
-                  builder.demo_config().examples_per_item, limit=config.demo_max_examples,
-                  progress=run.progress, seed=run.seed)
+      builder.feed_demos(address, demo_dir, run.progress, run.seed)
       demo_iterator = builder.make_demo_iterator(address)
       inserter = builder.make_demo_inserter(address)
     learner = builder.make_learner(jax.random.PRNGKey(run.seed), client, eps, elements,
@@ -244,13 +232,13 @@ def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
   `episodes` are done or the server goes away. Returns the number of episodes written."""
   from relay_agents import acme_compat  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from acme.jax import variable_utils  # pylint: disable=import-outside-toplevel
+  client = replay_io.connect(address)
   spec = acting.read_spec(address, FinetuneConfig.spec_table)
   model = policy_io.load_model(model_dir or spec["model"])
   config = FinetuneConfig(max_episode_steps=spec["max_episode_steps"],
                           episodes_per_iteration=spec["episodes_per_iteration"],
                           trajectory_table=spec["trajectory_table"], variables_table=spec["variables_table"])
   builder = FinetuneBuilder(config, model)
-  client = reverb.Client(address)
   names = acting.variable_names(model)
   source = acting.ReverbVariableSource(address, config.variables_table,
                                        [model.levels[n].params for n in names])
