@@ -97,13 +97,13 @@ def extras_spec():
 def run_episode(environment, actor: FinetuneActor, episode_index: int, seed: int, record: bool = False) -> Dict:
   """One episode (Acme's actor protocol, as `EnvironmentLoop.run_episode`) with both the env
   and the actor seeded by (seed, episode_index). Returns steps, task reward and elements done
-  (and, with `record`, the [steps + 1, 59] observations)."""
+  (and, with `record`, the [steps + 1, 59] observations and [steps, 9] sampled actions)."""
   environment.seed, environment.episode_index = seed, episode_index
   actor.start_episode(env_lib.episode_seed(seed + 1, episode_index))
   actor.update(wait=True)  # on-policy: act with the newest parameters
   timestep = environment.reset()
   actor.observe_first(timestep)
-  steps, ret, observations = 0, 0.0, [timestep.observation["observation"]]
+  steps, ret, observations, actions = 0, 0.0, [timestep.observation["observation"]], []
   while not timestep.last():
     action = actor.select_action(timestep.observation)
     timestep = environment.step(action)
@@ -112,9 +112,10 @@ def run_episode(environment, actor: FinetuneActor, episode_index: int, seed: int
     ret += float(timestep.reward)
     if record:
       observations.append(timestep.observation["observation"])
+      actions.append(action)
   out = {"steps": steps, "return": ret, "completed": list(environment.completed)}
   if record:
-    out["observations"] = np.stack(observations)
+    out["observations"], out["actions"] = np.stack(observations), np.stack(actions)
   return out
 
 
