@@ -297,6 +297,8 @@ def test_interrupted_finetune_resumes_and_ends_where_an_uninterrupted_one_does(r
   assert changed("low") and not changed("high")
   assert os.path.getsize(os.path.join(whole, "curve.png")) > 1000
   assert os.listdir(os.path.join(whole, "tensorboard"))
+  other = cli(*[a if a != "npg" else "dapg" for a in _finetune_args(ril_model, whole, steps)])
+  assert other.returncode == 2 and "the checkpointed run used variant='npg'" in other.stderr
 
 
 def test_cli_finetune_rejects_bad_flags(cli, ril_model, tmp_path):

@@ -1,6 +1,6 @@
 """Configuration of RL finetuning (NPG-, DAPG- and IRIL-RPL)."""
 import dataclasses
-from typing import Tuple
+from typing import Optional, Tuple
 
 VARIANTS = ("npg", "dapg", "iril")
 REWARDS = ("sparse", "euclidean", "element-wise")
@@ -26,7 +26,7 @@ class FinetuneConfig:
   variant: str = "dapg"
   finetune: str = "low"
   reward: str = "sparse"
-  eps: float = None
+  eps: Optional[float] = None
   eps_quantile: float = 0.25
   episodes_per_iteration: int = 8
   max_episode_steps: int = 280

@@ -60,8 +60,12 @@ class GoalKitchenEnv(dm_env.Environment):
   """FrankaKitchen-v1 toward one compound goal (elements in any order)."""
 
   def __init__(self, elements: Sequence[str], goal_state: Optional[np.ndarray] = None,
-               max_episode_steps: int = 280, seed: int = 0, **env_kwargs):
+               max_episode_steps: int = 280, seed: int = 0, settings=None, **env_kwargs):
+    """`settings`: the environment settings the model's data was recorded with (a
+    `relay_data.kitchen.EnvSettings`, passed to `kitchen.make_env`; None: its default)."""
     self.elements = list(elements)
+    if settings is not None:
+      env_kwargs["settings"] = settings
     # The TimeLimit wrapper is given room to spare: truncation is ours (so it is a dm_env truncation).
     self._env = kitchen.make_env(tasks_to_complete=self.elements, max_episode_steps=max_episode_steps + 1,
                                  **env_kwargs)

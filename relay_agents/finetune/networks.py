@@ -7,7 +7,7 @@ episode), since rewards are collected within finite segments. Inputs are normali
 policy's own input statistics, so the baseline sees the same scale the policy does.
 """
 import dataclasses
-from typing import Tuple
+from typing import Callable, Tuple
 
 import haiku as hk
 import jax
@@ -20,8 +20,8 @@ from relay_agents.gcbc.networks import INPUT_CLIP, Normalization
 
 @dataclasses.dataclass
 class ValueNetwork:
-  init: callable         # key -> params
-  apply: callable        # (params, inputs [B, d], elapsed [B]) -> [B]
+  init: Callable         # key -> params
+  apply: Callable        # (params, inputs [B, d], elapsed [B]) -> [B]
 
 
 def make_value_network(input_dim: int, normalization: Normalization, hidden: Tuple[int, ...]) -> ValueNetwork:

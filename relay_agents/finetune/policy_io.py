@@ -41,6 +41,9 @@ class Model:
   replan_every: Optional[int]
   levels: Dict[str, Level]
   path: str
+  # The environment settings the model's data was recorded with (kitchen.EnvSettings); today's
+  # model layout does not record them, so None (make_env's default). The new models API does.
+  env_settings: Optional[object] = None
 
   @property
   def hierarchical(self) -> bool:

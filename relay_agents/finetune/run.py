@@ -20,6 +20,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from typing import Dict, List, Optional, Sequence
 
 import jax
@@ -133,6 +134,27 @@ def start_actor_processes(address: str, count: int, log_dir: str) -> List[subpro
   return procs
 
 
+def _wait_for_episodes(client, table: str, count: int, procs, out_dir: str) -> None:
+  while client.server_info()[table].current_size < count:
+    for p in procs:
+      if p.poll() is not None:
+        raise RuntimeError(f"actor process {p.pid} exited with {p.returncode} (see {out_dir}/actor*.log)")
+    time.sleep(0.05)
+
+
+def _check_same_run(path: str, record: Dict) -> None:
+  """A rerun resumes only the run it checkpointed: same model, goal, seed and hyper-parameters."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  for section, keys in (("run", ("model_dir", "elements", "seed", "demos")), ("config", None)):
+    for key in keys or sorted(set(old.get(section, {})) | set(record[section])):
+      if old.get(section, {}).get(key) != record[section].get(key):
+        raise ValueError(f"{path}: the checkpointed run used {key}={old.get(section, {}).get(key)!r}, this one "
+                         f"{record[section].get(key)!r}; use another --out or delete that run to start over")
+
+
 def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
   """Runs (or resumes) finetuning until `run.env_steps` env steps; returns a summary."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -146,11 +168,14 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
     if not demo_dir:
       raise ValueError("eps needs the relabeled demo data to calibrate from: pass --eps or --demos")
     eps = calibrate_eps(demo_dir, config.eps_quantile)
-  envs = [env_lib.GoalKitchenEnv(elements, max_episode_steps=config.max_episode_steps, seed=run.seed)]
+  envs = [env_lib.GoalKitchenEnv(elements, max_episode_steps=config.max_episode_steps, seed=run.seed,
+                                 settings=model.env_settings)]
   goal_state = envs[0].goal_state
-  atomic.write_json(os.path.join(run.out_dir, "run.json"),
-                    {"run": dataclasses.asdict(run), "config": dataclasses.asdict(config), "eps": eps,
-                     "goal_state": goal_state.tolist(), "demos": demo_dir})
+  record = json.loads(json.dumps({"run": dataclasses.asdict(run), "config": dataclasses.asdict(config), "eps": eps,
+                                   "goal_state": goal_state.tolist(), "demos": demo_dir}))
+  if os.path.exists(os.path.join(run.out_dir, "checkpoint.pkl")):
+    _check_same_run(os.path.join(run.out_dir, "run.json"), record)
+  atomic.write_json(os.path.join(run.out_dir, "run.json"), record)
 
   server, address = replay_io.start_server(builder.make_replay_tables())
   client = replay_io.connect(address)
@@ -182,19 +207,18 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
       procs = start_actor_processes(address, run.actors, run.out_dir)
     else:
       adder = builder.make_adder(client)
-      envs += [env_lib.GoalKitchenEnv(elements, goal_state, config.max_episode_steps, run.seed)
-               for _ in range(run.actors - 1)]
+      envs += [env_lib.GoalKitchenEnv(elements, goal_state, config.max_episode_steps, run.seed,
+                                      settings=model.env_settings) for _ in range(run.actors - 1)]
       actors = [builder.make_actor(run.seed + i, learner, adder) for i in range(run.actors)]
 
     bar = tqdm(total=run.env_steps, initial=min(learner.env_steps, run.env_steps), unit="env step",
                desc=f"finetune {config.variant}", disable=not run.progress)
     while learner.env_steps < run.env_steps:
-      for i in range(config.episodes_per_iteration):  # in-process acting (processes act by themselves)
-        if actors:
+      if actors:  # in-process acting, one episode after another
+        for i in range(config.episodes_per_iteration):
           acting.run_episode(envs[i % len(envs)], actors[i % len(actors)], learner.episodes + i, run.seed)
-      for p in procs:
-        if p.poll() is not None:
-          raise RuntimeError(f"actor process {p.pid} exited with {p.returncode} (see {run.out_dir}/actor*.log)")
+      else:  # the processes act by themselves; wait for a batch (noticing if they die)
+        _wait_for_episodes(client, config.trajectory_table, config.episodes_per_iteration, procs, run.out_dir)
       before = learner.env_steps
       learner.step()
       acting.publish_variables(client, config.variables_table, learner.iteration, learner.get_variables(names))
@@ -246,7 +270,7 @@ def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
   actor = acting.FinetuneActor(model, variable_utils.VariableClient(source, names), builder.make_adder(client),
                                seed=actor_id)
   environment = env_lib.GoalKitchenEnv(spec["elements"], np.asarray(spec["goal_state"], np.float32),
-                                       config.max_episode_steps, seed=spec["seed"])
+                                       config.max_episode_steps, seed=spec["seed"], settings=model.env_settings)
   done = 0
   # Episode indices of actor i are i, i + 2^20, ...: disjoint from the in-process ones and each other.
   while episodes is None or done < episodes:
