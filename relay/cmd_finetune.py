@@ -59,14 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  from relay_agents.finetune import env as env_lib, run as run_lib  # pylint: disable=import-outside-toplevel
+  from relay_agents.finetune import env as env_lib  # pylint: disable=import-outside-toplevel
   from relay_agents.finetune.config import FinetuneConfig  # pylint: disable=import-outside-toplevel
   if args.env_steps <= 0:
     raise UsageError("--env-steps must be positive")
   if args.actors <= 0:
     raise UsageError("--actors must be positive")
   try:
-    elements = env_lib.parse_goal(args.goal)
+    elements = env_lib.parse_goal(args.goal)  # before the heavy imports: a typo fails fast
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+  from relay_agents.finetune import run as run_lib  # pylint: disable=import-outside-toplevel
+  try:
     config = FinetuneConfig(variant=args.variant, finetune=args.finetune, reward=args.reward, eps=args.eps,
                             eps_quantile=args.eps_quantile, episodes_per_iteration=args.episodes_per_iteration,
                             max_episode_steps=args.max_episode_steps, kl_delta=args.kl, lambda0=args.lambda0,

@@ -265,7 +265,7 @@ def test_interrupted_finetune_resumes_and_ends_where_an_uninterrupted_one_does(r
   proc = subprocess.Popen([sys.executable, "-m", "relay", *_finetune_args(ril_model, cut, steps)], cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   log = os.path.join(cut, "log.jsonl")
-  deadline = time.time() + 300
+  deadline = time.time() + 600
   while time.time() < deadline and proc.poll() is None:
     if os.path.exists(log) and len(open(log).readlines()) >= 3:
       break

@@ -104,7 +104,8 @@ def make_npg_update(networks, head: str, kl_delta: float, cg_iters: int = 10, da
     keys = jax.random.split(key, fisher_samples)
     return jax.vmap(lambda k: networks.sample(output, k))(keys)  # [S, N, d]
 
-  analytic_kl = gaussian_kl if head == "gaussian" else mixture_kl_bound
+  # "gaussian" and "mse" heads both output (mean, log_std): a diagonal Gaussian policy.
+  analytic_kl = mixture_kl_bound if head == "mixture" else gaussian_kl
 
   def make_fvp(params, inputs, mask):
     flat, unravel = ravel_pytree(params)
@@ -117,7 +118,7 @@ def make_npg_update(networks, head: str, kl_delta: float, cg_iters: int = 10, da
 
   def mean_kl(old_params, new_params, inputs, mask, key):
     old, new = apply(old_params, inputs), apply(new_params, inputs)
-    if head == "gaussian":
+    if head != "mixture":
       return _masked_mean(gaussian_kl(old, new), mask)
     actions = sample_actions(old, key)  # [S, N, d]
     diff = jax.vmap(lambda a: log_prob(old, a) - log_prob(new, a))(actions)

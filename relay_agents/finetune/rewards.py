@@ -13,8 +13,6 @@ after each step (`g`, [..., 30]) and the subgoal (`subgoal`, [..., 30]):
                 kitchen.BONUS_THRESH (the env's own tolerance for "done").
 `calibrate_eps` picks eps from demo windows.
 """
-from typing import Sequence
-
 import numpy as np
 
 from relay_data import kitchen
@@ -96,7 +94,3 @@ def window_sums(rewards: np.ndarray, replan_every: int) -> np.ndarray:
   full = np.concatenate([rewards, pad], -1)
   return full.reshape(rewards.shape[:-1] + (n, replan_every)).sum(-1)
 
-
-def completed_elements(goal_states, elements: Sequence[str]) -> np.ndarray:
-  """[..., 30] -> [...] number of `elements` done by the env's completion test (BONUS_THRESH)."""
-  return kitchen.completion_mask(goal_states, elements).sum(-1)
