@@ -9,7 +9,8 @@ rate and elements done vs env steps), `model/` (the finetuned model in train-il'
 `relay eval --model OUT/model` evaluates it), `run.json` (settings and eps).
 
 Actors run in this process by default, one after another (episode k is seeded by (seed, k), so
-the run is deterministic and resumes exactly). With `actor_processes`, K `relay actor` processes
+an npg run is deterministic and resumes exactly; dapg/iril also draw demo batches from Reverb,
+whose uniform sampling is not seeded, so they resume from the same state but not bit for bit). With `actor_processes`, K `relay actor` processes
 are started against the server's address instead; they fetch the newest parameters through the
 variables table before each episode (the learner publishes after every iteration), so an episode
 can be one iteration stale, and the order in which episodes arrive is not deterministic.
