@@ -93,18 +93,24 @@ class _Outputs:
     self._writer.flush()
 
 
-def plot_curve(records: List[Dict], png_path: str, title: str = "") -> str:
+def plot_curve(records: List[Dict], png_path: str, num_elements: int, title: str = "") -> str:
+  """Success rate and elements done vs env steps (plus the acting level's mean reward per step,
+  which moves before the task metrics do)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   steps = [r["env_steps"] for r in records]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, key, label, top in ((axes[0], "success_rate", "success rate (all elements done)", 1.0),
-                              (axes[1], "elements_done", "elements done per episode", None)):
+  reward_key = next((k for k in ("low/reward", "policy/reward") if k in records[0]), None)
+  panels = [("success_rate", "success rate (all elements done)", 1.0),
+            ("elements_done", "elements done per episode", num_elements)]
+  if reward_key:
+    panels.append((reward_key, f"{reward_key.split('/')[0]}-level reward per step", None))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+  for ax, (key, label, top) in zip(axes, panels):
     ax.plot(steps, [r[key] for r in records], marker=".")
     ax.set_xlabel("env steps")
     ax.set_title(label)
-    if top:
+    if top is not None:
       ax.set_ylim(0, top)
   if title:
     fig.suptitle(title)
@@ -232,7 +238,7 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
     policy_io.save_model(model, params, os.path.join(run.out_dir, "model"),
                          extra={"finetune": {"variant": config.variant, "levels": config.finetune,
                                              "env_steps": learner.env_steps, "goal": list(elements)}})
-    curve = plot_curve(outputs.records, os.path.join(run.out_dir, "curve.png"),
+    curve = plot_curve(outputs.records, os.path.join(run.out_dir, "curve.png"), len(elements),
                        f"{config.variant} on {'+'.join(elements)}") if outputs.records else None
     last = outputs.records[-1] if outputs.records else {}
     return {"iterations": learner.iteration, "env_steps": learner.env_steps, "eps": eps, "curve": curve,
