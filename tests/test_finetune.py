@@ -164,6 +164,28 @@ def test_dapg_term_pulls_the_policy_toward_demo_actions():
   assert errors[-1] < 0.7 * errors[0]
 
 
+def test_npg_steps_improve_the_return_of_a_contextual_bandit():
+  """The policy-gradient sign and the natural step end to end: reward -||a - tanh(x)||^2."""
+  rng = np.random.default_rng(0)
+  inputs = rng.normal(size=(512, 4)).astype(np.float32)
+  best = np.tanh(inputs[:, :2])
+  for head in ("gaussian", "mixture"):
+    config = GoalBCConfig(hidden_sizes=(32, 32), head=head, num_components=3)
+    nets = gcbc_networks.make_networks(4, 2, config, gcbc_networks.Normalization.from_arrays(inputs, best))
+    params = nets.policy.init(jax.random.PRNGKey(0))
+    update = npg.make_npg_update(nets, head, 0.05)
+    no_demo = {"inputs": inputs[:1], "actions": best[:1]}
+    returns = []
+    for i in range(15):
+      actions = np.asarray(nets.sample(nets.policy.apply(params, inputs), jax.random.PRNGKey(100 + i)))
+      reward = -np.sum((actions - best) ** 2, -1)
+      returns.append(reward.mean())
+      on = {"inputs": inputs, "actions": actions, "advantages": npg.normalize(reward - reward.mean(), np.ones(512)),
+            "mask": np.ones(512, np.float32)}
+      params, _ = update(params, on, no_demo, 0.0, jax.random.PRNGKey(i))
+    assert np.mean(returns[-3:]) > 0.35 * np.mean(returns[:3]), (head, returns)  # returns are negative
+
+
 def test_gae_and_segments():
   rewards_ = np.array([[0, 0, 1, 0, 0, 1]], np.float32)
   done = np.array([[0, 0, 1, 0, 0, 1]], np.float32)
