@@ -8,7 +8,7 @@ Tables on one server (all reached by address, so actors may live in other proces
   actor_spec    one item: the run's description (model, goal, horizon, table names), so
                 `relay actor --reverb-address HOST:PORT` needs nothing else.
 """
-from typing import Dict, Iterator, List, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 import reverb
