@@ -1,10 +1,10 @@
-"""Run the benchmarks: `python -m benchmarks [relabel] [pipeline] [generate] [learner]`."""
+"""Run the benchmarks: `python -m benchmarks [relabel] [pipeline] [generate] [learner] [finetune]`."""
 import importlib
 import sys
 
 import relay  # noqa: F401  (process env defaults)
 
-ALL = ["relabel", "pipeline", "generate", "learner"]
+ALL = ["relabel", "pipeline", "generate", "learner", "finetune"]
 
 
 def main(argv):

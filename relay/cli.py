@@ -36,6 +36,9 @@ SUBCOMMANDS = {
     "relabel": ("relay.cmd_relabel", "relabel RLDS episodes into goal-conditioned examples (Beam pipeline)"),
     "train-il": ("relay.cmd_train", "train relay IL (both levels) or a baseline by BC through Reverb"),
     "eval": ("relay.cmd_eval", "evaluate trained agents on multi-stage kitchen goals"),
+    "finetune": ("relay.cmd_finetune", "finetune a trained model toward one compound goal by RL (NPG/DAPG/IRIL-RPL)"),
+    "actor": ("relay.cmd_actor", "a finetuning actor process writing episodes to a run's Reverb server"),
+    "distill": ("relay.cmd_distill", "distill per-goal finetuned policies into one relay policy"),
     "data": ("relay.cmd_data", "inspect a dataset: `relay data info DIR`"),
     "demo": ("relay.demo", "run the main job on a small default and print the result"),
 }

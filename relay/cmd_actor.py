@@ -1,0 +1,39 @@
+"""A finetuning actor in its own process, pointed at a running finetune's Reverb server.
+
+  relay actor --reverb-address HOST:PORT [--actor-id I] [--episodes N]
+
+It reads the run's description (model directory, goal, horizon) from the server, then acts
+episode after episode with the newest parameters the learner published there, writing each whole
+episode into the trajectory table. `relay finetune --actor-processes` starts these itself; start
+more by hand (on this or another machine that sees the model directory) to scale out.
+"""
+import argparse
+import sys
+
+from relay.cli import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--reverb-address", required=True, help="HOST:PORT of the finetune run's Reverb server")
+  parser.add_argument("--actor-id", type=int, default=0, help="this actor's index: seeds its episodes (default 0)")
+  parser.add_argument("--episodes", type=int, default=None, help="stop after N episodes (default: until the server stops)")
+  parser.add_argument("--model", default=None, help="model directory, if not at the path the run recorded")
+
+
+def run(args: argparse.Namespace) -> int:
+  from relay_agents.finetune import run as run_lib  # pylint: disable=import-outside-toplevel
+  if ":" not in args.reverb_address:
+    raise UsageError(f"--reverb-address must be HOST:PORT, got {args.reverb_address!r}")
+  if args.episodes is not None and args.episodes <= 0:
+    raise UsageError("--episodes must be positive")
+  if args.actor_id < 0:
+    raise UsageError("--actor-id must be >= 0")
+  try:
+    done = run_lib.run_actor(args.reverb_address, args.actor_id, args.episodes, args.model)
+  except ConnectionError as e:
+    print(f"relay actor: error: {e}", file=sys.stderr)
+    return 1
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+  print(f"actor {args.actor_id}: {done} episodes written")
+  return 0

@@ -1,0 +1,79 @@
+"""Configuration of RL finetuning (NPG-, DAPG- and IRIL-RPL)."""
+import dataclasses
+from typing import Optional, Tuple
+
+VARIANTS = ("npg", "dapg", "iril")
+REWARDS = ("sparse", "euclidean", "element-wise")
+LEVELS = ("low", "both")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+  """Hyper-parameters of one finetuning run (defaults follow mjrl's NPG/DAPG where they exist).
+
+  variant: "npg" (policy gradient only), "dapg" (plus lambda-weighted log-likelihood of relabeled
+    demo examples, lambda_k = lambda0 * lambda1**k at iteration k) or "iril" (dapg, plus every
+    batch of on-policy trajectories relabeled with `relay_data.relabel` and inserted into the
+    demo table).
+  finetune: "low" (the paper: finetuning the low level alone is enough) or "both".
+  reward: low-level reward for reaching the commanded subgoal (see `rewards`); `eps` is the sparse
+    radius in goal space (None: calibrated from the demo windows, `eps_quantile`).
+  kl_delta: bound on the mean KL between consecutive policies; the step is scaled so that the
+    quadratic KL estimate 0.5 * x^T F x equals it (mjrl's normalized step is 2 * kl_delta).
+  fisher_samples: actions drawn per state from the old policy to measure a mixture step's KL
+    (Monte Carlo; the step itself uses an analytic KL bound, see `npg`).
+  """
+  variant: str = "dapg"
+  finetune: str = "low"
+  reward: str = "sparse"
+  eps: Optional[float] = None
+  eps_quantile: float = 0.25
+  episodes_per_iteration: int = 8
+  max_episode_steps: int = 280
+  gamma: float = 0.995
+  gae_lambda: float = 0.97
+  kl_delta: float = 0.01
+  cg_iters: int = 10
+  cg_damping: float = 1e-4
+  fisher_samples: int = 4
+  lambda0: float = 0.1
+  lambda1: float = 0.95
+  demo_batch_size: int = 256
+  demo_max_examples: int = 200_000
+  iril_goals_per_step: int = 4
+  value_hidden: Tuple[int, ...] = (64, 64)
+  value_learning_rate: float = 1e-3
+  value_epochs: int = 2
+  value_batch_size: int = 64
+  trajectory_table: str = "trajectories"
+  demo_table: str = "relabeled"
+  variables_table: str = "variables"
+  spec_table: str = "actor_spec"
+
+  def __post_init__(self):
+    if self.variant not in VARIANTS:
+      raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+    if self.finetune not in LEVELS:
+      raise ValueError(f"finetune must be one of {', '.join(LEVELS)}, got {self.finetune!r}")
+    if self.reward not in REWARDS:
+      raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
+    for name in ("episodes_per_iteration", "max_episode_steps", "cg_iters", "fisher_samples",
+                 "demo_batch_size", "value_epochs", "value_batch_size", "iril_goals_per_step"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    if not self.kl_delta > 0:
+      raise ValueError(f"kl_delta must be positive, got {self.kl_delta}")
+    if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+      raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
+    if self.eps is not None and not self.eps > 0:
+      raise ValueError(f"eps must be positive, got {self.eps}")
+    if not 0 < self.eps_quantile < 1:
+      raise ValueError(f"eps_quantile must be in (0, 1), got {self.eps_quantile}")
+
+  @property
+  def uses_demos(self) -> bool:
+    return self.variant in ("dapg", "iril")
+
+  def demo_weight(self, iteration: int) -> float:
+    """lambda_k = lambda0 * lambda1**k (mjrl's DAPG schedule); 0 for plain NPG."""
+    return self.lambda0 * self.lambda1 ** iteration if self.uses_demos else 0.0

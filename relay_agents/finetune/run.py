@@ -1,0 +1,290 @@
+"""A finetuning run: server, demo data, actors, learner, logs, checkpoints, the finetuned model.
+
+    finetune(RunConfig(model_dir="models/ril", elements=[...], out_dir="runs/x", env_steps=600_000),
+             FinetuneConfig(variant="dapg"))
+
+Outputs in `out_dir`: `checkpoint.pkl` (the learner's whole state after an iteration; a rerun
+resumes from it), `log.jsonl` (one record per iteration), `tensorboard/`, `curve.png` (success
+rate and elements done vs env steps), `model/` (the finetuned model in train-il's layout, so
+`relay eval --model OUT/model` evaluates it), `run.json` (settings and eps).
+
+Actors run in this process by default, one after another (episode k is seeded by (seed, k), so
+an npg run is deterministic and resumes exactly; dapg/iril also draw demo batches from Reverb,
+whose uniform sampling is not seeded, so they resume from the same state but not bit for bit). With `actor_processes`, K `relay actor` processes
+are started against the server's address instead; they fetch the newest parameters through the
+variables table before each episode (the learner publishes after every iteration), so an episode
+can be one iteration stale, and the order in which episodes arrive is not deterministic.
+"""
+import dataclasses
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import jax
+import numpy as np
+import reverb
+
+from relay_agents.finetune import acting, env as env_lib, policy_io, replay_io, rewards
+from relay_agents.finetune.builder import FinetuneBuilder
+from relay_agents.finetune.config import FinetuneConfig
+from relay_data import atomic, kitchen, relabeled
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  model_dir: str
+  elements: Sequence[str]
+  out_dir: str
+  env_steps: int
+  actors: int = 1
+  actor_processes: bool = False
+  seed: int = 0
+  demos: Optional[str] = None         # relabeled demo dataset; default: the one the level was trained on
+  progress: bool = True
+
+  def __post_init__(self):
+    if self.env_steps <= 0 or self.actors <= 0:
+      raise ValueError("env_steps and actors must be positive")
+
+
+def calibrate_eps(demo_dir: str, quantile: float, max_examples: int = 50_000) -> float:
+  """eps of the sparse reward from the demo windows: (s_t, g_{t+j}) pairs of the low-level
+  relabeled examples, j <= W_l (see rewards.calibrate_eps)."""
+  batches = list(relabeled.load(demo_dir).take(max_examples).batch(8192).as_numpy_iterator())
+  if not batches:
+    raise ValueError(f"{demo_dir}: no relabeled examples to calibrate eps from")
+  states = kitchen.goal_state_from_observation(np.concatenate([b["observation"] for b in batches]))
+  goals = np.concatenate([b["goal"] for b in batches])
+  return rewards.calibrate_eps(states, goals, quantile)
+
+
+class _Outputs:
+  """log.jsonl + TensorBoard + learning curve."""
+
+  def __init__(self, out_dir: str, resume_iteration: int):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    self.path = os.path.join(out_dir, "log.jsonl")
+    self.records = []
+    if os.path.exists(self.path):  # keep what the checkpoint covers; drop a torn or later tail
+      with open(self.path) as f:
+        for line in f:
+          try:
+            rec = json.loads(line)
+          except ValueError:
+            continue
+          if rec.get("iteration", 1 << 30) < resume_iteration:
+            self.records.append(rec)
+      atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+    self._tf = tf
+    self._writer = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard"))
+
+  def write(self, record: Dict) -> None:
+    self.records.append(record)
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    with self._writer.as_default():
+      for k, v in record.items():
+        if isinstance(v, (int, float)) and k not in ("iteration", "env_steps"):
+          self._tf.summary.scalar(k, v, step=record["env_steps"])
+    self._writer.flush()
+
+
+def plot_curve(records: List[Dict], png_path: str, num_elements: int, title: str = "") -> str:
+  """Success rate and elements done vs env steps (plus the acting level's mean reward per step,
+  which moves before the task metrics do)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  steps = [r["env_steps"] for r in records]
+  reward_key = next((k for k in ("low/reward", "policy/reward") if k in records[0]), None)
+  panels = [("success_rate", "success rate (all elements done)", 1.0),
+            ("elements_done", "elements done per episode", num_elements)]
+  if reward_key:
+    panels.append((reward_key, f"{reward_key.split('/')[0]}-level reward per step", None))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+  for ax, (key, label, top) in zip(axes, panels):
+    ax.plot(steps, [r[key] for r in records], marker=".")
+    ax.set_xlabel("env steps")
+    ax.set_title(label)
+    if top is not None:
+      ax.set_ylim(0, top)
+  if title:
+    fig.suptitle(title)
+  return atomic.save_figure(fig, png_path)
+
+
+def _atomic_pickle(obj, path: str) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "wb") as f:
+    pickle.dump(obj, f)
+  os.replace(tmp, path)
+
+
+def actor_spec(run: RunConfig, config: FinetuneConfig, goal_state: np.ndarray) -> Dict:
+  """What an actor process needs to act in this run (read from the spec table)."""
+  return {"model": os.path.abspath(run.model_dir), "elements": list(run.elements),
+          "goal_state": np.asarray(goal_state, float).tolist(), "seed": run.seed,
+          "max_episode_steps": config.max_episode_steps, "episodes_per_iteration": config.episodes_per_iteration,
+          "trajectory_table": config.trajectory_table, "variables_table": config.variables_table}
+
+
+def start_actor_processes(address: str, count: int, log_dir: str) -> List[subprocess.Popen]:
+  procs = []
+  for i in range(count):
+    log = open(os.path.join(log_dir, f"actor{i}.log"), "w")  # pylint: disable=consider-using-with
+    procs.append(subprocess.Popen([sys.executable, "-m", "relay", "actor", "--reverb-address", address,
+                                   "--actor-id", str(i)], stdout=log, stderr=subprocess.STDOUT))
+  return procs
+
+
+def _wait_for_episodes(client, table: str, count: int, procs, out_dir: str) -> None:
+  while client.server_info()[table].current_size < count:
+    for p in procs:
+      if p.poll() is not None:
+        raise RuntimeError(f"actor process {p.pid} exited with {p.returncode} (see {out_dir}/actor*.log)")
+    time.sleep(0.05)
+
+
+def _check_same_run(path: str, record: Dict) -> None:
+  """A rerun resumes only the run it checkpointed: same model, goal, seed and hyper-parameters."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  for section, keys in (("run", ("model_dir", "elements", "seed", "demos")), ("config", None)):
+    for key in keys or sorted(set(old.get(section, {})) | set(record[section])):
+      if old.get(section, {}).get(key) != record[section].get(key):
+        raise ValueError(f"{path}: the checkpointed run used {key}={old.get(section, {}).get(key)!r}, this one "
+                         f"{record[section].get(key)!r}; use another --out or delete that run to start over")
+
+
+def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
+  """Runs (or resumes) finetuning until `run.env_steps` env steps; returns a summary."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  elements = env_lib.parse_goal(",".join(run.elements))
+  model = policy_io.load_model(run.model_dir)
+  builder = FinetuneBuilder(config, model)
+  os.makedirs(run.out_dir, exist_ok=True)
+  demo_dir = run.demos or builder.demo_level.source
+  eps = config.eps
+  if eps is None and model.hierarchical and config.reward != "euclidean":
+    if not demo_dir:
+      raise ValueError("eps needs the relabeled demo data to calibrate from: pass --eps or --demos")
+    eps = calibrate_eps(demo_dir, config.eps_quantile)
+  envs = [env_lib.GoalKitchenEnv(elements, max_episode_steps=config.max_episode_steps, seed=run.seed,
+                                 settings=model.env_settings)]
+  goal_state = envs[0].goal_state
+  record = json.loads(json.dumps({"run": dataclasses.asdict(run), "config": dataclasses.asdict(config), "eps": eps,
+                                   "goal_state": goal_state.tolist(), "demos": demo_dir}))
+  if os.path.exists(os.path.join(run.out_dir, "checkpoint.pkl")):
+    _check_same_run(os.path.join(run.out_dir, "run.json"), record)
+  atomic.write_json(os.path.join(run.out_dir, "run.json"), record)
+
+  server, address = replay_io.start_server(builder.make_replay_tables())
+  client = replay_io.connect(address)
+  procs: List[subprocess.Popen] = []
+  try:
+    demo_iterator = inserter = None
+    if config.uses_demos:
+      if not demo_dir:
+        raise ValueError(f"{run.model_dir}: the model does not name its relabeled data; pass --demos")
+      builder.feed_demos(address, demo_dir, run.progress, run.seed)
+      demo_iterator = builder.make_demo_iterator(address)
+      inserter = builder.make_demo_inserter(address)
+    learner = builder.make_learner(jax.random.PRNGKey(run.seed), client, eps, elements,
+                                   demo_iterator=demo_iterator, demo_inserter=inserter)
+    ckpt = os.path.join(run.out_dir, "checkpoint.pkl")
+    if os.path.exists(ckpt):
+      try:
+        with open(ckpt, "rb") as f:
+          learner.restore(pickle.load(f))
+      except (pickle.UnpicklingError, EOFError, KeyError) as e:
+        raise ValueError(f"{ckpt}: unreadable checkpoint ({e}); delete it to start over") from e
+    outputs = _Outputs(run.out_dir, learner.iteration)
+    names = acting.variable_names(model)
+    acting.publish_spec(client, config.spec_table, actor_spec(run, config, goal_state))
+    acting.publish_variables(client, config.variables_table, learner.iteration, learner.get_variables(names))
+
+    actors = []
+    if run.actor_processes:
+      procs = start_actor_processes(address, run.actors, run.out_dir)
+    else:
+      adder = builder.make_adder(client)
+      envs += [env_lib.GoalKitchenEnv(elements, goal_state, config.max_episode_steps, run.seed,
+                                      settings=model.env_settings) for _ in range(run.actors - 1)]
+      actors = [builder.make_actor(run.seed + i, learner, adder) for i in range(run.actors)]
+
+    bar = tqdm(total=run.env_steps, initial=min(learner.env_steps, run.env_steps), unit="env step",
+               desc=f"finetune {config.variant}", disable=not run.progress)
+    while learner.env_steps < run.env_steps:
+      if actors:  # in-process acting, one episode after another
+        for i in range(config.episodes_per_iteration):
+          acting.run_episode(envs[i % len(envs)], actors[i % len(actors)], learner.episodes + i, run.seed)
+      else:  # the processes act by themselves; wait for a batch (noticing if they die)
+        _wait_for_episodes(client, config.trajectory_table, config.episodes_per_iteration, procs, run.out_dir)
+      before = learner.env_steps
+      learner.step()
+      acting.publish_variables(client, config.variables_table, learner.iteration, learner.get_variables(names))
+      _atomic_pickle(learner.save(), ckpt)
+      outputs.write({k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in learner.last.items()})
+      bar.update(min(learner.env_steps, run.env_steps) - min(before, run.env_steps))
+      bar.set_postfix(success=f"{learner.last['success_rate']:.2f}", elements=f"{learner.last['elements_done']:.2f}")
+    bar.close()
+    params = dict(zip(names, learner.get_variables(names)))
+    policy_io.save_model(model, params, os.path.join(run.out_dir, "model"),
+                         extra={"finetune": {"variant": config.variant, "levels": config.finetune,
+                                             "env_steps": learner.env_steps, "goal": list(elements)}})
+    curve = plot_curve(outputs.records, os.path.join(run.out_dir, "curve.png"), len(elements),
+                       f"{config.variant} on {'+'.join(elements)}") if outputs.records else None
+    last = outputs.records[-1] if outputs.records else {}
+    return {"iterations": learner.iteration, "env_steps": learner.env_steps, "eps": eps, "curve": curve,
+            "success_rate": last.get("success_rate"), "elements_done": last.get("elements_done"),
+            "first": outputs.records[0] if outputs.records else None}
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.terminate()
+    for p in procs:
+      try:
+        p.wait(timeout=10)
+      except subprocess.TimeoutExpired:
+        p.kill()
+    server.stop()
+
+
+def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
+              model_dir: Optional[str] = None) -> int:
+  """An actor process: reads the run's spec from the server at `address`, then acts episode after
+  episode with the newest published parameters, writing each into the trajectory table, until
+  `episodes` are done or the server goes away. Returns the number of episodes written."""
+  from relay_agents import acme_compat  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  from acme.jax import variable_utils  # pylint: disable=import-outside-toplevel
+  client = replay_io.connect(address)
+  spec = acting.read_spec(address, FinetuneConfig.spec_table)
+  model = policy_io.load_model(model_dir or spec["model"])
+  config = FinetuneConfig(max_episode_steps=spec["max_episode_steps"],
+                          episodes_per_iteration=spec["episodes_per_iteration"],
+                          trajectory_table=spec["trajectory_table"], variables_table=spec["variables_table"])
+  builder = FinetuneBuilder(config, model)
+  names = acting.variable_names(model)
+  source = acting.ReverbVariableSource(address, config.variables_table,
+                                       [model.levels[n].params for n in names])
+  source.bind_names(names)
+  actor = acting.FinetuneActor(model, variable_utils.VariableClient(source, names), builder.make_adder(client),
+                               seed=actor_id)
+  environment = env_lib.GoalKitchenEnv(spec["elements"], np.asarray(spec["goal_state"], np.float32),
+                                       config.max_episode_steps, seed=spec["seed"], settings=model.env_settings)
+  done = 0
+  # Episode indices of actor i are i, i + 2^20, ...: disjoint from the in-process ones and each other.
+  while episodes is None or done < episodes:
+    try:
+      acting.run_episode(environment, actor, (actor_id + 1) * (1 << 20) + done, spec["seed"])
+    except (reverb.errors.DeadlineExceededError, reverb.errors.ReverbError, RuntimeError) as e:
+      print(f"actor {actor_id}: server gone ({type(e).__name__}); stopping after {done} episodes")
+      break
+    done += 1
+  return done

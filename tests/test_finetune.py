@@ -1,0 +1,338 @@
+"""RL finetuning on real components: MuJoCo kitchen, a Reverb server on localhost, actor processes.
+
+The model finetuned is a tiny relay-IL agent trained in seconds on the 2-episode kitchen play
+dataset (as tests/test_agents.py trains its own).
+"""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import reverb
+
+from pipelines import relabel as relabel_pipeline
+from relay_agents import train
+from relay_agents.finetune import acting, builder as builder_lib, env as env_lib, learning, npg
+from relay_agents.finetune import policy_io, rewards
+from relay_agents.finetune.config import FinetuneConfig
+from relay_agents.gcbc import networks as gcbc_networks
+from relay_agents.gcbc.config import GoalBCConfig
+from relay_data import kitchen, relabeled, rlds_io
+
+GOAL = ["microwave", "kettle", "light switch", "slide cabinet"]
+WINDOW = 5
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def ril_model(kitchen_play_tiny, tmp_path_factory):
+  root = tmp_path_factory.mktemp("finetune_model")
+  data = {}
+  for level, cfg in (("low", relabeled.RelabelConfig("low", window=WINDOW, goals_per_step=2)),
+                     ("high", relabeled.RelabelConfig("high", window=WINDOW, window_high=40, goals_per_step=2))):
+    data[level] = str(root / level)
+    relabel_pipeline.run_relabel(kitchen_play_tiny, data[level], cfg)
+  out = str(root / "ril")
+  train.train_agent("ril", data, out, train.TrainConfig(steps=30, progress=False),
+                    GoalBCConfig(batch_size=32, hidden_sizes=(32,)))
+  return out
+
+
+def _demo_goal_states(play_dir):
+  return [ep["goal_state"] for ep in rlds_io.iter_episodes(play_dir)]
+
+
+# --- rewards --------------------------------------------------------------------------------------
+
+def test_sparse_reward_fires_on_demo_windows_and_not_on_random_states(kitchen_play_tiny):
+  g = np.concatenate([s for s in _demo_goal_states(kitchen_play_tiny)])
+  w = 10
+  eps = rewards.calibrate_eps(g[:-w], g[w:], quantile=0.25)
+  assert eps > 0
+  starts = np.arange(0, len(g) - w, 7)
+  fired_in_window, fired_at_start = [], []
+  for t in starts:
+    subgoal = g[t + w]
+    trace = rewards.sparse(g[t + 1:t + w + 1], np.broadcast_to(subgoal, (w, 30)), eps)
+    fired_in_window.append(trace.max())
+    fired_at_start.append(rewards.sparse(g[t], subgoal, eps))
+  assert np.all(np.array(fired_in_window) == 1.0)   # every demo window reaches its subgoal
+  assert np.mean(fired_at_start) < 0.5               # ... and standing still mostly does not
+  rng = np.random.default_rng(0)
+  lo, hi = g.min(0), g.max(0)
+  random_states = rng.uniform(lo, hi, size=(500, 30)).astype(np.float32)
+  subgoals = g[rng.integers(0, len(g), 500)]
+  assert rewards.sparse(random_states, subgoals, eps).sum() == 0
+  # The other two rewards rank the reached subgoal best.
+  assert rewards.euclidean(subgoals, subgoals).max() == 0 > rewards.euclidean(random_states, subgoals).max()
+  assert np.all(rewards.element_wise(subgoals, subgoals, eps) == 1.0)
+  assert rewards.element_wise(random_states, subgoals, eps).mean() < 1.0
+
+
+def test_eps_calibration_rejects_bad_input():
+  with pytest.raises(ValueError, match="non-empty"):
+    rewards.calibrate_eps(np.zeros((0, 30)), np.zeros((0, 30)))
+  bad = np.zeros((4, 30), np.float32)
+  bad[1, 3] = np.nan
+  with pytest.raises(ValueError, match="NaN"):
+    rewards.calibrate_eps(bad, np.ones((4, 30)))
+  with pytest.raises(ValueError, match="30 dims"):
+    rewards.calibrate_eps(np.zeros((4, 29)), np.zeros((4, 29)))
+  with pytest.raises(ValueError, match="at all"):
+    rewards.calibrate_eps(np.zeros((4, 30)), np.zeros((4, 30)))
+
+
+def test_goal_env_is_a_dm_env_with_task_progress_reward():
+  env = env_lib.GoalKitchenEnv(GOAL, max_episode_steps=6, seed=3)
+  assert np.all(kitchen.completion_mask(env.goal_state, GOAL))
+  ts = env.reset()
+  assert ts.first() and ts.observation["observation"].shape == (59,)
+  first_obs = ts.observation["observation"].copy()
+  steps = 0
+  while not ts.last():
+    ts = env.step(np.zeros(9))
+    steps += 1
+    assert ts.reward == 0.0 and ts.discount.dtype == np.float32
+  assert steps == 6 and ts.discount == 1.0  # truncated at the horizon: not a termination
+  env.episode_index = 0
+  np.testing.assert_array_equal(env.reset().observation["observation"], first_obs)  # episode 0 again
+  with pytest.raises(ValueError, match="unknown: oven"):
+    env_lib.parse_goal("microwave,oven")
+
+
+# --- the NPG step -----------------------------------------------------------------------------------
+
+def _on_policy_batch(networks, params, inputs, seed=0):
+  rng = np.random.default_rng(seed)
+  actions = np.asarray(networks.sample(networks.policy.apply(params, inputs), jax.random.PRNGKey(seed)))
+  return {"inputs": inputs, "actions": actions, "advantages": rng.normal(size=len(inputs)).astype(np.float32),
+          "mask": np.ones(len(inputs), np.float32)}
+
+
+def test_npg_step_keeps_the_kl_at_its_bound(ril_model):
+  model = policy_io.load_model(ril_model)
+  low = model.levels["low"]
+  examples = next(relabeled.load(low.source).batch(512).as_numpy_iterator())
+  inputs = np.concatenate([examples["observation"], examples["goal"]], -1)
+  no_demo = {"inputs": inputs[:1], "actions": examples["action"][:1]}
+  # The trained mixture head: the step's quadratic estimate of the KL bound equals delta, the bound
+  # itself lands on it, and the true KL (Monte Carlo, many samples) is within it.
+  for delta in (0.01, 0.003):
+    update = npg.make_npg_update(low.networks, "mixture", delta, fisher_samples=64)
+    new, stats = update(low.params, _on_policy_batch(low.networks, low.params, inputs), no_demo, 0.0,
+                        jax.random.PRNGKey(1))
+    assert float(stats.quadratic_kl) == pytest.approx(delta, rel=1e-3)
+    assert float(stats.kl_bound) == pytest.approx(delta, rel=0.2)
+    assert float(stats.kl) < 1.3 * delta
+    assert float(stats.surrogate_after) > float(stats.surrogate_before)
+  # A Gaussian head: the KL is analytic and lands on the bound.
+  config = GoalBCConfig(hidden_sizes=(32, 32), head="gaussian")
+  nets = gcbc_networks.make_networks(inputs.shape[1], 9, config,
+                                     gcbc_networks.Normalization.from_arrays(inputs, examples["action"]))
+  params = nets.policy.init(jax.random.PRNGKey(0))
+  update = npg.make_npg_update(nets, "gaussian", 0.01)
+  _, stats = update(params, _on_policy_batch(nets, params, inputs), no_demo, 0.0, jax.random.PRNGKey(1))
+  assert float(stats.kl) == pytest.approx(0.01, rel=0.1)
+
+
+def test_dapg_term_pulls_the_policy_toward_demo_actions():
+  rng = np.random.default_rng(0)
+  inputs = rng.normal(size=(256, 6)).astype(np.float32)
+  demo_actions = np.tanh(inputs[:, :2]).astype(np.float32)
+  config = GoalBCConfig(hidden_sizes=(32, 32), head="gaussian")
+  nets = gcbc_networks.make_networks(6, 2, config, gcbc_networks.Normalization.from_arrays(inputs, demo_actions))
+  params = nets.policy.init(jax.random.PRNGKey(0))
+  on = _on_policy_batch(nets, params, inputs)
+  on["advantages"] = np.zeros_like(on["advantages"])  # no task signal: only the demo term acts
+  demo = {"inputs": inputs, "actions": demo_actions}
+  update = npg.make_npg_update(nets, "gaussian", 0.05)
+  error = lambda p: float(np.abs(np.asarray(nets.mean(nets.policy.apply(p, inputs))) - demo_actions).mean())
+  unchanged, _ = update(params, on, demo, 0.0, jax.random.PRNGKey(1))   # lambda = 0: nothing moves
+  assert error(unchanged) == pytest.approx(error(params))
+  p, errors, log_probs = params, [error(params)], []
+  for i in range(6):
+    p, stats = update(p, on, demo, 1.0, jax.random.PRNGKey(i))
+    errors.append(error(p))
+    log_probs.append((float(stats.demo_log_prob_before), float(stats.demo_log_prob_after)))
+  assert all(after > before for before, after in log_probs)
+  assert errors[-1] < 0.7 * errors[0]
+
+
+def test_npg_steps_improve_the_return_of_a_contextual_bandit():
+  """The policy-gradient sign and the natural step end to end: reward -||a - tanh(x)||^2."""
+  rng = np.random.default_rng(0)
+  inputs = rng.normal(size=(512, 4)).astype(np.float32)
+  best = np.tanh(inputs[:, :2])
+  for head in ("gaussian", "mixture"):
+    config = GoalBCConfig(hidden_sizes=(32, 32), head=head, num_components=3)
+    nets = gcbc_networks.make_networks(4, 2, config, gcbc_networks.Normalization.from_arrays(inputs, best))
+    params = nets.policy.init(jax.random.PRNGKey(0))
+    update = npg.make_npg_update(nets, head, 0.05)
+    no_demo = {"inputs": inputs[:1], "actions": best[:1]}
+    returns = []
+    for i in range(15):
+      actions = np.asarray(nets.sample(nets.policy.apply(params, inputs), jax.random.PRNGKey(100 + i)))
+      reward = -np.sum((actions - best) ** 2, -1)
+      returns.append(reward.mean())
+      on = {"inputs": inputs, "actions": actions, "advantages": npg.normalize(reward - reward.mean(), np.ones(512)),
+            "mask": np.ones(512, np.float32)}
+      params, _ = update(params, on, no_demo, 0.0, jax.random.PRNGKey(i))
+    assert np.mean(returns[-3:]) > 0.35 * np.mean(returns[:3]), (head, returns)  # returns are negative
+
+
+def test_gae_and_segments():
+  rewards_ = np.array([[0, 0, 1, 0, 0, 1]], np.float32)
+  done = np.array([[0, 0, 1, 0, 0, 1]], np.float32)
+  zeros = np.zeros_like(rewards_)
+  adv, targets = npg.gae(rewards_, zeros, zeros, done, np.ones_like(rewards_), gamma=0.5, lam=1.0)
+  # Returns do not leak across a segment end: each window discounts its own reward.
+  np.testing.assert_allclose(adv[0], [0.25, 0.5, 1.0, 0.25, 0.5, 1.0])
+  np.testing.assert_allclose(targets, adv)
+
+
+# --- Reverb: actors, IRIL ------------------------------------------------------------------------
+
+def _server_for(config, model):
+  builder = builder_lib.FinetuneBuilder(config, model)
+  server = reverb.Server(builder.make_replay_tables())
+  return builder, server, f"localhost:{server.port}"
+
+
+def test_iril_inserts_relabeled_on_policy_episodes_into_the_demo_table(ril_model):
+  model = policy_io.load_model(ril_model)
+  config = FinetuneConfig(variant="iril", episodes_per_iteration=2, max_episode_steps=12, demo_batch_size=32,
+                          demo_max_examples=32, iril_goals_per_step=3)
+  builder, server, address = _server_for(config, model)
+  try:
+    keys = builder.demo_keys
+    assert builder.feed_demos(address, model.levels["low"].source, progress=False) == 32
+    client = reverb.Client(address)
+    learner = builder.make_learner(jax.random.PRNGKey(0), client, 0.5, GOAL,
+                                   demo_iterator=builder.make_demo_iterator(address),
+                                   demo_inserter=builder.make_demo_inserter(address))
+    actor = builder.make_actor(0, learner, builder.make_adder(client))
+    env = env_lib.GoalKitchenEnv(GOAL, max_episode_steps=12)
+    episodes = [acting.run_episode(env, actor, i, seed=0, record=True) for i in range(2)]
+    before = client.server_info()[config.demo_table].current_size
+    learner.step()
+    inserted = learner.last["iril_inserted"]
+    expected = sum(len(relabeled_rows(e["observations"])) for e in episodes)
+    assert inserted == expected
+    assert client.server_info()[config.demo_table].current_size == before + -(-inserted // builder.examples_per_item)
+    seen = set()
+    for sample in client.sample(config.demo_table, 300, emit_timesteps=False):  # items of 32 examples each
+      seen.update(row.tobytes() for row in np.asarray(sample.data[keys.index("observation")]))
+    for e in episodes:  # every on-policy state (but the last) is now a relabeled example
+      assert all(row.tobytes() in seen for row in e["observations"][:-1].astype(np.float32))
+  finally:
+    server.stop()
+
+
+def relabeled_rows(observations):
+  from relay_data import relabel
+  return relabel.relabel_indices(len(observations), WINDOW, 3)[0]
+
+
+def test_actor_process_writes_trajectories_to_a_server_it_reaches_by_address(ril_model):
+  model = policy_io.load_model(ril_model)
+  config = FinetuneConfig(variant="npg", episodes_per_iteration=2, max_episode_steps=12)
+  builder, server, address = _server_for(config, model)
+  try:
+    client = reverb.Client(address)
+    goal_state = env_lib.default_goal_state(GOAL)
+    spec = {"model": ril_model, "elements": GOAL, "goal_state": goal_state.tolist(), "seed": 0,
+            "max_episode_steps": 12, "episodes_per_iteration": 2, "trajectory_table": config.trajectory_table,
+            "variables_table": config.variables_table}
+    acting.publish_spec(client, config.spec_table, spec)
+    names = acting.variable_names(model)
+    acting.publish_variables(client, config.variables_table, 0, [model.levels[n].params for n in names])
+    proc = subprocess.run([sys.executable, "-m", "relay", "actor", "--reverb-address", address, "--episodes", "2"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 episodes written" in proc.stdout
+    assert client.server_info()[config.trajectory_table].current_size == 2
+    samples = list(client.sample(config.trajectory_table, 2, emit_timesteps=False, unpack_as_table_signature=True))
+    episodes = learning.episodes_from_samples(samples)
+    assert episodes["observation"].shape == (2, 13, 59)
+    np.testing.assert_array_equal(learning.episode_lengths(episodes), [12, 12])
+    np.testing.assert_allclose(episodes["goal"][:, :12], np.broadcast_to(goal_state, (2, 12, 30)))
+    subgoals = episodes["subgoal"][:, :12]
+    for start in range(0, 12, WINDOW):  # the high level re-planned exactly every W_l steps
+      window = subgoals[:, start:start + WINDOW]
+      np.testing.assert_array_equal(window, np.broadcast_to(window[:, :1], window.shape))
+    assert not np.array_equal(subgoals[:, 0], subgoals[:, WINDOW])
+    assert not np.array_equal(episodes["observation"][0], episodes["observation"][1])  # distinct episodes
+  finally:
+    server.stop()
+
+
+# --- the whole run: CLI, checkpoints, resume ------------------------------------------------------
+
+def _finetune_args(model, out, env_steps):
+  return ["finetune", "--model", model, "--goal", ",".join(GOAL), "--variant", "npg", "--env-steps", str(env_steps),
+          "--episodes-per-iteration", "2", "--max-episode-steps", "10", "--out", out, "--no-progress", "--seed", "1"]
+
+
+def test_interrupted_finetune_resumes_and_ends_where_an_uninterrupted_one_does(ril_model, tmp_path, cli):
+  steps = 300  # 15 iterations of 2 x 10 steps
+  whole = str(tmp_path / "whole")
+  cli(*_finetune_args(ril_model, whole, steps), check=True)
+  cut = str(tmp_path / "cut")
+  proc = subprocess.Popen([sys.executable, "-m", "relay", *_finetune_args(ril_model, cut, steps)], cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  log = os.path.join(cut, "log.jsonl")
+  deadline = time.time() + 600
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(log) and len(open(log).readlines()) >= 3:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(cut, "model")), "the run finished before it could be interrupted"
+  with open(os.path.join(cut, "checkpoint.pkl"), "rb") as f:
+    interrupted_at = pickle.load(f)["iteration"]
+  assert 0 < interrupted_at < 15
+  cli(*_finetune_args(ril_model, cut, steps), check=True)
+
+  def records(run_dir):
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+      return [{k: v for k, v in json.loads(line).items() if not k.startswith("time_")} for line in f]
+  assert [r["iteration"] for r in records(cut)] == list(range(15))
+  assert records(cut) == records(whole)
+  for level in ("low", "high"):
+    with open(os.path.join(whole, "model", level, "policy.pkl"), "rb") as f:
+      a = pickle.load(f)["params"]
+    with open(os.path.join(cut, "model", level, "policy.pkl"), "rb") as f:
+      b = pickle.load(f)["params"]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+  # The low level was finetuned (the high level, with --finetune low, was not).
+  original = policy_io.load_model(ril_model)
+  finetuned = policy_io.load_model(os.path.join(whole, "model"))
+  changed = lambda n: any(not np.array_equal(x, y) for x, y in zip(
+      jax.tree_util.tree_leaves(original.levels[n].params), jax.tree_util.tree_leaves(finetuned.levels[n].params)))
+  assert changed("low") and not changed("high")
+  assert os.path.getsize(os.path.join(whole, "curve.png")) > 1000
+  assert os.listdir(os.path.join(whole, "tensorboard"))
+  other = cli(*[a if a != "npg" else "dapg" for a in _finetune_args(ril_model, whole, steps)])
+  assert other.returncode == 2 and "the checkpointed run used variant='npg'" in other.stderr
+
+
+def test_cli_finetune_rejects_bad_flags(cli, ril_model, tmp_path):
+  bad_goal = cli("finetune", "--model", ril_model, "--goal", "microwave,oven", "--env-steps", "10",
+                 "--out", str(tmp_path / "x"))
+  assert bad_goal.returncode == 2 and "unknown: oven" in bad_goal.stderr
+  no_model = cli("finetune", "--model", str(tmp_path / "nope"), "--goal", "microwave", "--env-steps", "10",
+                 "--out", str(tmp_path / "x"))
+  assert no_model.returncode == 2 and "no agent.json" in no_model.stderr
+  bad_steps = cli("finetune", "--model", ril_model, "--goal", "microwave", "--env-steps", "0", "--out", str(tmp_path))
+  assert bad_steps.returncode == 2 and "--env-steps" in bad_steps.stderr
+  bad_address = cli("actor", "--reverb-address", "nohostport")
+  assert bad_address.returncode == 2 and "HOST:PORT" in bad_address.stderr
+  nobody = cli("actor", "--reverb-address", "127.0.0.1:1")
+  assert nobody.returncode == 1 and "no Reverb server answered at 127.0.0.1:1" in nobody.stderr
