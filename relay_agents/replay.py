@@ -118,9 +118,8 @@ class ExampleDims:
 
   @classmethod
   def of(cls, relabeled_dir: str) -> "ExampleDims":
-    from relay_data import rlds_io  # pylint: disable=import-outside-toplevel
-    features = rlds_io.load_builder(relabeled_dir).info.features
-    return cls({k: int(v.shape[0]) for k, v in features.items()})
+    from relay_data import relabeled  # pylint: disable=import-outside-toplevel
+    return cls(relabeled.dims_of(relabeled_dir))
 
   @property
   def keys(self) -> List[str]:

@@ -74,11 +74,7 @@ def _atomic_pickle(obj, path: str) -> None:
 
 
 def _load_examples(path: str, max_examples: int) -> Dict[str, np.ndarray]:
-  batches = relabeled.load(path).take(max_examples).batch(65536).as_numpy_iterator()
-  parts = list(batches)
-  if not parts:
-    raise ValueError(f"relabeled dataset {path} has no examples")
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  return relabeled.read_arrays(path, max_examples)
 
 
 def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_dir: str) -> Dict:
@@ -100,7 +96,7 @@ def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_di
     fed = replay.feed(address, config.table_name, relabeled.load(data_dir), sorted(dims),
                       config.examples_per_item, limit=config.max_replay_size, progress=train.progress,
                       seed=train.seed,
-                      total=rlds_io.num_examples(data_dir))
+                      total=relabeled.num_examples(data_dir))
     client = reverb.Client(address)
     logger = _TensorBoardLogger(os.path.join(os.path.dirname(out_dir), "tensorboard"),
                                 os.path.basename(out_dir), train.log_every)

@@ -1,15 +1,19 @@
-"""Vectorized `tf.train.Example` encoding of flat float32 examples (the relabeled datasets).
+"""Vectorized `tf.train.Example` encoding of columnar chunks (the relabeled datasets' records).
 
-TFDS's `features.serialize_example` costs ~0.5 ms per example in Python, which made the relabel
-pipeline ~2,000 examples/s. A relabeled example is a fixed set of float32 vectors, so its
-Example proto is fixed header bytes interleaved with the raw little-endian floats: the headers
-are computed once, and a whole batch is laid out in one [N, record_len] uint8 array. The
-records parse as the TFDS features of `relay_data.relabeled.example_features` (float_list
-features of fixed shape), which the tests check against TFDS's own decoder.
+A relabeled record holds a chunk of n consecutive examples of one episode, one feature per field
+with a leading chunk dimension: float fields as a packed `float_list` of the row-major [n, d]
+array, integer columns as a packed `int64_list`. In the protobuf wire format a packed float list
+is its little-endian bytes behind a few varint headers, so a chunk encodes as the header bytes
+plus the arrays' own buffers (no per-example or per-value Python work): `encode_pieces` returns
+those pieces for a writer that frames them without joining, `encode` joins them. Records parse
+as the TFDS features of `relay_data.relabeled.example_features` (Tensor(shape=(None, d))), which
+the tests check against TFDS's own encoder and decoder.
 """
 from typing import Dict, List
 
 import numpy as np
+
+_FLOAT_LIST, _INT64_LIST = 2, 3  # tf.train.Feature oneof field numbers
 
 
 def _varint(value: int) -> bytes:
@@ -28,42 +32,61 @@ def _len_delimited(field: int, payload_len: int) -> bytes:
   return bytes([(field << 3) | 2]) + _varint(payload_len)
 
 
-class FloatExampleCodec:
-  """Encodes dicts of [N, d_k] float32 arrays as N serialized `tf.train.Example`s."""
+def varints(values: np.ndarray) -> bytes:
+  """Protobuf varint encoding of non-negative int64 values, vectorized (a packed int64 list)."""
+  v = np.ascontiguousarray(values, dtype=np.uint64)
+  if v.size == 0:
+    return b""
+  if np.any(np.asarray(values) < 0):
+    raise ValueError("varints encodes non-negative values only")
+  shifted = [v >> np.uint64(7 * i) for i in range(10)]
+  groups = np.stack([(s & np.uint64(0x7F)) for s in shifted], axis=1).astype(np.uint8)
+  nbytes = 1 + sum((s > 0).astype(np.int64) for s in shifted[1:])  # 7-bit groups needed
+  col = np.arange(10)[None, :]
+  groups[col < (nbytes[:, None] - 1)] |= 0x80
+  return groups[col < nbytes[:, None]].tobytes()
 
-  def __init__(self, dims: Dict[str, int]):
-    self.dims = dict(sorted(dims.items()))
-    self._pieces = []  # (header bytes, key or None)
-    entries = []
-    for key, dim in self.dims.items():
-      floats = 4 * dim
-      float_list_len = len(_len_delimited(1, floats)) + floats            # FloatList{value: packed}
-      feature_len = len(_len_delimited(2, float_list_len)) + float_list_len  # Feature{float_list}
+
+class ChunkCodec:
+  """Encodes a chunk (dict of [n, d] float arrays and [n] int arrays) as one Example record.
+
+  float_dims: float32 fields and their widths d (e.g. observation 59, action 9, goal 30).
+  int_fields: int64 columns, one value per example (e.g. episode_index, step).
+  """
+
+  def __init__(self, float_dims: Dict[str, int], int_fields=()):
+    self.float_dims = dict(sorted(float_dims.items()))
+    self.int_fields = tuple(sorted(int_fields))
+    self._keys = sorted(list(self.float_dims) + list(self.int_fields))
+
+  def encode_pieces(self, chunk: Dict[str, np.ndarray]) -> List[bytes]:
+    """The record as byte pieces whose concatenation is the serialized Example."""
+    n = len(chunk[self._keys[0]])
+    pieces, total = [], 0
+    for key in self._keys:
+      if key in self.float_dims:
+        values = np.ascontiguousarray(chunk[key], dtype="<f4")
+        if values.shape != (n, self.float_dims[key]):
+          raise ValueError(f"field {key!r}: expected shape ({n}, {self.float_dims[key]}), got {values.shape}")
+        payload, kind = values.tobytes(), _FLOAT_LIST
+      else:
+        values = np.asarray(chunk[key])
+        if values.shape != (n,):
+          raise ValueError(f"field {key!r}: expected shape ({n},), got {values.shape}")
+        payload, kind = varints(values), _INT64_LIST
       key_bytes = key.encode()
+      value_list_len = len(_len_delimited(1, len(payload))) + len(payload)  # {Float,Int64}List{value: packed}
+      feature_len = len(_len_delimited(kind, value_list_len)) + value_list_len  # Feature{kind}
       entry_len = len(_len_delimited(1, len(key_bytes))) + len(key_bytes) + \
-          len(_len_delimited(2, feature_len)) + feature_len                # map entry {key, value}
-      header = (_len_delimited(1, entry_len)                               # Features.feature entry
+          len(_len_delimited(2, feature_len)) + feature_len                  # map entry {key, value}
+      header = (_len_delimited(1, entry_len)                                 # Features.feature entry
                 + _len_delimited(1, len(key_bytes)) + key_bytes
                 + _len_delimited(2, feature_len)
-                + _len_delimited(2, float_list_len)
-                + _len_delimited(1, floats))
-      entries.append((header, key, floats))
-    features_len = sum(len(h) + n for h, _, n in entries)
-    self._prefix = _len_delimited(1, features_len)                         # Example.features
-    self._entries = entries
-    self.record_len = len(self._prefix) + features_len
+                + _len_delimited(kind, value_list_len)
+                + _len_delimited(1, len(payload)))
+      pieces += [header, payload]
+      total += len(header) + len(payload)
+    return [_len_delimited(1, total)] + pieces                               # Example.features
 
-  def encode(self, examples: Dict[str, np.ndarray]) -> List[bytes]:
-    n = len(next(iter(examples.values())))
-    out = np.empty((n, self.record_len), np.uint8)
-    pos = len(self._prefix)
-    out[:, :pos] = np.frombuffer(self._prefix, np.uint8)
-    for header, key, floats in self._entries:
-      values = np.ascontiguousarray(examples[key], dtype="<f4")
-      if values.shape != (n, self.dims[key]):
-        raise ValueError(f"field {key!r}: expected shape ({n}, {self.dims[key]}), got {values.shape}")
-      out[:, pos:pos + len(header)] = np.frombuffer(header, np.uint8)
-      pos += len(header)
-      out[:, pos:pos + floats] = values.view(np.uint8).reshape(n, floats)
-      pos += floats
-    return [row.tobytes() for row in out]
+  def encode(self, chunk: Dict[str, np.ndarray]) -> bytes:
+    return b"".join(self.encode_pieces(chunk))
