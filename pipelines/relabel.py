@@ -27,7 +27,8 @@ from relay_data import example_codec, relabeled, rlds_io, schema
 from relay_data.errors import DataError
 
 DATASET_VERSION = "2.0.0"  # major = relabeled.FORMAT["version"]
-RUNNER_ALIASES = {"direct": "DirectRunner", "dask": "DaskRunner"}
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"  # Beam knows it by full name only
+RUNNER_ALIASES = {"direct": "DirectRunner", "dask": DASK_RUNNER, "daskrunner": DASK_RUNNER}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +133,7 @@ def beam_flags(beam_args: Sequence[str], num_tasks: int) -> List[str]:
   if runner is None:
     flags.insert(0, "--runner=DirectRunner")
   runner = RUNNER_ALIASES.get((runner or "direct").lower(), runner or "DirectRunner")
-  if runner == "DaskRunner" and not any(a.startswith(("--dask_npartitions", "--dask_partition_size"))
+  if runner == DASK_RUNNER and not any(a.startswith(("--dask_npartitions", "--dask_partition_size"))
                                         for a in flags):
     flags.append(f"--dask_npartitions={max(1, num_tasks)}")
   return flags
@@ -159,7 +160,7 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
 
   `output` becomes `<output>/<name>/<version>/` (`tfds.load(name, data_dir=output)`, or
   `relay_data.relabeled.load(output)`). `beam_args` are Beam pipeline options, e.g.
-  ["--runner=DirectRunner", "--direct_num_workers=2"] or ["--runner=DaskRunner",
+  ["--runner=DirectRunner", "--direct_num_workers=2"] or ["--runner=dask",
   "--dask_client_address=127.0.0.1:8786"]; they are the only flags Beam parses. With
   `show_progress`, a bar counts relabeled episodes (live when workers share this filesystem).
   """

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
   except ValueError as e:
     raise UsageError(f"invalid relabel options: {e}") from e
   runner = pipeline.RUNNER_ALIASES.get(args.runner.lower(), args.runner)
-  if runner != "DaskRunner" and (args.dask_address or args.dask_workers is not None):
+  if runner != pipeline.DASK_RUNNER and (args.dask_address or args.dask_workers is not None):
     raise UsageError("--dask-address / --dask-workers needs --runner dask")
   if args.dask_address and args.dask_workers is not None:
     raise UsageError("give either --dask-address or --dask-workers, not both")
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                                 overwrite=args.overwrite, name=args.name)
 
   try:
-    if runner == "DaskRunner":
+    if runner == pipeline.DASK_RUNNER:
       from pipelines import dask_cluster  # pylint: disable=import-outside-toplevel
       if args.dask_address:
         lineage = relabel(beam_args + dask_cluster.client_flags(args.dask_address))

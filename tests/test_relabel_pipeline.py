@@ -165,9 +165,10 @@ def test_deterministic_across_runs_and_workers(source, tmp_path):
 
 def test_beam_flags_are_explicit_and_argv_is_never_parsed(source, tmp_path, monkeypatch, caplog):
   assert pipeline.beam_flags([], 3) == ["--runner=DirectRunner"]
-  assert pipeline.beam_flags(["--runner=dask"], 3) == ["--runner=DaskRunner", "--dask_npartitions=3"]
+  dask = f"--runner={pipeline.DASK_RUNNER}"
+  assert pipeline.beam_flags(["--runner=dask"], 3) == [dask, "--dask_npartitions=3"]
   assert pipeline.beam_flags(["--", "--runner=DaskRunner", "--dask_partition_size=2"], 3) == \
-      ["--runner=DaskRunner", "--dask_partition_size=2"]
+      [dask, "--dask_partition_size=2"]
   monkeypatch.setattr(sys, "argv", ["relay", "demo", "--out", "somewhere", "--bogus_flag=1"])
   pipeline.run_relabel(source, str(tmp_path / "o"), relabeled.RelabelConfig("bc"), show_progress=False)
   assert "Unparseable" not in caplog.text
