@@ -8,7 +8,7 @@
     driver: sum the row files -> TFDS metadata + lineage -> rename into place
 
 The pipeline is two transforms, so building it is cheap, and it needs nothing of a runner but
-Create and Map: DirectRunner (default), DaskRunner (`pipelines.dask_cluster`), or any other
+Create and Map: Beam's in-process runner (default), DaskRunner (`pipelines.dask_cluster`), or any other
 Beam runner whose workers see the source and output paths (all file access is `tf.io.gfile`).
 Counts come from the row files, not Beam metrics (some runners, Dask among them, have none).
 Output is deterministic: shard i holds the i-th run of consecutive source episodes, so the same
@@ -19,6 +19,7 @@ under temp names and renames them, so a retried task cannot leave a torn file.
 import dataclasses
 import os
 import subprocess
+import time
 from typing import Dict, List, Optional, Sequence
 
 import relay
@@ -28,7 +29,10 @@ from relay_data.errors import DataError
 
 DATASET_VERSION = "2.0.0"  # major = relabeled.FORMAT["version"]
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"  # Beam knows it by full name only
-RUNNER_ALIASES = {"direct": "DirectRunner", "dask": DASK_RUNNER, "daskrunner": DASK_RUNNER}
+# "direct" is the in-process FnApiRunner, which Beam's DirectRunner ends up running a batch
+# pipeline on; named directly, it skips DirectRunner's first attempt to download (from GitHub)
+# and start the Prism runner binary. `--runner=DirectRunner` is passed to Beam unchanged.
+RUNNER_ALIASES = {"direct": "FnApiRunner", "dask": DASK_RUNNER, "daskrunner": DASK_RUNNER}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +85,7 @@ def run_task(task: sources.Task, ctx: _TaskContext) -> Dict:
   tmp = f"{path}.tmp-task"
   row = {"shard": task.shard, "examples": 0, "records": 0, "bytes": 0, "episodes": [],
          "episodes_read": 0, "episodes_skipped_too_short": 0, "episodes_without_examples": 0}
+  reported = time.monotonic()
   with tfrecords.RecordWriter(tmp) as writer:
     for done, ep in enumerate(episodes, 1):
       row["episodes_read"] += 1
@@ -99,8 +104,9 @@ def run_task(task: sources.Task, ctx: _TaskContext) -> Dict:
           writer.write(codec.encode_pieces(chunk))
       row["episodes"].append([ep["index"], ep["episode_id"], n])
       row["examples"] += n
-      if ctx.progress_dir:
-        progress.report(ctx.progress_dir, task.shard, done)
+      if ctx.progress_dir and (done == len(episodes) or time.monotonic() - reported > 0.5):
+        progress.report(ctx.progress_dir, task.shard, done)  # throttled: a report is a file rename
+        reported = time.monotonic()
   row["records"], row["bytes"] = writer.records_written, writer.bytes_written
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.io.gfile.rename(tmp, path, overwrite=True)
@@ -131,7 +137,7 @@ def beam_flags(beam_args: Sequence[str], num_tasks: int) -> List[str]:
       runner = flags[i + 1]
       flags[i + 1] = RUNNER_ALIASES.get(runner.lower(), runner)
   if runner is None:
-    flags.insert(0, "--runner=DirectRunner")
+    flags.insert(0, f"--runner={RUNNER_ALIASES['direct']}")
   runner = RUNNER_ALIASES.get((runner or "direct").lower(), runner or "DirectRunner")
   if runner == DASK_RUNNER and not any(a.startswith(("--dask_npartitions", "--dask_partition_size"))
                                         for a in flags):
@@ -160,7 +166,7 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
 
   `output` becomes `<output>/<name>/<version>/` (`tfds.load(name, data_dir=output)`, or
   `relay_data.relabeled.load(output)`). `beam_args` are Beam pipeline options, e.g.
-  ["--runner=DirectRunner", "--direct_num_workers=2"] or ["--runner=dask",
+  ["--runner=direct", "--direct_num_workers=2"] or ["--runner=dask",
   "--dask_client_address=127.0.0.1:8786"]; they are the only flags Beam parses. With
   `show_progress`, a bar counts relabeled episodes (live when workers share this filesystem).
   """

@@ -87,26 +87,22 @@ def split_records(data: bytes, path: str = None, base: int = 0) -> List[bytes]:
 
 
 class RecordWriter:
-  """Writes records given as sequences of byte pieces (no join needed for the CRC).
-
-  `write([header, array_bytes, ...])` frames the concatenation of the pieces as one record.
-  """
+  """Writes TFRecords given as sequences of byte pieces (`write([header, array_buffer, ...])`)."""
 
   def __init__(self, path: str):
     self._file = _gfile().GFile(path, "wb")
     self.bytes_written = 0
     self.records_written = 0
 
-  def write(self, pieces: Sequence[bytes]) -> None:
-    length = sum(len(p) for p in pieces)
-    crc = 0
-    for piece in pieces:
-      crc = google_crc32c.extend(crc, piece)
-    head = struct.pack("<Q", length)
-    out = b"".join([head, struct.pack("<I", _mask(google_crc32c.value(head))), *pieces,
-                    struct.pack("<I", _mask(crc))])
-    self._file.write(out)
-    self.bytes_written += len(out)
+  def write(self, pieces: Sequence) -> None:
+    """Frames the concatenation of `pieces` (bytes-like: bytes, memoryviews of arrays) as one
+    record: one join copy, one CRC pass."""
+    record = b"".join(pieces)
+    head = struct.pack("<Q", len(record))
+    self._file.write(head + struct.pack("<I", _mask(google_crc32c.value(head))))
+    self._file.write(record)
+    self._file.write(struct.pack("<I", _mask(google_crc32c.value(record))))
+    self.bytes_written += _HEADER + len(record) + _FOOTER
     self.records_written += 1
 
   def close(self) -> None:

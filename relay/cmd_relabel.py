@@ -8,7 +8,7 @@ Levels (Relay Imitation Learning, Gupta et al. 2019):
   bc          (s_t, a_t)                                      (plain BC)
 
 Engines:
-  (default)                       Beam's DirectRunner in this process
+  (default, --runner direct)      Beam's in-process FnApiRunner (the DirectRunner's batch engine)
   --runner dask --dask-workers N  Beam's DaskRunner on a local dask.distributed cluster (loopback only)
   --runner dask --dask-address HOST:PORT   ... on a running Dask scheduler (workers must see the paths)
   -- --runner=FlinkRunner --flink_master=HOST:8081   any other Beam runner: flags after `--` go to Beam
@@ -44,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="examples per record: consecutive examples of one episode (default 1024)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
   parser.add_argument("--runner", default="direct",
-                      help="Beam runner: direct (DirectRunner, default), dask (DaskRunner), or any Beam "
-                           "runner name (e.g. FlinkRunner; give its options after `--`)")
+                      help="Beam runner: direct (default: in-process FnApiRunner, what DirectRunner runs batch "
+                           "pipelines on, without its attempt to download the Prism runner), dask "
+                           "(DaskRunner), or any Beam runner name (e.g. FlinkRunner; options after `--`)")
   parser.add_argument("--dask-address", default=None,
                       help="with --runner dask: HOST:PORT of a running Dask scheduler")
   parser.add_argument("--dask-workers", type=int, default=None,

@@ -9,6 +9,7 @@ those pieces for a writer that frames them without joining, `encode` joins them.
 as the TFDS features of `relay_data.relabeled.example_features` (Tensor(shape=(None, d))), which
 the tests check against TFDS's own encoder and decoder.
 """
+import functools
 from typing import Dict, List
 
 import numpy as np
@@ -32,19 +33,43 @@ def _len_delimited(field: int, payload_len: int) -> bytes:
   return bytes([(field << 3) | 2]) + _varint(payload_len)
 
 
+_VARINT_LIMITS = np.array([1 << (7 * i) for i in range(1, 9)], np.int64)  # 2^7, 2^14, ..., 2^56
+
+
 def varints(values: np.ndarray) -> bytes:
-  """Protobuf varint encoding of non-negative int64 values, vectorized (a packed int64 list)."""
-  v = np.ascontiguousarray(values, dtype=np.uint64)
+  """Protobuf varint encoding of non-negative int64 values, vectorized (a packed int64 list).
+
+  Works on an [n, bytes-needed-by-the-largest] matrix of 7-bit groups (two columns for time
+  indices below 16,384); a constant column (an episode's index) is one varint repeated.
+  """
+  v = np.asarray(values, dtype=np.int64).reshape(-1)
   if v.size == 0:
     return b""
-  if np.any(np.asarray(values) < 0):
+  low, high = int(v.min()), int(v.max())
+  if low < 0:
     raise ValueError("varints encodes non-negative values only")
-  shifted = [v >> np.uint64(7 * i) for i in range(10)]
-  groups = np.stack([(s & np.uint64(0x7F)) for s in shifted], axis=1).astype(np.uint8)
-  nbytes = 1 + sum((s > 0).astype(np.int64) for s in shifted[1:])  # 7-bit groups needed
-  col = np.arange(10)[None, :]
-  groups[col < (nbytes[:, None] - 1)] |= 0x80
+  if low == high:
+    return _varint(low) * v.size
+  nbytes = 1 + np.searchsorted(_VARINT_LIMITS, v, side="right")
+  col = np.arange(int(nbytes.max()))[None, :]
+  groups = ((v[:, None] >> (7 * col)) & 0x7F).astype(np.uint8)
+  groups |= (col < nbytes[:, None] - 1).astype(np.uint8) << 7  # continuation bit on all but the last
   return groups[col < nbytes[:, None]].tobytes()
+
+
+@functools.lru_cache(maxsize=4096)
+def _entry_header(key: str, kind: int, payload_len: int) -> bytes:
+  """Bytes of a Features.feature map entry up to its packed values (cached: chunks repeat sizes)."""
+  key_bytes = key.encode()
+  value_list_len = len(_len_delimited(1, payload_len)) + payload_len        # {Float,Int64}List{value: packed}
+  feature_len = len(_len_delimited(kind, value_list_len)) + value_list_len  # Feature{kind}
+  entry_len = len(_len_delimited(1, len(key_bytes))) + len(key_bytes) + \
+      len(_len_delimited(2, feature_len)) + feature_len                      # map entry {key, value}
+  return (_len_delimited(1, entry_len)                                       # Features.feature entry
+          + _len_delimited(1, len(key_bytes)) + key_bytes
+          + _len_delimited(2, feature_len)
+          + _len_delimited(kind, value_list_len)
+          + _len_delimited(1, payload_len))
 
 
 class ChunkCodec:
@@ -60,7 +85,8 @@ class ChunkCodec:
     self._keys = sorted(list(self.float_dims) + list(self.int_fields))
 
   def encode_pieces(self, chunk: Dict[str, np.ndarray]) -> List[bytes]:
-    """The record as byte pieces whose concatenation is the serialized Example."""
+    """The record as bytes-like pieces (headers and the arrays' own buffers, not copied) whose
+    concatenation is the serialized Example."""
     n = len(chunk[self._keys[0]])
     pieces, total = [], 0
     for key in self._keys:
@@ -68,22 +94,13 @@ class ChunkCodec:
         values = np.ascontiguousarray(chunk[key], dtype="<f4")
         if values.shape != (n, self.float_dims[key]):
           raise ValueError(f"field {key!r}: expected shape ({n}, {self.float_dims[key]}), got {values.shape}")
-        payload, kind = values.tobytes(), _FLOAT_LIST
+        payload, kind = memoryview(values).cast("B"), _FLOAT_LIST
       else:
         values = np.asarray(chunk[key])
         if values.shape != (n,):
           raise ValueError(f"field {key!r}: expected shape ({n},), got {values.shape}")
         payload, kind = varints(values), _INT64_LIST
-      key_bytes = key.encode()
-      value_list_len = len(_len_delimited(1, len(payload))) + len(payload)  # {Float,Int64}List{value: packed}
-      feature_len = len(_len_delimited(kind, value_list_len)) + value_list_len  # Feature{kind}
-      entry_len = len(_len_delimited(1, len(key_bytes))) + len(key_bytes) + \
-          len(_len_delimited(2, feature_len)) + feature_len                  # map entry {key, value}
-      header = (_len_delimited(1, entry_len)                                 # Features.feature entry
-                + _len_delimited(1, len(key_bytes)) + key_bytes
-                + _len_delimited(2, feature_len)
-                + _len_delimited(kind, value_list_len)
-                + _len_delimited(1, len(payload)))
+      header = _entry_header(key, kind, len(payload))
       pieces += [header, payload]
       total += len(header) + len(payload)
     return [_len_delimited(1, total)] + pieces                               # Example.features

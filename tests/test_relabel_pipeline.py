@@ -156,7 +156,7 @@ def test_deterministic_across_runs_and_workers(source, tmp_path):
   config = relabeled.RelabelConfig("high", window=2, window_high=5, goals_per_step=2, seed=1)
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   pipeline.run_relabel(source, a, config, pipeline=pipeline.PipelineConfig(episodes_per_shard=3), show_progress=False)
-  pipeline.run_relabel(source, b, config, beam_args=["--runner=DirectRunner", "--direct_num_workers=2",
+  pipeline.run_relabel(source, b, config, beam_args=["--runner=direct", "--direct_num_workers=2",
                                                      "--direct_running_mode=multi_threading"],
                        pipeline=pipeline.PipelineConfig(episodes_per_shard=3), show_progress=False)
   assert len([f for f in tree_bytes(a) if ".tfrecord" in f]) == 3
@@ -164,7 +164,8 @@ def test_deterministic_across_runs_and_workers(source, tmp_path):
 
 
 def test_beam_flags_are_explicit_and_argv_is_never_parsed(source, tmp_path, monkeypatch, caplog):
-  assert pipeline.beam_flags([], 3) == ["--runner=DirectRunner"]
+  assert pipeline.beam_flags([], 3) == ["--runner=FnApiRunner"]  # DirectRunner's batch engine, no Prism download
+  assert pipeline.beam_flags(["--runner=DirectRunner"], 3) == ["--runner=DirectRunner"]
   dask = f"--runner={pipeline.DASK_RUNNER}"
   assert pipeline.beam_flags(["--runner=dask"], 3) == [dask, "--dask_npartitions=3"]
   assert pipeline.beam_flags(["--", "--runner=DaskRunner", "--dask_partition_size=2"], 3) == \
