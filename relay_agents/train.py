@@ -90,14 +90,13 @@ def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_di
   server = None
   address = train.reverb_address
   if address is None:
-    server = reverb.Server(builder.make_replay_tables())
-    address = f"localhost:{server.port}"
+    server, address = replay.start_server(builder.make_replay_tables())
   try:
-    fed = replay.feed(address, config.table_name, relabeled.load(data_dir), sorted(dims),
+    fed = replay.feed(address, config.table_name, data_dir, sorted(dims),
                       config.examples_per_item, limit=config.max_replay_size, progress=train.progress,
                       seed=train.seed,
                       total=relabeled.num_examples(data_dir))
-    client = reverb.Client(address)
+    client = replay.connect(address)
     logger = _TensorBoardLogger(os.path.join(os.path.dirname(out_dir), "tensorboard"),
                                 os.path.basename(out_dir), train.log_every)
     learner = builder.make_learner(jax.random.PRNGKey(train.seed), networks,
