@@ -22,6 +22,8 @@ import subprocess
 import time
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
+
 import relay
 from pipelines import progress, source as sources, storage, tfrecords
 from relay_data import example_codec, relabeled, rlds_io, schema
@@ -100,8 +102,9 @@ def run_task(task: sources.Task, ctx: _TaskContext) -> Dict:
         n = len(steps)
         if n == 0:
           row["episodes_without_examples"] += 1
-        for chunk in relabeled.chunks_of(examples, ep["index"], steps, ctx.chunk_size):
-          writer.write(codec.encode_pieces(chunk))
+        columns = dict(examples, episode_index=np.full(n, ep["index"], np.int64), step=steps)
+        for pieces in codec.encode_chunks(columns, ctx.chunk_size):
+          writer.write(pieces)
       row["episodes"].append([ep["index"], ep["episode_id"], n])
       row["examples"] += n
       if ctx.progress_dir and (done == len(episodes) or time.monotonic() - reported > 0.5):

@@ -10,7 +10,7 @@ as the TFDS features of `relay_data.relabeled.example_features` (Tensor(shape=(N
 the tests check against TFDS's own encoder and decoder.
 """
 import functools
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 import numpy as np
 
@@ -36,25 +36,26 @@ def _len_delimited(field: int, payload_len: int) -> bytes:
 _VARINT_LIMITS = np.array([1 << (7 * i) for i in range(1, 9)], np.int64)  # 2^7, 2^14, ..., 2^56
 
 
-def varints(values: np.ndarray) -> bytes:
-  """Protobuf varint encoding of non-negative int64 values, vectorized (a packed int64 list).
+def varint_column(values: np.ndarray):
+  """Varint bytes of a column of non-negative ints, and where each value's bytes end.
 
-  Works on an [n, bytes-needed-by-the-largest] matrix of 7-bit groups (two columns for time
-  indices below 16,384); a constant column (an episode's index) is one varint repeated.
+  Returns (uint8 array, int64 ends): value i is bytes[ends[i-1]:ends[i]], so any run of values
+  is one slice. Vectorized on an [n, groups-needed] matrix of 7-bit groups (two columns for
+  time indices below 16,384).
   """
   v = np.asarray(values, dtype=np.int64).reshape(-1)
-  if v.size == 0:
-    return b""
-  low, high = int(v.min()), int(v.max())
-  if low < 0:
+  if v.size and v.min() < 0:
     raise ValueError("varints encodes non-negative values only")
-  if low == high:
-    return _varint(low) * v.size
   nbytes = 1 + np.searchsorted(_VARINT_LIMITS, v, side="right")
-  col = np.arange(int(nbytes.max()))[None, :]
+  col = np.arange(int(nbytes.max()) if v.size else 1)[None, :]
   groups = ((v[:, None] >> (7 * col)) & 0x7F).astype(np.uint8)
   groups |= (col < nbytes[:, None] - 1).astype(np.uint8) << 7  # continuation bit on all but the last
-  return groups[col < nbytes[:, None]].tobytes()
+  return groups[col < nbytes[:, None]], np.cumsum(nbytes)
+
+
+def varints(values: np.ndarray) -> bytes:
+  """Protobuf varint encoding of non-negative int64 values (a packed int64 list's payload)."""
+  return varint_column(values)[0].tobytes()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -84,26 +85,42 @@ class ChunkCodec:
     self.int_fields = tuple(sorted(int_fields))
     self._keys = sorted(list(self.float_dims) + list(self.int_fields))
 
-  def encode_pieces(self, chunk: Dict[str, np.ndarray]) -> List[bytes]:
+  def encode_pieces(self, chunk: Dict[str, np.ndarray]) -> List:
     """The record as bytes-like pieces (headers and the arrays' own buffers, not copied) whose
     concatenation is the serialized Example."""
-    n = len(chunk[self._keys[0]])
-    pieces, total = [], 0
-    for key in self._keys:
-      if key in self.float_dims:
-        values = np.ascontiguousarray(chunk[key], dtype="<f4")
-        if values.shape != (n, self.float_dims[key]):
-          raise ValueError(f"field {key!r}: expected shape ({n}, {self.float_dims[key]}), got {values.shape}")
-        payload, kind = memoryview(values).cast("B"), _FLOAT_LIST
-      else:
-        values = np.asarray(chunk[key])
-        if values.shape != (n,):
-          raise ValueError(f"field {key!r}: expected shape ({n},), got {values.shape}")
-        payload, kind = varints(values), _INT64_LIST
-      header = _entry_header(key, kind, len(payload))
-      pieces += [header, payload]
-      total += len(header) + len(payload)
-    return [_len_delimited(1, total)] + pieces                               # Example.features
+    return next(self.encode_chunks(chunk, len(chunk[self._keys[0]])))
+
+  def encode_chunks(self, columns: Dict[str, np.ndarray], chunk_size: int) -> Iterator[List]:
+    """Records (as pieces) of consecutive chunks of up to `chunk_size` rows of `columns`.
+
+    Integer columns are varint-encoded once for all chunks; a chunk takes a slice of them.
+    """
+    n = len(columns[self._keys[0]])
+    ints = {}
+    for key in self.int_fields:
+      values = np.asarray(columns[key])
+      if values.shape != (n,):
+        raise ValueError(f"field {key!r}: expected shape ({n},), got {values.shape}")
+      ints[key] = varint_column(values)
+    floats = {}
+    for key, dim in self.float_dims.items():
+      values = np.ascontiguousarray(columns[key], dtype="<f4")
+      if values.shape != (n, dim):
+        raise ValueError(f"field {key!r}: expected shape ({n}, {dim}), got {values.shape}")
+      floats[key] = values
+    for start in range(0, n, chunk_size):
+      stop = min(start + chunk_size, n)
+      pieces, total = [], 0
+      for key in self._keys:
+        if key in floats:
+          payload, kind = memoryview(floats[key][start:stop]).cast("B"), _FLOAT_LIST
+        else:
+          data, ends = ints[key]
+          payload, kind = memoryview(data[(ends[start - 1] if start else 0):ends[stop - 1]]), _INT64_LIST
+        header = _entry_header(key, kind, len(payload))
+        pieces += [header, payload]
+        total += len(header) + len(payload)
+      yield [_len_delimited(1, total)] + pieces                             # Example.features
 
   def encode(self, chunk: Dict[str, np.ndarray]) -> bytes:
     return b"".join(self.encode_pieces(chunk))

@@ -131,18 +131,6 @@ def step_index(config: RelabelConfig, num_steps: int) -> np.ndarray:
   return np.repeat(t, per_step)
 
 
-def chunks_of(examples: Dict[str, np.ndarray], episode_index: int, steps: np.ndarray,
-              chunk_size: int = CHUNK_SIZE) -> Iterator[Dict[str, np.ndarray]]:
-  """One episode's examples as chunks of up to `chunk_size` consecutive examples (views)."""
-  n = len(steps)
-  episode = np.full(n, episode_index, np.int64)
-  for start in range(0, n, chunk_size):
-    stop = min(start + chunk_size, n)
-    chunk = {k: v[start:stop] for k, v in examples.items()}
-    chunk["episode_index"], chunk["step"] = episode[start:stop], steps[start:stop]
-    yield chunk
-
-
 # ---- reading -------------------------------------------------------------------------------
 
 
