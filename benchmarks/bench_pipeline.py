@@ -24,7 +24,7 @@ import numpy as np
 BASELINE = "5dc3386"   # main before issue 13
 EPISODES, SMALL, LENGTH = 256, 64, 500
 ROUNDS = 2
-READ_EXAMPLES = 200_000
+READ_EXAMPLES = 100_000
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD_RELABEL = r"""

@@ -11,7 +11,7 @@ Engines:
   (default, --runner direct)      Beam's in-process FnApiRunner (the DirectRunner's batch engine)
   --runner dask --dask-workers N  Beam's DaskRunner on a local dask.distributed cluster (loopback only)
   --runner dask --dask-address HOST:PORT   ... on a running Dask scheduler (workers must see the paths)
-  -- --runner=FlinkRunner --flink_master=HOST:8081   any other Beam runner: flags after `--` go to Beam
+  --runner FlinkRunner -- --flink_master=HOST:8081  any other Beam runner: flags after `--` go to Beam
 Only the flags given here reach Beam (never this process's own argv).
 
 The output is a TFDS dataset at OUTPUT/NAME/VERSION (read it with relay_data.relabeled.load(OUTPUT),

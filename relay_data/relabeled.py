@@ -215,9 +215,9 @@ def load(path: str, shuffle_files: bool = False, batch_size: Optional[int] = Non
 
 
 def iter_chunks(path: str, fields: Optional[Sequence[str]] = None, shuffle_files: bool = False,
-                seed: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+                seed: int = 0, cycle_length: int = 4) -> Iterator[Dict[str, np.ndarray]]:
   """The chunks of `chunk_dataset` as numpy dicts."""
-  return chunk_dataset(path, fields, shuffle_files, seed).prefetch(2).as_numpy_iterator()
+  return chunk_dataset(path, fields, shuffle_files, seed, cycle_length).prefetch(2).as_numpy_iterator()
 
 
 def rebatch(chunks: Iterable[Dict[str, np.ndarray]], batch_size: int,
@@ -271,17 +271,16 @@ def read_arrays(path: str, max_examples: Optional[int] = None,
   return {k: np.concatenate([p[k] for p in parts])[:max_examples] for k in parts[0]}
 
 
-def fingerprint(dataset_dir: str) -> str:  # pylint: disable=redefined-outer-name
+def fingerprint(path: str) -> str:
   """Cheap content fingerprint of a TFDS dataset: its dataset_info plus shard names and sizes."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  if "://" not in dataset_dir:
-    dataset_dir = rlds_io.resolve_dataset_dir(dataset_dir)
+  directory = rlds_io.resolve_dataset_dir(path) if "://" not in path else path
   h = hashlib.sha256()
-  with tf.io.gfile.GFile(os.path.join(dataset_dir, "dataset_info.json"), "rb") as f:
+  with tf.io.gfile.GFile(os.path.join(directory, "dataset_info.json"), "rb") as f:
     info = json.load(f)
   info.pop("dataInfoDir", None)  # Absolute path: not content.
   h.update(json.dumps(info, sort_keys=True).encode())
-  for name in sorted(tf.io.gfile.listdir(dataset_dir)):
+  for name in sorted(tf.io.gfile.listdir(directory)):
     if ".tfrecord" in name or ".array_record" in name:
-      h.update(f"{name}:{tf.io.gfile.stat(os.path.join(dataset_dir, name)).length}".encode())
+      h.update(f"{name}:{tf.io.gfile.stat(os.path.join(directory, name)).length}".encode())
   return h.hexdigest()[:16]

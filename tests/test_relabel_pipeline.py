@@ -1,6 +1,7 @@
 """pipelines.relabel end to end on Beam's DirectRunner, over real TFDS datasets in temp dirs."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -283,7 +284,6 @@ def test_killed_run_leaves_nothing_visible_and_rerun_equals_uninterrupted(tmp_pa
     if proc.returncode == -signal.SIGKILL:
       killed = True
       break
-    import shutil
     shutil.rmtree(out, ignore_errors=True)
   assert killed, "the run always finished before it could be killed"
   assert not out.exists()
