@@ -20,6 +20,7 @@ import dataclasses
 import os
 import subprocess
 import time
+import uuid
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -84,7 +85,7 @@ def run_task(task: sources.Task, ctx: _TaskContext) -> Dict:
   episodes = sources.parse_episodes(records, ctx.dims, ctx.source, task.first_episode)
   codec = example_codec.ChunkCodec(ctx.example_dims, relabeled.INDEX_FIELDS)
   path = shard_path(ctx.data_dir, ctx.name, task.shard, ctx.num_shards)
-  tmp = f"{path}.tmp-task"
+  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"  # per attempt: a retried or duplicate attempt cannot clash
   row = {"shard": task.shard, "examples": 0, "records": 0, "bytes": 0, "episodes": [],
          "episodes_read": 0, "episodes_skipped_too_short": 0, "episodes_without_examples": 0}
   reported = time.monotonic()
@@ -208,6 +209,8 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
         raise RuntimeError(f"the runner finished but task {task.shard} left no row ({row_path})")
       rows.append(storage.read_json(row_path))
     tf.io.gfile.rmtree(rows_dir)
+    for stale in tf.io.gfile.glob(f"{data_dir}/*.tmp-*"):  # from attempts that died mid-write
+      tf.io.gfile.remove(stale)
     if progress_dir:
       tf.io.gfile.rmtree(progress_dir)
     lineage = _write_metadata(data_dir, name, config, builder, source_dir, num_episodes, example_dims,

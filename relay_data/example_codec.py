@@ -40,17 +40,30 @@ def varint_column(values: np.ndarray):
   """Varint bytes of a column of non-negative ints, and where each value's bytes end.
 
   Returns (uint8 array, int64 ends): value i is bytes[ends[i-1]:ends[i]], so any run of values
-  is one slice. Vectorized on an [n, groups-needed] matrix of 7-bit groups (two columns for
-  time indices below 16,384).
+  is one slice. Vectorized one 7-bit group at a time over flat arrays (broadcasting against a
+  tiny group axis is ~10x slower in numpy); a constant column (an episode's index) is one
+  varint repeated.
   """
   v = np.asarray(values, dtype=np.int64).reshape(-1)
-  if v.size and v.min() < 0:
+  n = v.size
+  if n == 0:
+    return np.zeros(0, np.uint8), np.zeros(0, np.int64)
+  low, high = int(v.min()), int(v.max())
+  if low < 0:
     raise ValueError("varints encodes non-negative values only")
+  if low == high:
+    one = _varint(low)
+    return np.frombuffer(one * n, np.uint8), np.arange(1, n + 1, dtype=np.int64) * len(one)
   nbytes = 1 + np.searchsorted(_VARINT_LIMITS, v, side="right")
-  col = np.arange(int(nbytes.max()) if v.size else 1)[None, :]
-  groups = ((v[:, None] >> (7 * col)) & 0x7F).astype(np.uint8)
-  groups |= (col < nbytes[:, None] - 1).astype(np.uint8) << 7  # continuation bit on all but the last
-  return groups[col < nbytes[:, None]], np.cumsum(nbytes)
+  ends = np.cumsum(nbytes)
+  starts = ends - nbytes
+  out = np.empty(int(ends[-1]), np.uint8)
+  for i in range(int(nbytes[np.argmax(v)])):
+    has = slice(None) if i == 0 else nbytes > i
+    group = ((v[has] >> (7 * i)) & 0x7F).astype(np.uint8)
+    group |= (nbytes[has] > i + 1).astype(np.uint8) << 7  # continuation bit on all but the last byte
+    out[starts[has] + i] = group
+  return out, ends
 
 
 def varints(values: np.ndarray) -> bytes:
