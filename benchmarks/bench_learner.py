@@ -1,60 +1,72 @@
-"""Learner steps/s fed through Reverb vs the same learner fed from an in-memory array iterator
-(target >= 0.9x), and hierarchical-actor env-steps/s (policy inference) vs replaying the same actions."""
+"""Learner SGD steps/s fed through Reverb vs the same learner fed from an in-memory array iterator
+(target >= 0.9x) for three feed layouts, and hierarchical-actor env-steps/s (policy inference) vs
+replaying the same actions."""
 import time
 
 import jax
 import numpy as np
-import reverb
 
 from benchmarks.common import report
 from relay_agents import replay
-from relay_agents.gcbc import acting, builder as gcbc_builder, learning, networks as gcbc_networks
+from relay_agents.gcbc import acting, builder as gcbc_builder, data as gcbc_data, learning, networks as gcbc_networks
 from relay_agents.gcbc.config import GoalBCConfig
 from relay_data import kitchen
 from relay_data.relabel import DEFAULT_WINDOW
 
 
-def _steps_per_s(learner, steps=300, warmup=20):
+# (label, GoalBCConfig overrides): the feed layouts compared; the first is what train-il ships.
+VARIANTS = (
+    ("items of 32, 1 SGD step per fetch (train-il defaults)", {}),
+    ("whole-batch items (256), 1 SGD step per fetch", {"examples_per_item": 256}),
+    ("whole-batch items, 4 SGD steps per fetch", {"examples_per_item": 256, "num_sgd_steps_per_step": 4}),
+)
+
+
+def _rate(learner, sgd_per_call, calls=240, warmup=10):
+  """(SGD steps/s, CPU ms per SGD step) over `calls` learner steps (CPU counts every thread:
+  the feed's tf.data/Reverb/prefetch threads included)."""
   for _ in range(warmup):
     learner.step()
-  start = time.perf_counter()
-  for _ in range(steps):
+  start, cpu = time.perf_counter(), time.process_time()
+  for _ in range(calls):
     learner.step()
-  return steps / (time.perf_counter() - start)
+  steps = calls * sgd_per_call
+  return steps / (time.perf_counter() - start), 1e3 * (time.process_time() - cpu) / steps
 
 
 def learner_benchmark(rounds=3):
-  """Both learners are built first, then timed in alternation (`rounds` times each) and the
-  medians compared, so a burst of load on this noisy box hits both sides alike."""
-  config = GoalBCConfig(batch_size=256)  # the defaults `relay train-il` trains with
+  """Per variant, both learners are built first, then timed in alternation (`rounds` times each)
+  and the medians compared, so a burst of load on this shared box hits both sides alike."""
   rng = np.random.default_rng(0)
   n = 50_000
   arrays = {"observation": rng.normal(size=(n, 59)).astype(np.float32),
             "goal": rng.normal(size=(n, 30)).astype(np.float32),
             "action": rng.uniform(-1, 1, size=(n, 9)).astype(np.float32)}
   dims = {k: v.shape[1] for k, v in arrays.items()}
-  norm = gcbc_networks.stats_from_examples([arrays], config)
-  networks = gcbc_networks.make_networks(89, 9, config, norm)
-  memory = learning.make_learner(networks, replay.array_iterator(arrays, config), config, jax.random.PRNGKey(0))
-  builder = gcbc_builder.GoalBCBuilder(config, dims)
-  server = reverb.Server(builder.make_replay_tables())
-  try:
-    address = f"localhost:{server.port}"
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    replay.feed(address, config.table_name, tf.data.Dataset.from_tensor_slices(arrays), sorted(dims),
-                config.examples_per_item, progress=False)
-    learner = builder.make_learner(jax.random.PRNGKey(0), networks,
-                                   builder.make_dataset_iterator(reverb.Client(address)))
-    mem_rates, rev_rates = [], []
-    for _ in range(rounds):
-      mem_rates.append(_steps_per_s(memory))
-      rev_rates.append(_steps_per_s(learner))
-  finally:
-    server.stop()
-  hidden = "x".join(map(str, config.hidden_sizes))
-  report(f"learner fed through Reverb vs in-memory arrays (batch {config.batch_size}, MLP {hidden}, "
-         f"{config.head} head; median of {rounds})", float(np.median(rev_rates)), "in-memory",
-         float(np.median(mem_rates)), ">= 0.9x")
+  learner = networks = None
+  for label, overrides in VARIANTS:
+    config = GoalBCConfig(batch_size=256, **overrides)
+    norm = gcbc_networks.stats_from_examples([arrays], config)
+    networks = gcbc_networks.make_networks(89, 9, config, norm)
+    memory = learning.make_learner(networks, gcbc_data.array_iterator(arrays, config), config, jax.random.PRNGKey(0))
+    builder = gcbc_builder.GoalBCBuilder(config, dims)
+    server, address = replay.start_server(builder.make_replay_tables())
+    try:
+      replay.feed(address, config.table_name, [arrays], sorted(dims), config.examples_per_item, progress=False)
+      learner = builder.make_learner(jax.random.PRNGKey(0), networks,
+                                     builder.make_dataset_iterator(replay.connect(address)))
+      mem, rev = [], []
+      for _ in range(rounds):
+        mem.append(_rate(memory, config.num_sgd_steps_per_step))
+        rev.append(_rate(learner, config.num_sgd_steps_per_step))
+    finally:
+      server.stop()
+    hidden = "x".join(map(str, config.hidden_sizes))
+    report(f"learner fed through Reverb vs in-memory arrays, {label} (batch {config.batch_size}, MLP {hidden}, "
+           f"{config.head} head; SGD steps, median of {rounds})", float(np.median([r[0] for r in rev])),
+           "in-memory", float(np.median([m[0] for m in mem])), ">= 0.9x")
+    print(f"  CPU per SGD step: {np.median([r[1] for r in rev]):.2f} ms through Reverb vs "
+          f"{np.median([m[1] for m in mem]):.2f} ms in-memory", flush=True)
   return networks, learner
 
 

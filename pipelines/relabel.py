@@ -1,112 +1,158 @@
 """Relabel RLDS play episodes into goal-conditioned examples, as an Apache Beam pipeline.
 
-    episode ranges ──> per range: read, validate, relabel (relay_data.relabel), encode and
-        stream into one shard ──> TFDS metadata + lineage ──> rename into place
+    driver: source metadata + record headers -> byte-range tasks (`pipelines.source`)
+    Beam:   Create(tasks) | Map(run_task)      each task: read its bytes once (CRCs checked),
+            parse its episodes in one call, relabel (relay_data.relabel), encode chunks of up to
+            1,024 examples (relay_data.example_codec) and write one output shard plus a row file
+            with its counts and per-episode lineage
+    driver: sum the row files -> TFDS metadata + lineage -> rename into place
 
-Runs on the DirectRunner by default; pass Beam pipeline options (`--runner=FlinkRunner ...`) to
-scale out. Every worker must see the source and output paths. Output is deterministic: shard i
-holds the i-th range of consecutive episodes in episode order, so the same input and config
-give byte-identical shards whatever the runner's scheduling. The output is built in
-a temp sibling directory and renamed into place only on success (atomic on local filesystems).
+The pipeline is two transforms, so building it is cheap, and it needs nothing of a runner but
+Create and Map: Beam's in-process runner (default), DaskRunner (`pipelines.dask_cluster`), or any other
+Beam runner whose workers see the source and output paths (all file access is `tf.io.gfile`).
+Counts come from the row files, not Beam metrics (some runners, Dask among them, have none).
+Output is deterministic: shard i holds the i-th run of consecutive source episodes, so the same
+input and config give byte-identical files whatever the runner or scheduling. It is built in a
+hidden temp sibling and renamed into place only on success; a task writes its shard and row
+under temp names and renames them, so a retried task cannot leave a torn file.
 """
 import dataclasses
-import json
-import math
 import os
-import shutil
-from typing import Dict, Optional, Sequence, Tuple
+import time
+import uuid
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipelines import progress
-from relay_data import atomic, example_codec, goal_space, paths, relabeled, rlds_io, schema, version
+from pipelines import progress, source as sources, storage, tfrecords
+from relay_data import example_codec, goal_space, paths, relabeled, rlds_io, schema, version
 from relay_data.errors import DataError
 
-NAMESPACE = "relay.relabel"
-REQUIRED_STEP_FIELDS = ("observation/state", "observation/goal_state", "action")
+DATASET_VERSION = "2.0.0"  # major = relabeled.FORMAT["version"]
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"  # Beam knows it by full name only
+# "direct" is the in-process FnApiRunner, which Beam's DirectRunner ends up running a batch
+# pipeline on; named directly, it skips DirectRunner's first attempt to download (from GitHub)
+# and start the Prism runner binary. `--runner=DirectRunner` is passed to Beam unchanged.
+RUNNER_ALIASES = {"direct": "FnApiRunner", "dask": DASK_RUNNER, "daskrunner": DASK_RUNNER}
 
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   """Sharding knobs (not part of the data's meaning, so not in the lineage config).
 
-  Each Beam task reads `episodes_per_shard` consecutive episodes and streams their examples
-  into one output shard, so a worker holds one episode's examples at a time: peak memory stays
-  flat as the dataset grows, and there is no shuffle of the (large) relabeled data.
+  Each Beam task reads `episodes_per_shard` consecutive episodes (one byte range of one source
+  file) and streams their examples into one output shard, so a worker holds one task's source
+  bytes and one episode's examples at a time: peak memory stays flat as the dataset grows, and
+  there is no shuffle of the (large) relabeled data.
+  chunk_size: examples per record (consecutive examples of one episode).
   """
-  episodes_per_shard: int = 8
-  num_shards: Optional[int] = None  # overrides episodes_per_shard
+  episodes_per_shard: int = 32
+  num_shards: Optional[int] = None  # overrides episodes_per_shard (approximately: tasks never span files)
+  chunk_size: int = relabeled.CHUNK_SIZE
+
+  def __post_init__(self):
+    if self.episodes_per_shard <= 0 or self.chunk_size <= 0 or (self.num_shards is not None and self.num_shards <= 0):
+      raise ValueError("episodes_per_shard, num_shards and chunk_size must be positive")
 
 
-def _check_source(builder, path: str) -> Tuple[int, int, int]:
-  steps = builder.info.features["steps"]
-  flat = {}
-
-  def walk(prefix, feature):
-    if hasattr(feature, "items"):
-      for k, v in feature.items():
-        walk(f"{prefix}{k}/", v)
-    else:
-      flat[prefix[:-1]] = feature
-
-  walk("", steps.feature)
-  for name in REQUIRED_STEP_FIELDS:
-    if name not in flat:
-      raise DataError("missing from the source dataset's steps", path=path, field=f"steps/{name}")
-    if len(flat[name].shape) != 1:
-      raise DataError(f"expected rank-1 per-step tensors, got shape {flat[name].shape}", path=path,
-                      field=f"steps/{name}")
-  return tuple(int(flat[n].shape[0]) for n in REQUIRED_STEP_FIELDS)
+@dataclasses.dataclass(frozen=True)
+class _TaskContext:
+  """What every task needs besides its byte range (pickled once into the Map)."""
+  source: str
+  config: relabeled.RelabelConfig
+  dims: Dict[str, int]            # source step fields -> widths
+  example_dims: Dict[str, int]    # relabeled float fields -> widths
+  data_dir: str                   # output version dir (inside the temp dir)
+  rows_dir: str
+  name: str
+  num_shards: int
+  chunk_size: int
+  progress_dir: Optional[str]
 
 
-def _relabel_one(index: int, ep: schema.Episode, config: relabeled.RelabelConfig, source: str):
-  """Validated relabeling of one episode; None (and a counter) when it yields nothing."""
-  from apache_beam.metrics import Metrics  # pylint: disable=import-outside-toplevel
-  if ep["observation"].shape[0] < schema.MIN_STEPS:
-    Metrics.counter(NAMESPACE, "episodes_skipped_too_short").inc()
-    return None
-  for field, stored_as in (("observation", "observation/state"), ("goal_state", "observation/goal_state"),
-                           ("action", "action")):
-    if not np.all(np.isfinite(ep[field])):
-      bad = int(np.argwhere(~np.isfinite(ep[field]))[0][0])
-      raise DataError(f"contains NaN or inf (first at step {bad})", path=source,
-                      episode=f"#{index} (id {ep['episode_id']!r})", field=f"steps/{stored_as}")
-  examples = relabeled.relabel_episode(config, ep["observation"], ep["goal_state"], ep["action"],
-                                       f"{index}/{ep['episode_id']}")
-  if len(next(iter(examples.values()))) == 0:
-    Metrics.counter(NAMESPACE, "episodes_without_examples").inc()
-    return None
-  return examples
+def shard_path(data_dir: str, name: str, shard: int, num_shards: int) -> str:
+  return f"{data_dir}/{name}-train.tfrecord-{shard:05d}-of-{num_shards:05d}"
 
 
-def _progress_dir(prefix: str) -> str:
-  return os.path.join(os.path.dirname(prefix), "_progress")
-
-
-def _write_shard(task: Tuple[int, Tuple[int, int]], source: str, config: relabeled.RelabelConfig,
-                 codec: example_codec.FloatExampleCodec, prefix: str, num_shards: int) -> Tuple[int, int, int]:
-  """Relabels episodes [start, end) in order and streams them into shard `shard` (idempotent)."""
+def run_task(task: sources.Task, ctx: _TaskContext) -> Dict:
+  """Relabels one task's episodes into its shard; returns (and writes) its row of counts."""
+  records = tfrecords.read_range(task.path, task.start, task.end)
+  if len(records) != task.num_episodes:
+    raise DataError(f"bytes {task.start}-{task.end} hold {len(records)} records, planned "
+                    f"{task.num_episodes}", path=task.path)
+  episodes = sources.parse_episodes(records, ctx.dims, ctx.source, task.first_episode)
+  codec = example_codec.ChunkCodec(ctx.example_dims, relabeled.INDEX_FIELDS)
+  path = shard_path(ctx.data_dir, ctx.name, task.shard, ctx.num_shards)
+  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"  # per attempt: a retried or duplicate attempt cannot clash
+  row = {"shard": task.shard, "examples": 0, "records": 0, "bytes": 0, "episodes": [],
+         "episodes_read": 0, "episodes_skipped_too_short": 0, "episodes_without_examples": 0}
+  reported = time.monotonic()
+  with tfrecords.RecordWriter(tmp) as writer:
+    for done, ep in enumerate(episodes, 1):
+      row["episodes_read"] += 1
+      n = 0
+      if len(ep["observation"]) < schema.MIN_STEPS:
+        row["episodes_skipped_too_short"] += 1
+      else:
+        sources.check_finite(ep, ctx.source)
+        examples = relabeled.relabel_episode(ctx.config, ep["observation"], ep["goal_state"], ep["action"],
+                                             f"{ep['index']}/{ep['episode_id']}")
+        steps = relabeled.step_index(ctx.config, len(ep["observation"]))
+        n = len(steps)
+        if n == 0:
+          row["episodes_without_examples"] += 1
+        columns = dict(examples, episode_index=np.full(n, ep["index"], np.int64), step=steps)
+        for pieces in codec.encode_chunks(columns, ctx.chunk_size):
+          writer.write(pieces)
+      row["episodes"].append([ep["index"], ep["episode_id"], n])
+      row["examples"] += n
+      if ctx.progress_dir and (done == len(episodes) or time.monotonic() - reported > 0.5):
+        progress.report(ctx.progress_dir, task.shard, done)  # throttled: a report is a file rename
+        reported = time.monotonic()
+  row["records"], row["bytes"] = writer.records_written, writer.bytes_written
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from apache_beam.metrics import Metrics  # pylint: disable=import-outside-toplevel
-  shard, (start, end) = task
-  path = f"{prefix}-{shard:05d}-of-{num_shards:05d}"
-  count = 0
-  with tf.io.TFRecordWriter(path) as writer:
-    for offset, episode in enumerate(rlds_io.iter_episodes(source, start, end)):
-      Metrics.counter(NAMESPACE, "episodes_read").inc()
-      examples = _relabel_one(start + offset, episode, config, source)
-      if examples is not None:
-        records = codec.encode(examples)
-        for record in records:
-          writer.write(record)
-        count += len(records)
-        Metrics.counter(NAMESPACE, "examples_written").inc(len(records))
-      progress.report(_progress_dir(prefix), shard, offset + 1)
-  return shard, count, os.path.getsize(path)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+  storage.write_json(f"{ctx.rows_dir}/{task.shard:05d}.json", row)
+  return row
 
 
 def _code_version() -> str:
   return version.code_version()
+
+
+def beam_flags(beam_args: Sequence[str], num_tasks: int) -> List[str]:
+  """The explicit Beam flag list (never the process's argv): DirectRunner unless a runner is
+  named; on Dask, one task per bag partition unless the caller partitions."""
+  flags = [a for a in beam_args if a != "--"]
+  runner = None
+  for i, a in enumerate(flags):
+    if a.startswith("--runner="):
+      runner = a.split("=", 1)[1]
+      flags[i] = f"--runner={RUNNER_ALIASES.get(runner.lower(), runner)}"
+    elif a == "--runner" and i + 1 < len(flags):
+      runner = flags[i + 1]
+      flags[i + 1] = RUNNER_ALIASES.get(runner.lower(), runner)
+  if runner is None:
+    flags.insert(0, f"--runner={RUNNER_ALIASES['direct']}")
+  runner = RUNNER_ALIASES.get((runner or "direct").lower(), runner or "DirectRunner")
+  if runner == DASK_RUNNER and not any(a.startswith(("--dask_npartitions", "--dask_partition_size"))
+                                        for a in flags):
+    flags.append(f"--dask_npartitions={max(1, num_tasks)}")
+  return flags
+
+
+def _run_beam(tasks: List[sources.Task], ctx: _TaskContext, flags: List[str]) -> None:
+  import apache_beam as beam  # pylint: disable=import-outside-toplevel
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+  p = beam.Pipeline(options=PipelineOptions(flags=flags))
+  _ = p | "ShardTasks" >> beam.Create(tasks) | "RelabelAndWrite" >> beam.Map(run_task, ctx)
+  result = p.run()
+  try:
+    result.wait_until_finish()
+  finally:
+    client = getattr(result, "client", None)  # DaskRunner leaves its client open
+    if client is not None:
+      client.close()
 
 
 def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
@@ -114,85 +160,99 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
                 overwrite: bool = False, name: Optional[str] = None, show_progress: bool = True) -> Dict:
   """Runs the relabeling pipeline; returns the lineage record written next to the data.
 
-  With `show_progress`, a bar counts relabeled episodes (`pipelines.progress`; live when the
-  workers share this machine's filesystem, as on the DirectRunner).
-  `output` becomes a TFDS dataset directory (readable with `relay_data.relabeled.load`).
-  `beam_args` are Beam pipeline options, e.g. ["--runner=DirectRunner", "--direct_num_workers=2"].
+  `output` becomes `<output>/<name>/<version>/` (`tfds.load(name, data_dir=output)`, or
+  `relay_data.relabeled.load(output)`). `beam_args` are Beam pipeline options, e.g.
+  ["--runner=direct", "--direct_num_workers=2"] or ["--runner=dask",
+  "--dask_client_address=127.0.0.1:8786"]; they are the only flags Beam parses. With
+  `show_progress`, a bar counts relabeled episodes (live when workers share this filesystem).
   """
-  import apache_beam as beam  # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
-
-  source_dir = rlds_io.resolve_dataset_dir(source)
-  builder = rlds_io.require_episodes(source_dir)  # a relabeled dataset is no source
-  state_dim, goal_dim, action_dim = _check_source(builder, source_dir)
+  source_dir = rlds_io.resolve_dataset_dir(source) if storage.is_local(source) else source.rstrip("/")
+  builder = (rlds_io.require_episodes(source_dir) if storage.is_local(source_dir)  # a relabeled dataset is no source
+             else tfds.builder_from_directory(source_dir))
+  dims = sources.check_source(builder, source_dir)
   num_episodes = int(builder.info.splits["train"].num_examples)
   if num_episodes == 0:
     raise DataError("source dataset has no episodes", path=source_dir)
-  features = relabeled.example_features(config.level, state_dim, goal_dim, action_dim)
-  codec = example_codec.FloatExampleCodec({k: int(v.shape[0]) for k, v in features.items()})
-  per_shard = (math.ceil(num_episodes / pipeline.num_shards) if pipeline.num_shards
-               else pipeline.episodes_per_shard)
-  ranges = [(s, min(s + per_shard, num_episodes)) for s in range(0, num_episodes, per_shard)]
-  num_shards = len(ranges)
+  per_task = (-(-num_episodes // pipeline.num_shards) if pipeline.num_shards else pipeline.episodes_per_shard)
+  tasks = sources.plan_tasks(builder, source_dir, per_task)
   name = paths.check_name(name or f"relabeled_{config.level.replace('-', '_')}")  # never a path
+  example_dims = relabeled.example_dims(config.level, dims["observation"], dims["goal_state"], dims["action"])
+  flags = beam_flags(beam_args, len(tasks))
 
-  options = PipelineOptions(list(beam_args) or ["--runner=DirectRunner"])
-  with atomic.atomic_directory(output, overwrite=overwrite) as tmp:
-    prefix = os.path.join(tmp, f"{name}-train.tfrecord")
-    p = beam.Pipeline(options=options)
-    shards = (p
-              | "ShardTasks" >> beam.Create(list(enumerate(ranges)))
-              | "Spread" >> beam.Reshuffle()
-              | "RelabelAndWrite" >> beam.Map(_write_shard, source_dir, config, codec, prefix, num_shards))
-    written = shards | "Collect" >> beam.combiners.ToList()
-    _ = written | "Record" >> beam.Map(
-        lambda rows: atomic.write_json(os.path.join(tmp, "_shards.json"), sorted(rows), sort_keys=True))
+  with storage.atomic_directory(output, overwrite=overwrite) as tmp:
+    data_dir = f"{tmp}/{name}/{DATASET_VERSION}"
+    rows_dir = f"{tmp}/_rows"
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf.io.gfile.makedirs(data_dir)
+    tf.io.gfile.makedirs(rows_dir)
+    progress_dir = f"{tmp}/_progress" if storage.is_local(tmp) else None
+    ctx = _TaskContext(source_dir, config, dims, example_dims, data_dir, rows_dir, name, len(tasks),
+                       pipeline.chunk_size, progress_dir)
     try:
-      with progress.watch(_progress_dir(prefix), num_episodes, f"relabeling ({config.level})", "ep",
-                          enabled=show_progress):
-        result = p.run()
-        result.wait_until_finish()
-    except Exception as e:  # Beam wraps worker errors; surface ours unwrapped.
+      with progress.watch(progress_dir or "", num_episodes, f"relabeling ({config.level})", "ep",
+                          enabled=show_progress and progress_dir is not None):
+        _run_beam(tasks, ctx, flags)
+    except Exception as e:  # Runners wrap worker errors; surface ours unwrapped.
       raise _unwrap(e) from e
-    shutil.rmtree(_progress_dir(prefix), ignore_errors=True)
-    counters = {m.key.metric.name: int(m.committed if m.committed is not None else m.attempted)
-                for m in result.metrics().query()["counters"] if m.key.metric.namespace == NAMESPACE}
-    with open(os.path.join(tmp, "_shards.json")) as f:
-      rows = {shard: (count, size) for shard, count, size in json.load(f)}
-    os.remove(os.path.join(tmp, "_shards.json"))
-    lengths = [rows[shard][0] for shard in range(num_shards)]
-    total_bytes = sum(rows[shard][1] for shard in range(num_shards))
-    template = tfds.core.ShardedFileTemplate(data_dir=tmp, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-                                             dataset_name=name, split="train", filetype_suffix="tfrecord")
-    tfds.folder_dataset.write_metadata(
-        data_dir=tmp, features=features, version=rlds_io.VERSION, check_data=False,
-        filename_template=template, description=f"relay relabeled examples ({config.level} level)",
-        split_infos=[tfds.core.SplitInfo(name="train", shard_lengths=lengths, num_bytes=total_bytes,
-                                         filename_template=template)])
-    lineage = {
-        "created_by": "pipelines.relabel",
-        "code_version": _code_version(),
-        "config": config.to_json(),
-        "source": {"path": source_dir, "name": builder.info.name, "version": str(builder.info.version),
-                   "fingerprint": relabeled.fingerprint(source_dir), "num_episodes": num_episodes},
-        "counts": {"episodes_read": counters.get("episodes_read", 0),
-                   "examples_written": counters.get("examples_written", 0),
-                   "episodes_skipped_too_short": counters.get("episodes_skipped_too_short", 0),
-                   "episodes_without_examples": counters.get("episodes_without_examples", 0)},
-        "num_shards": num_shards,
-        "beam_options": list(beam_args),
-        **goal_space.provenance_of_episode_dataset(source_dir),  # spec + env_settings, carried along
-    }
-    if sum(lengths) != lineage["counts"]["examples_written"]:
-      raise RuntimeError(f"shards hold {sum(lengths)} examples but the pipeline counted "
-                         f"{lineage['counts']['examples_written']}")
-    rlds_io.attach_metadata(tmp, lineage)
+    rows = []
+    for task in tasks:
+      row_path = f"{rows_dir}/{task.shard:05d}.json"
+      if not tf.io.gfile.exists(row_path):
+        raise RuntimeError(f"the runner finished but task {task.shard} left no row ({row_path})")
+      rows.append(storage.read_json(row_path))
+    tf.io.gfile.rmtree(rows_dir)
+    for stale in tf.io.gfile.glob(f"{data_dir}/*.tmp-*"):  # from attempts that died mid-write
+      tf.io.gfile.remove(stale)
+    if progress_dir:
+      tf.io.gfile.rmtree(progress_dir)
+    lineage = _write_metadata(data_dir, name, config, builder, source_dir, num_episodes, example_dims,
+                              rows, flags)
+  return lineage
+
+
+def _write_metadata(data_dir, name, config, builder, source_dir, num_episodes, example_dims, rows, flags):
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  features = relabeled.features_of(example_dims)
+  template = tfds.core.ShardedFileTemplate(data_dir=data_dir, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+                                           dataset_name=name, split="train", filetype_suffix="tfrecord")
+  tfds.folder_dataset.write_metadata(
+      data_dir=data_dir, features=features, version=DATASET_VERSION, check_data=False,
+      filename_template=template,
+      description=(f"relay relabeled examples ({config.level} level), chunked: each record holds up to "
+                   f"a chunk of consecutive examples of one episode; read examples with "
+                   f"as_dataset(split='train').unbatch(). Example count: metadata.json counts."),
+      split_infos=[tfds.core.SplitInfo(name="train", shard_lengths=[r["records"] for r in rows],
+                                       num_bytes=sum(r["bytes"] for r in rows), filename_template=template)])
+  counts = {k: sum(r[k] for r in rows) for k in
+            ("episodes_read", "episodes_skipped_too_short", "episodes_without_examples")}
+  counts["examples_written"] = sum(r["examples"] for r in rows)
+  counts["records_written"] = sum(r["records"] for r in rows)
+  lineage = {
+      "created_by": "pipelines.relabel",
+      "format": dict(relabeled.FORMAT),
+      "name": name,
+      "code_version": _code_version(),
+      "config": config.to_json(),
+      "fields": example_dims,
+      "source": {"path": source_dir, "name": builder.info.name, "version": str(builder.info.version),
+                 "fingerprint": relabeled.fingerprint(source_dir), "num_episodes": num_episodes},
+      "counts": counts,
+      "num_shards": len(rows),
+      "shard_examples": [r["examples"] for r in rows],
+      "episodes": [e for r in rows for e in r["episodes"]],
+      "beam_options": list(flags),
+      **(goal_space.provenance_of_episode_dataset(source_dir) if storage.is_local(source_dir)
+         else {}),  # spec + env_settings, carried along
+  }
+  if counts["episodes_read"] != num_episodes:
+    raise RuntimeError(f"tasks read {counts['episodes_read']} episodes, the source has {num_episodes}")
+  storage.write_json(f"{data_dir}/metadata.json", lineage)
   return lineage
 
 
 def _unwrap(error: Exception) -> Exception:
-  """Our DataError from a worker, if it is in the exception chain (Beam re-raises it wrapped)."""
+  """Our DataError from a worker, if it is in the exception chain (runners re-raise it wrapped)."""
   seen = error
   while seen is not None:
     if isinstance(seen, DataError):

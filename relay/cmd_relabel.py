@@ -7,11 +7,17 @@ Levels (Relay Imitation Learning, Gupta et al. 2019):
   final-goal  (s_t, a_t, goal = final state of the episode)  (GCBC without relabeling)
   bc          (s_t, a_t)                                      (plain BC)
 
-Runs on Beam's DirectRunner unless you pass Beam options after `--`, e.g.
-  relay relabel --source data/kitchen_play --level high --output out/high -- \\
-      --runner=FlinkRunner --flink_master=host:8081
-The output is a TFDS dataset (read it with relay_data.relabeled.load) with a metadata.json
-recording its lineage; it is written to a temp dir and moved into place only on success.
+Engines:
+  (default, --runner direct)      Beam's in-process FnApiRunner (the DirectRunner's batch engine)
+  --runner dask --dask-workers N  Beam's DaskRunner on a local dask.distributed cluster (loopback only)
+  --runner dask --dask-address HOST:PORT   ... on a running Dask scheduler (workers must see the paths)
+  --runner FlinkRunner -- --flink_master=HOST:8081  any other Beam runner: flags after `--` go to Beam
+Only the flags given here reach Beam (never this process's own argv).
+
+The output is a TFDS dataset at OUTPUT/NAME/VERSION (read it with relay_data.relabeled.load(OUTPUT),
+or tfds.load(NAME, data_dir=OUTPUT)) whose records are chunks of up to 1,024 examples of one
+episode; metadata.json records the lineage and the example count. It is written to a hidden temp
+dir and moved into place only on success.
 """
 import argparse
 import json
@@ -35,10 +41,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--seed", type=int, default=0, help="seed of the goal sampling (default 0)")
   parser.add_argument("--output", required=True, help="output dataset directory")
   parser.add_argument("--name", default=None, help="dataset name inside the output (default relabeled_<level>)")
-  parser.add_argument("--episodes-per-shard", type=int, default=8,
-                      help="episodes per output shard and per Beam task (default 8)")
+  parser.add_argument("--episodes-per-shard", type=int, default=32,
+                      help="episodes per output shard and per Beam task (default 32)")
+  parser.add_argument("--chunk-size", type=int, default=1024,
+                      help="examples per record: consecutive examples of one episode (default 1024)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-  parser.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner)")
+  parser.add_argument("--runner", default="direct",
+                      help="Beam runner: direct (default: in-process FnApiRunner, what DirectRunner runs batch "
+                           "pipelines on, without its attempt to download the Prism runner), dask "
+                           "(DaskRunner), or any Beam runner name (e.g. FlinkRunner; options after `--`)")
+  parser.add_argument("--dask-address", default=None,
+                      help="with --runner dask: HOST:PORT of a running Dask scheduler")
+  parser.add_argument("--dask-workers", type=int, default=None,
+                      help="with --runner dask: start a local cluster of N worker processes on 127.0.0.1 "
+                           "for this run (default when no --dask-address: 2)")
   parser.add_argument("beam_args", nargs=argparse.REMAINDER,
                       help="after `--`: extra Beam pipeline options passed through unchanged")
 
@@ -46,28 +62,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
   from pipelines import relabel as pipeline  # pylint: disable=import-outside-toplevel
   from relay_data import relabeled  # pylint: disable=import-outside-toplevel
-  if args.episodes_per_shard <= 0:
-    raise UsageError("--episodes-per-shard must be positive")
+  if args.episodes_per_shard <= 0 or args.chunk_size <= 0:
+    raise UsageError("--episodes-per-shard and --chunk-size must be positive")
   try:
     config = relabeled.RelabelConfig(level=args.level, window=args.window, window_high=args.window_high,
                                      goals_per_step=args.goals_per_step, seed=args.seed)
   except ValueError as e:
     raise UsageError(f"invalid relabel options: {e}") from e
+  runner = pipeline.RUNNER_ALIASES.get(args.runner.lower(), args.runner)
+  if runner != pipeline.DASK_RUNNER and (args.dask_address or args.dask_workers is not None):
+    raise UsageError("--dask-address / --dask-workers needs --runner dask")
+  if args.dask_address and args.dask_workers is not None:
+    raise UsageError("give either --dask-address or --dask-workers, not both")
+  if args.dask_workers is not None and args.dask_workers <= 0:
+    raise UsageError("--dask-workers must be positive")
   if args.name is not None:
     paths.check_name(args.name)
   paths.check_output(args.output, "--output", sources=[args.source], overwrite=args.overwrite)
   extra = [a for a in args.beam_args if a != "--"]
-  beam_args = [f"--runner={args.runner}", *extra]
+  beam_args = [f"--runner={runner}", *extra]
   _check_runner(beam_args)
+  options = pipeline.PipelineConfig(episodes_per_shard=args.episodes_per_shard, chunk_size=args.chunk_size)
+
+  def relabel(flags):
+    return pipeline.run_relabel(args.source, args.output, config, beam_args=flags, pipeline=options,
+                                overwrite=args.overwrite, name=args.name)
+
   try:
-    lineage = pipeline.run_relabel(args.source, args.output, config, beam_args=beam_args,
-                                   pipeline=pipeline.PipelineConfig(episodes_per_shard=args.episodes_per_shard),
-                                   overwrite=args.overwrite, name=args.name)
+    if runner == pipeline.DASK_RUNNER:
+      from pipelines import dask_cluster  # pylint: disable=import-outside-toplevel
+      if args.dask_address:
+        lineage = relabel(beam_args + dask_cluster.client_flags(args.dask_address))
+      else:
+        with dask_cluster.local_cluster(args.dask_workers or 2) as address:
+          lineage = relabel(beam_args + dask_cluster.client_flags(address))
+    else:
+      lineage = relabel(beam_args)
   except FileExistsError as e:
     raise UsageError(str(e)) from e
   counts = lineage["counts"]
   print(f"relabel {args.level}: {counts['episodes_read']} episodes read, "
-        f"{counts['examples_written']} examples written to {args.output}")
+        f"{counts['examples_written']} examples written to {args.output} "
+        f"({counts['records_written']} records in {lineage['num_shards']} shard(s))")
   skipped = counts["episodes_skipped_too_short"] + counts["episodes_without_examples"]
   if skipped:
     print(f"  skipped {counts['episodes_skipped_too_short']} episode(s) too short to relabel, "

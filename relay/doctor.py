@@ -85,7 +85,7 @@ def check_beam() -> str:
   with tempfile.TemporaryDirectory(prefix="relay_doctor_") as tmp:
     prefix = os.path.join(tmp, "out")
     # An explicit flag list: without one, Beam parses this process's own argv (`relay doctor ...`).
-    with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+    with beam.Pipeline(options=PipelineOptions(flags=[], runner="DirectRunner")) as p:
       _ = p | beam.Create([20]) | beam.Map(lambda x: str(x + 1)) | beam.io.WriteToText(prefix)
     lines = [l.strip() for f in sorted(os.listdir(tmp)) for l in open(os.path.join(tmp, f))]
     if lines != ["21"]:

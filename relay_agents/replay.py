@@ -1,23 +1,34 @@
-"""Reverb plumbing shared by every agent: tables of relabeled examples, a feeder, datasets.
+"""Reverb plumbing shared by every agent: servers, tables, a feeder of relabeled examples, batches.
 
-A relabeled dataset (TFDS, from `pipelines.relabel`) is shuffled and streamed into a Reverb table
-in items of `examples_per_item` examples (one item per example costs a Reverb round trip per
-example and halves learner throughput); learners sample items uniformly through Reverb's tf.data
-datasets and flatten batch_size / examples_per_item of them into a batch. Server,
-feeder and learner only share an address, so they can be separate processes or machines.
-Memory is bounded by the table's `max_size` (oldest examples are evicted first).
+Agent-neutral: nothing here knows a policy's inputs or targets; it moves dicts of named float32
+fields ([n, d] arrays) between relabeled datasets, Reverb tables and learners. An agent maps
+batches to its own learner input (e.g. `relay_agents.gcbc.data`).
+
+    relabeled dataset --(chunked reads, block shuffle)--> feed --> table of k-example items
+        --> example_batches: fetches of batch_size x steps_per_fetch examples --> learner
+
+CPU per SGD step is what limits a Reverb-fed learner on a small machine, so the feed works in
+whole items and whole fetches: items hold `per_item` examples (one Reverb round trip and one
+tf.data element per item, not per example); a fetch is a whole number of items reshaped into
+one [batch_size * steps_per_fetch, d] batch (no per-example tf.data work), and a learner that
+runs several SGD steps per call (Acme's `num_sgd_steps_per_step`) pays the fetch once for all of
+them. With per_item == batch_size * steps_per_fetch a fetch is a single item.
+
+Servers, feeders and learners only share an address, so they can be separate processes. Servers
+started here are addressed through loopback (127.0.0.1). Note: Reverb 0.14's C++ server binds
+`[::]:port` (all interfaces) and offers no bind-address option, so on a machine reachable from
+untrusted networks, firewall the port; see `start_server`. Clients check the address answers
+within a bounded time (`connect`) instead of hanging on an unreachable one.
 """
 import dataclasses
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import reverb
 import tensorflow as tf
 
-from relay_agents import acme_compat  # noqa: F401
-from acme import types  # pylint: disable=g-bad-import-order
-from relay_agents.gcbc import networks as gcbc_networks
-from relay_agents.gcbc.config import GoalBCConfig
+LOOPBACK = "127.0.0.1"
+CONNECT_TIMEOUT_S = 10
 
 
 def example_signature(dims: Dict[str, int], per_item: int) -> Dict[str, tf.TensorSpec]:
@@ -33,32 +44,123 @@ def make_table(name: str, dims: Dict[str, int], max_examples: int, per_item: int
                       signature=example_signature(dims, per_item))
 
 
-def feed(address: str, table: str, examples: tf.data.Dataset, keys: Sequence[str], per_item: int,
-         limit: Optional[int] = None, progress: bool = True, total: Optional[int] = None,
-         shuffle_buffer: int = 10_000, seed: int = 0, flush_every: int = 64) -> int:
-  """Writes examples (dicts of [d] tensors) into `table` in items of `per_item` examples.
+def trajectory_table(name: str, signature, max_size: int, min_size: int = 1,
+                     samples_per_insert: Optional[float] = None, error_buffer: float = 100.0) -> reverb.Table:
+  """A uniform/FIFO table for an Acme adder's items (signature e.g. from
+  `acme.adders.reverb.NStepTransitionAdder.signature(env_spec)`); with `samples_per_insert`,
+  a rate limiter that keeps sampling and inserting at that ratio (online agents)."""
+  limiter = (reverb.rate_limiters.MinSize(min_size) if samples_per_insert is None else
+             reverb.rate_limiters.SampleToInsertRatio(samples_per_insert, min_size, error_buffer))
+  return reverb.Table(name=name, sampler=reverb.selectors.Uniform(), remover=reverb.selectors.Fifo(),
+                      max_size=max_size, rate_limiter=limiter, signature=signature)
 
-  Examples are shuffled (bounded buffer) before chunking so an item is not one episode's slice.
+
+def start_server(tables: Sequence[reverb.Table], port: Optional[int] = None,
+                 host: str = LOOPBACK) -> Tuple[reverb.Server, str]:
+  """A Reverb server and the address to reach it by (`host:port`, loopback by default).
+
+  Reverb 0.14 always binds all interfaces (its C++ server listens on `[::]:port`); `host` only
+  names the address clients are given. Stop the server with `server.stop()`.
+  """
+  server = reverb.Server(list(tables), port=port)
+  return server, f"{host}:{server.port}"
+
+
+def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> reverb.Client:
+  """A client of the server at `address`, checked to answer within `timeout_s` seconds.
+
+  Raises ConnectionError naming the address instead of blocking forever (Reverb's own calls
+  have no deadline by default).
+  """
+  client = reverb.Client(address)
+  try:
+    client.server_info(timeout=max(1, int(np.ceil(timeout_s))))
+  except Exception as e:  # DeadlineExceededError, or RuntimeError for unresolvable names
+    raise ConnectionError(f"no Reverb server answered at {address} within {timeout_s:g}s "
+                          f"({type(e).__name__}); is it running, and is the address right?") from None
+  return client
+
+
+# ---- feeding ---------------------------------------------------------------------------------
+
+Chunks = Iterable[Dict[str, np.ndarray]]
+
+
+def _chunks_of(source: Union[str, tf.data.Dataset, Chunks], keys: Sequence[str], seed: int) -> Chunks:
+  """Numpy chunks (dicts of [n, d] arrays) of `keys` from a relabeled dataset path, a tf.data
+  dataset of single examples, or an iterable of chunks."""
+  if isinstance(source, str):
+    from relay_data import relabeled  # pylint: disable=import-outside-toplevel
+    return relabeled.iter_chunks(source, fields=list(keys), shuffle_files=True, seed=seed, cycle_length=16)
+  if isinstance(source, tf.data.Dataset):
+    return source.map(lambda ex: {k: ex[k] for k in keys}).batch(4096).as_numpy_iterator()
+  return source
+
+
+def shuffled_items(chunks: Chunks, keys: Sequence[str], per_item: int, buffer: int,
+                   seed: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+  """Items of exactly `per_item` examples: `buffer` examples are gathered from consecutive
+  chunks, permuted, and cut into items (a block shuffle, so an item mixes many episodes).
+
   The last partial item is completed with the stream's first examples, so every example is
-  stored at least once. Returns the number of distinct examples written.
+  stored at least once.
+  """
+  rng = np.random.default_rng(seed)
+  block = max(buffer, per_item)
+  pending, have, head = [], 0, None
+
+  def flush(parts, final):
+    nonlocal head
+    data = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    n = len(data[keys[0]])
+    order = rng.permutation(n)
+    data = {k: v[order] for k, v in data.items()}
+    cut = n if final else n - n % per_item
+    if head is None and cut:
+      head = {k: v[:per_item] for k, v in data.items()}
+    for start in range(0, cut, per_item):
+      item = {k: v[start:start + per_item] for k, v in data.items()}
+      m = len(item[keys[0]])
+      if m < per_item:
+        item = {k: np.concatenate([item[k], np.resize(head[k], (per_item - m,) + head[k].shape[1:])])
+                for k in keys}
+      yield item, m
+    return {k: v[cut:] for k, v in data.items()}
+
+  for chunk in chunks:
+    chunk = {k: np.asarray(chunk[k], np.float32) for k in keys}
+    pending.append(chunk)
+    have += len(chunk[keys[0]])
+    if have >= block:
+      rest = yield from flush(pending, final=False)
+      pending, have = [rest], len(rest[keys[0]])
+  if have:
+    yield from flush(pending, final=True)
+
+
+def feed(address: str, table: str, source: Union[str, tf.data.Dataset, Chunks], keys: Sequence[str],
+         per_item: int, limit: Optional[int] = None, progress: bool = True, total: Optional[int] = None,
+         shuffle_buffer: int = 262_144, seed: int = 0, flush_every: int = 64,
+         timeout_s: float = CONNECT_TIMEOUT_S) -> int:
+  """Writes examples into `table` in items of `per_item` examples; returns how many were written.
+
+  `source`: a relabeled dataset directory (read in chunks straight into items, shard files in a
+  seeded shuffled order, 16 read interleaved), a tf.data dataset of single examples, or an
+  iterable of numpy chunks. Examples are block-shuffled (`shuffle_buffer`, ~100 MB of kitchen
+  examples: ~50 episodes) before being cut into items, so even a whole-batch item mixes many
+  episodes.
+  `limit` caps the examples written (e.g. the table's capacity).
   """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  client = reverb.Client(address)
-  if limit is not None:
-    examples = examples.take(limit)
-  stream = examples.shuffle(shuffle_buffer, seed=seed).map(lambda ex: {k: ex[k] for k in keys})
-  written, head = 0, None
+  keys = list(keys)
+  client = connect(address, timeout_s)
+  written = 0
   bar = tqdm(total=min(x for x in (limit, total, float("inf")) if x is not None), desc=f"feeding {table}",
              unit="ex", disable=not progress, leave=False)
   with client.trajectory_writer(num_keep_alive_refs=1) as writer:
-    for i, chunk in enumerate(stream.batch(per_item).as_numpy_iterator()):
-      n = len(chunk[keys[0]])
-      if head is None:
-        head = chunk
-      if n < per_item:  # Complete the last item with examples from the first one.
-        chunk = {k: np.concatenate([chunk[k], np.resize(head[k], (per_item - n,) + head[k].shape[1:])])
-                 for k in keys}
-      writer.append(chunk)
+    for i, (item, n) in enumerate(shuffled_items(_limited(_chunks_of(source, keys, seed), keys, limit), keys,
+                                                 per_item, shuffle_buffer, seed)):
+      writer.append(item)
       writer.create_item(table, priority=1.0, trajectory={k: writer.history[k][-1] for k in keys})
       written += n
       bar.update(n)
@@ -69,58 +171,71 @@ def feed(address: str, table: str, examples: tf.data.Dataset, keys: Sequence[str
   return written
 
 
-def learner_dataset(address: str, table: str, config: GoalBCConfig) -> tf.data.Dataset:
-  """Batches of acme `Transition`s (observation = policy input, action = target) from Reverb."""
+def _limited(chunks: Chunks, keys: Sequence[str], limit: Optional[int]) -> Chunks:
+  if limit is None:
+    yield from chunks
+    return
+  left = limit
+  for chunk in chunks:
+    if left <= 0:
+      return
+    n = len(chunk[keys[0]])
+    yield chunk if n <= left else {k: v[:left] for k, v in chunk.items()}
+    left -= n
+
+
+# ---- learner side ----------------------------------------------------------------------------
+
+
+def example_batches(address: str, table: str, batch_size: int, per_item: int, steps_per_fetch: int = 1,
+                    max_in_flight_samples_per_worker: int = 64, num_workers: int = 1,
+                    timeout_s: float = CONNECT_TIMEOUT_S) -> tf.data.Dataset:
+  """Fetches of `steps_per_fetch` batches: dicts of [batch_size * steps_per_fetch, d] float32.
+
+  A fetch is whole items (sampled uniformly) reshaped in one op when its size is a multiple of
+  `per_item`; otherwise examples are unbatched and re-batched (slower, any sizes).
+  """
+  connect(address, timeout_s)
+  fetch = batch_size * steps_per_fetch
   ds = reverb.TrajectoryDataset.from_table_signature(
-      server_address=address, table=table,
-      max_in_flight_samples_per_worker=config.max_in_flight_samples_per_worker,
-      num_workers_per_iterator=2)
-
-  def to_transition(data):
-    inputs = gcbc_networks.policy_inputs(data["observation"], data.get("goal"), config.use_goal, tf.concat)
-    target = data[config.target]
-    zeros = tf.zeros(tf.shape(target)[:-1])
-    return types.Transition(observation=inputs, action=target, reward=zeros, discount=zeros,
-                            next_observation=inputs)
-
+      server_address=address, table=table, max_in_flight_samples_per_worker=max_in_flight_samples_per_worker,
+      num_workers_per_iterator=num_workers)
   items = ds.map(lambda sample: sample.data)
-  per_item = config.examples_per_item
-  if config.batch_size % per_item == 0:
-    # A batch is batch_size / per_item whole items, flattened: no per-example tf.data work. The
-    # feeder shuffled examples across episodes before chunking, and items are sampled uniformly.
-    examples = items.batch(config.batch_size // per_item, drop_remainder=True).map(
-        lambda d: {k: tf.reshape(v, [config.batch_size, v.shape[-1]]) for k, v in d.items()})
-  else:
-    examples = items.unbatch().shuffle(4 * config.batch_size).batch(config.batch_size, drop_remainder=True)
-  return examples.map(to_transition, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+  if fetch % per_item == 0:
+    if fetch // per_item > 1:
+      items = items.batch(fetch // per_item, drop_remainder=True)
+    return items.map(lambda d: {k: tf.reshape(v, [fetch, v.shape[-1]]) for k, v in d.items()})
+  return items.unbatch().shuffle(4 * fetch).batch(fetch, drop_remainder=True)
 
 
-def numpy_iterator(dataset: tf.data.Dataset, prefetch: int = 4) -> Iterator[types.Transition]:
-  """Numpy batches, fetched and put on the device by a background thread (overlaps with SGD)."""
+def numpy_iterator(dataset: tf.data.Dataset, prefetch: int = 4) -> Iterator:
+  """Numpy elements of `dataset`, fetched and put on the device by a background thread (overlaps
+  with SGD)."""
+  from relay_agents import acme_compat  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from acme.jax import utils as jax_utils  # pylint: disable=import-outside-toplevel
-  return jax_utils.prefetch(dataset.as_numpy_iterator(), buffer_size=prefetch)
+  return jax_utils.prefetch(dataset.prefetch(2).as_numpy_iterator(), buffer_size=prefetch)
 
 
-def array_iterator(arrays: Dict[str, np.ndarray], config: GoalBCConfig, seed: int = 0) -> Iterator[types.Transition]:
-  """The same batches from in-memory arrays (the benchmark's baseline; no Reverb)."""
+def array_batches(arrays: Dict[str, np.ndarray], batch_size: int, steps_per_fetch: int = 1,
+                  seed: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+  """The same fetches drawn uniformly from in-memory arrays (no Reverb): the benchmark's
+  baseline and small in-process training."""
   rng = np.random.default_rng(seed)
-  inputs = gcbc_networks.policy_inputs(arrays["observation"], arrays.get("goal"), config.use_goal)
-  target = arrays[config.target]
-  zeros = np.zeros(config.batch_size, np.float32)
+  n = len(next(iter(arrays.values())))
   while True:
-    idx = rng.integers(0, len(target), config.batch_size)
-    yield types.Transition(inputs[idx], target[idx], zeros, zeros, inputs[idx])
+    idx = rng.integers(0, n, batch_size * steps_per_fetch)
+    yield {k: v[idx] for k, v in arrays.items()}
 
 
 @dataclasses.dataclass
 class ExampleDims:
+  """The float fields of a relabeled dataset's examples and their widths."""
   dims: Dict[str, int]
 
   @classmethod
   def of(cls, relabeled_dir: str) -> "ExampleDims":
-    from relay_data import rlds_io  # pylint: disable=import-outside-toplevel
-    features = rlds_io.load_builder(relabeled_dir).info.features
-    return cls({k: int(v.shape[0]) for k, v in features.items()})
+    from relay_data import relabeled  # pylint: disable=import-outside-toplevel
+    return cls(relabeled.dims_of(relabeled_dir))
 
   @property
   def keys(self) -> List[str]:

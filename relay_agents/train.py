@@ -78,11 +78,7 @@ class _TensorBoardLogger(loggers.Logger):
 
 
 def _load_examples(path: str, max_examples: int) -> Dict[str, np.ndarray]:
-  batches = relabeled.load(path).take(max_examples).batch(65536).as_numpy_iterator()
-  parts = list(batches)
-  if not parts:
-    raise DataError("relabeled dataset has no examples", path=path)
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  return relabeled.read_arrays(path, max_examples)
 
 
 def train_key(data_dir: str, config: GoalBCConfig, train: TrainConfig) -> str:
@@ -183,14 +179,13 @@ def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_di
   server = None
   address = train.reverb_address
   if address is None:
-    server = reverb.Server(builder.make_replay_tables())
-    address = f"localhost:{server.port}"
+    server, address = replay.start_server(builder.make_replay_tables())
   try:
-    fed = replay.feed(address, config.table_name, relabeled.load(data_dir), sorted(dims),
+    fed = replay.feed(address, config.table_name, data_dir, sorted(dims),
                       config.examples_per_item, limit=config.max_replay_size, progress=train.progress,
                       seed=train.seed,
-                      total=rlds_io.num_examples(data_dir))
-    client = reverb.Client(address)
+                      total=relabeled.num_examples(data_dir))
+    client = replay.connect(address)
     logger = _TensorBoardLogger(os.path.join(os.path.dirname(out_dir), "tensorboard"),
                                 os.path.basename(out_dir), train.log_every)
     learner = builder.make_learner(jax.random.PRNGKey(train.seed), networks,

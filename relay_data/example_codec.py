@@ -1,15 +1,20 @@
-"""Vectorized `tf.train.Example` encoding of flat float32 examples (the relabeled datasets).
+"""Vectorized `tf.train.Example` encoding of columnar chunks (the relabeled datasets' records).
 
-TFDS's `features.serialize_example` costs ~0.5 ms per example in Python, which made the relabel
-pipeline ~2,000 examples/s. A relabeled example is a fixed set of float32 vectors, so its
-Example proto is fixed header bytes interleaved with the raw little-endian floats: the headers
-are computed once, and a whole batch is laid out in one [N, record_len] uint8 array. The
-records parse as the TFDS features of `relay_data.relabeled.example_features` (float_list
-features of fixed shape), which the tests check against TFDS's own decoder.
+A relabeled record holds a chunk of n consecutive examples of one episode, one feature per field
+with a leading chunk dimension: float fields as a packed `float_list` of the row-major [n, d]
+array, integer columns as a packed `int64_list`. In the protobuf wire format a packed float list
+is its little-endian bytes behind a few varint headers, so a chunk encodes as the header bytes
+plus the arrays' own buffers (no per-example or per-value Python work): `encode_pieces` returns
+those pieces for a writer that frames them without joining, `encode` joins them. Records parse
+as the TFDS features of `relay_data.relabeled.example_features` (Tensor(shape=(None, d))), which
+the tests check against TFDS's own encoder and decoder.
 """
-from typing import Dict, List
+import functools
+from typing import Dict, Iterator, List
 
 import numpy as np
+
+_FLOAT_LIST, _INT64_LIST = 2, 3  # tf.train.Feature oneof field numbers
 
 
 def _varint(value: int) -> bytes:
@@ -28,42 +33,107 @@ def _len_delimited(field: int, payload_len: int) -> bytes:
   return bytes([(field << 3) | 2]) + _varint(payload_len)
 
 
-class FloatExampleCodec:
-  """Encodes dicts of [N, d_k] float32 arrays as N serialized `tf.train.Example`s."""
+_VARINT_LIMITS = np.array([1 << (7 * i) for i in range(1, 9)], np.int64)  # 2^7, 2^14, ..., 2^56
 
-  def __init__(self, dims: Dict[str, int]):
-    self.dims = dict(sorted(dims.items()))
-    self._pieces = []  # (header bytes, key or None)
-    entries = []
-    for key, dim in self.dims.items():
-      floats = 4 * dim
-      float_list_len = len(_len_delimited(1, floats)) + floats            # FloatList{value: packed}
-      feature_len = len(_len_delimited(2, float_list_len)) + float_list_len  # Feature{float_list}
-      key_bytes = key.encode()
-      entry_len = len(_len_delimited(1, len(key_bytes))) + len(key_bytes) + \
-          len(_len_delimited(2, feature_len)) + feature_len                # map entry {key, value}
-      header = (_len_delimited(1, entry_len)                               # Features.feature entry
-                + _len_delimited(1, len(key_bytes)) + key_bytes
-                + _len_delimited(2, feature_len)
-                + _len_delimited(2, float_list_len)
-                + _len_delimited(1, floats))
-      entries.append((header, key, floats))
-    features_len = sum(len(h) + n for h, _, n in entries)
-    self._prefix = _len_delimited(1, features_len)                         # Example.features
-    self._entries = entries
-    self.record_len = len(self._prefix) + features_len
 
-  def encode(self, examples: Dict[str, np.ndarray]) -> List[bytes]:
-    n = len(next(iter(examples.values())))
-    out = np.empty((n, self.record_len), np.uint8)
-    pos = len(self._prefix)
-    out[:, :pos] = np.frombuffer(self._prefix, np.uint8)
-    for header, key, floats in self._entries:
-      values = np.ascontiguousarray(examples[key], dtype="<f4")
-      if values.shape != (n, self.dims[key]):
-        raise ValueError(f"field {key!r}: expected shape ({n}, {self.dims[key]}), got {values.shape}")
-      out[:, pos:pos + len(header)] = np.frombuffer(header, np.uint8)
-      pos += len(header)
-      out[:, pos:pos + floats] = values.view(np.uint8).reshape(n, floats)
-      pos += floats
-    return [row.tobytes() for row in out]
+def varint_column(values: np.ndarray):
+  """Varint bytes of a column of non-negative ints, and where each value's bytes end.
+
+  Returns (uint8 array, int64 ends): value i is bytes[ends[i-1]:ends[i]], so any run of values
+  is one slice. Vectorized one 7-bit group at a time over flat arrays (broadcasting against a
+  tiny group axis is ~10x slower in numpy); a constant column (an episode's index) is one
+  varint repeated.
+  """
+  v = np.asarray(values, dtype=np.int64).reshape(-1)
+  n = v.size
+  if n == 0:
+    return np.zeros(0, np.uint8), np.zeros(0, np.int64)
+  low, high = int(v.min()), int(v.max())
+  if low < 0:
+    raise ValueError("varints encodes non-negative values only")
+  if low == high:
+    one = _varint(low)
+    return np.frombuffer(one * n, np.uint8), np.arange(1, n + 1, dtype=np.int64) * len(one)
+  nbytes = 1 + np.searchsorted(_VARINT_LIMITS, v, side="right")
+  ends = np.cumsum(nbytes)
+  starts = ends - nbytes
+  out = np.empty(int(ends[-1]), np.uint8)
+  for i in range(int(nbytes[np.argmax(v)])):
+    has = slice(None) if i == 0 else nbytes > i
+    group = ((v[has] >> (7 * i)) & 0x7F).astype(np.uint8)
+    group |= (nbytes[has] > i + 1).astype(np.uint8) << 7  # continuation bit on all but the last byte
+    out[starts[has] + i] = group
+  return out, ends
+
+
+def varints(values: np.ndarray) -> bytes:
+  """Protobuf varint encoding of non-negative int64 values (a packed int64 list's payload)."""
+  return varint_column(values)[0].tobytes()
+
+
+@functools.lru_cache(maxsize=4096)
+def _entry_header(key: str, kind: int, payload_len: int) -> bytes:
+  """Bytes of a Features.feature map entry up to its packed values (cached: chunks repeat sizes)."""
+  key_bytes = key.encode()
+  value_list_len = len(_len_delimited(1, payload_len)) + payload_len        # {Float,Int64}List{value: packed}
+  feature_len = len(_len_delimited(kind, value_list_len)) + value_list_len  # Feature{kind}
+  entry_len = len(_len_delimited(1, len(key_bytes))) + len(key_bytes) + \
+      len(_len_delimited(2, feature_len)) + feature_len                      # map entry {key, value}
+  return (_len_delimited(1, entry_len)                                       # Features.feature entry
+          + _len_delimited(1, len(key_bytes)) + key_bytes
+          + _len_delimited(2, feature_len)
+          + _len_delimited(kind, value_list_len)
+          + _len_delimited(1, payload_len))
+
+
+class ChunkCodec:
+  """Encodes a chunk (dict of [n, d] float arrays and [n] int arrays) as one Example record.
+
+  float_dims: float32 fields and their widths d (e.g. observation 59, action 9, goal 30).
+  int_fields: int64 columns, one value per example (e.g. episode_index, step).
+  """
+
+  def __init__(self, float_dims: Dict[str, int], int_fields=()):
+    self.float_dims = dict(sorted(float_dims.items()))
+    self.int_fields = tuple(sorted(int_fields))
+    self._keys = sorted(list(self.float_dims) + list(self.int_fields))
+
+  def encode_pieces(self, chunk: Dict[str, np.ndarray]) -> List:
+    """The record as bytes-like pieces (headers and the arrays' own buffers, not copied) whose
+    concatenation is the serialized Example."""
+    return next(self.encode_chunks(chunk, len(chunk[self._keys[0]])))
+
+  def encode_chunks(self, columns: Dict[str, np.ndarray], chunk_size: int) -> Iterator[List]:
+    """Records (as pieces) of consecutive chunks of up to `chunk_size` rows of `columns`.
+
+    Integer columns are varint-encoded once for all chunks; a chunk takes a slice of them.
+    """
+    n = len(columns[self._keys[0]])
+    ints = {}
+    for key in self.int_fields:
+      values = np.asarray(columns[key])
+      if values.shape != (n,):
+        raise ValueError(f"field {key!r}: expected shape ({n},), got {values.shape}")
+      ints[key] = varint_column(values)
+    floats = {}
+    for key, dim in self.float_dims.items():
+      values = np.ascontiguousarray(columns[key], dtype="<f4")
+      if values.shape != (n, dim):
+        raise ValueError(f"field {key!r}: expected shape ({n}, {dim}), got {values.shape}")
+      floats[key] = values
+    for start in range(0, n, chunk_size):
+      stop = min(start + chunk_size, n)
+      pieces, total = [], 0
+      for key in self._keys:
+        if key in floats:
+          payload, kind = memoryview(floats[key][start:stop]).cast("B"), _FLOAT_LIST
+        else:
+          data, ends = ints[key]
+          payload, kind = memoryview(data[(ends[start - 1] if start else 0):ends[stop - 1]]), _INT64_LIST
+        header = _entry_header(key, kind, len(payload))
+        pieces += [header, payload]
+        total += len(header) + len(payload)
+      yield [_len_delimited(1, total)] + pieces                             # Example.features
+
+  def encode(self, chunk: Dict[str, np.ndarray]) -> bytes:
+    return b"".join(self.encode_pieces(chunk))

@@ -100,7 +100,7 @@ def format_relabeled(path: str) -> str:
                     path=os.path.join(rlds_io.resolve_dataset_dir(path), rlds_io.METADATA_FILE))
   builder = rlds_io.load_builder(path)
   src, counts = lineage["source"], lineage["counts"]
-  lines = [f"relabeled dataset {builder.info.name}: {builder.info.splits['train'].num_examples} examples "
+  lines = [f"relabeled dataset {builder.info.name}: {counts['examples_written']} examples "
            f"in {lineage['num_shards']} shard(s)",
            f"features: {', '.join(f'{k} {tuple(v.shape)}' for k, v in builder.info.features.items())}",
            f"config: {lineage['config']}",

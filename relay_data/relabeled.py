@@ -1,20 +1,38 @@
 """The relabeled-example datasets written by `pipelines.relabel`: config, features and reader.
 
-A relabeled dataset is a TFDS dataset (one `train` split of flat examples) plus a
-`metadata.json` with its lineage: source dataset (name, version, fingerprint), level, windows,
-goals_per_step, seed, code version and counts.
+On disk (format 2, "chunked columnar") a relabeled dataset is a TFDS dataset laid out as
+`<output>/<name>/<version>/`, so `tfds.load(name, data_dir=output)` and
+`tfds.builder_from_directory(...)` both open it. Each record of its `train` split is a chunk of
+up to `CHUNK_SIZE` consecutive examples of one episode, one tensor feature per field with a
+leading chunk dimension (`Tensor(shape=(None, d))`), plus two int64 columns that trace every
+example back to its source: `episode_index` (the episode's position in the source's train
+split; `metadata.json` maps it to the RLDS episode_id) and `step` (its time index t). TFDS
+counts records, so the example count lives in `metadata.json` (`counts.examples_written`).
+A plain TFDS user reads examples with
+
+    tfds.builder_from_directory(dir).as_dataset(split="train").unbatch()
+
+and `load` / `iter_batches` here read chunks and slice them into examples or batches without
+per-example work. `metadata.json` is the lineage: format version, source dataset (name, version,
+fingerprint), level, windows, goals_per_step, seed, code version, counts and per-episode rows.
+Datasets of format 1 (one example per record, no format field) fail with an error that says to
+regenerate them.
 """
 import dataclasses
 import hashlib
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from relay_data import relabel, rlds_io
+from relay_data.errors import DataError
 
 LEVELS = ("low", "high", "flat", "final-goal", "bc")
+FORMAT = {"name": "chunked-columnar", "version": 2}
+CHUNK_SIZE = 1024
+INDEX_FIELDS = ("episode_index", "step")  # int64 columns carried by every example
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,36 +92,195 @@ def relabel_episode(config: RelabelConfig, states, goal_states, actions, episode
   return relabel.bc_examples(states, actions)
 
 
-def example_features(level: str, state_dim: int, goal_dim: int, action_dim: int):
-  """TFDS features of one relabeled example of `level`."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+def example_dims(level: str, state_dim: int, goal_dim: int, action_dim: int) -> Dict[str, int]:
+  """The float32 fields of one relabeled example of `level` and their widths."""
   dims = {"observation": state_dim, "action": action_dim, "goal": goal_dim, "subgoal": goal_dim}
   keys = {"low": ("observation", "action", "goal"), "flat": ("observation", "action", "goal"),
           "final-goal": ("observation", "action", "goal"), "high": ("observation", "subgoal", "goal"),
           "bc": ("observation", "action")}[level]
-  return tfds.features.FeaturesDict(
-      {k: tfds.features.Tensor(shape=(dims[k],), dtype=np.float32) for k in keys})
+  return {k: int(dims[k]) for k in keys}
 
 
-def load(path: str, shuffle_files: bool = False):
-  """A relabeled dataset as a `tf.data.Dataset` of dicts (observation, action/subgoal, goal)."""
-  return rlds_io.load_builder(path).as_dataset(split="train", shuffle_files=shuffle_files)
+def example_features(level: str, state_dim: int, goal_dim: int, action_dim: int):
+  """TFDS features of one record (a chunk of examples) of a relabeled dataset of `level`."""
+  return features_of(example_dims(level, state_dim, goal_dim, action_dim))
+
+
+def features_of(dims: Dict[str, int]):
+  """TFDS features of a record holding float fields `dims` plus the int64 index columns."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  features = {k: tfds.features.Tensor(shape=(None, d), dtype=np.float32) for k, d in dims.items()}
+  features.update({k: tfds.features.Tensor(shape=(None,), dtype=np.int64) for k in INDEX_FIELDS})
+  return tfds.features.FeaturesDict(features)
+
+
+def step_index(config: RelabelConfig, num_steps: int) -> np.ndarray:
+  """Time index t of each example `relabel_episode` returns for an episode of `num_steps` rows.
+
+  Follows from `relabel.relabel_indices`' contract (ordered by t; step t keeps min(k, #valid j)
+  goals, #valid j = min(W, T - t)) without redoing its random draw.
+  """
+  last = max(num_steps - 1, 0)
+  t = np.arange(last)
+  if config.level in ("final-goal", "bc"):
+    return t
+  window = config.window_high if config.level == "high" else config.window
+  per_step = np.minimum(window, last - t)
+  if config.goals_per_step is not None:
+    per_step = np.minimum(per_step, config.goals_per_step)
+  return np.repeat(t, per_step)
+
+
+# ---- reading -------------------------------------------------------------------------------
 
 
 def read_lineage(path: str) -> Dict:
-  """The lineage record (metadata.json) of a relabeled dataset."""
+  """The lineage record (metadata.json) of a relabeled dataset (any format)."""
   return rlds_io.read_metadata(path)
 
 
-def fingerprint(dataset_dir: str) -> str:
+def dataset_dir(path: str) -> str:
+  """The dataset version dir of the relabeled dataset at `path`; checks it is format 2.
+
+  Accepts what `relay relabel --output` was given, or the `<name>/<version>` dir inside it.
+  """
+  directory = rlds_io.resolve_dataset_dir(path)
+  lineage = rlds_io.read_metadata(directory)
+  if lineage.get("created_by") != "pipelines.relabel":
+    raise DataError("not a relabeled dataset (its metadata.json has no relabel lineage)", path=directory)
+  fmt = lineage.get("format", {"name": "one-example-per-record", "version": 1})
+  if fmt.get("version") != FORMAT["version"]:
+    config = lineage.get("config", {})
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in config.items() if v is not None)
+    raise DataError(f"relabeled dataset format {fmt.get('version')} ({fmt.get('name')}) is no longer "
+                    f"readable; this relay reads format {FORMAT['version']} ({FORMAT['name']}). Regenerate "
+                    f"it: relay relabel --source {lineage.get('source', {}).get('path', 'SOURCE')} {flags} "
+                    f"--output NEW_DIR", path=directory)
+  return directory
+
+
+def dims_of(path: str) -> Dict[str, int]:
+  """Float fields of a relabeled dataset's examples and their widths (e.g. observation 59)."""
+  return dict(read_lineage(dataset_dir(path))["fields"])
+
+
+def num_examples(path: str) -> int:
+  """Examples in a relabeled dataset (TFDS's own count is of records, i.e. chunks)."""
+  return int(read_lineage(dataset_dir(path))["counts"]["examples_written"])
+
+
+def _shard_files(directory: str, lineage: Dict):
+  name, shards = lineage["name"], lineage["num_shards"]
+  return [os.path.join(directory, f"{name}-train.tfrecord-{i:05d}-of-{shards:05d}") for i in range(shards)]
+
+
+def chunk_dataset(path: str, fields: Optional[Sequence[str]] = None, shuffle_files: bool = False,
+                  seed: int = 0, cycle_length: int = 4):
+  """A `tf.data.Dataset` of chunks: dicts of [n, d] float32 fields and [n] int64 columns.
+
+  In file order unless `shuffle_files` (then shard order is shuffled with `seed` and
+  `cycle_length` shards are read interleaved, so consecutive chunks come from different parts
+  of the dataset).
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  directory = dataset_dir(path)
+  lineage = read_lineage(directory)
+  dims = lineage["fields"]
+  fields = list(fields) if fields is not None else sorted(dims) + list(INDEX_FIELDS)
+  unknown = [f for f in fields if f not in dims and f not in INDEX_FIELDS]
+  if unknown:
+    raise ValueError(f"unknown field(s) {unknown}; {directory} has {sorted(dims) + list(INDEX_FIELDS)}")
+  spec = {f: tf.io.FixedLenSequenceFeature([dims[f]], tf.float32, allow_missing=True) if f in dims
+          else tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True) for f in fields}
+  files = _shard_files(directory, lineage)
+  if shuffle_files:
+    files = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
+    records = files.interleave(tf.data.TFRecordDataset, cycle_length=cycle_length, block_length=1,
+                               deterministic=True)
+  else:
+    records = tf.data.TFRecordDataset(files)
+  return records.map(lambda r: tf.io.parse_single_example(r, spec), num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True)
+
+
+def load(path: str, shuffle_files: bool = False, batch_size: Optional[int] = None,
+         fields: Optional[Sequence[str]] = None, drop_remainder: bool = False):
+  """A relabeled dataset as a `tf.data.Dataset` of examples (dicts of [d] tensors), or of
+  batches of `batch_size` examples ([batch_size, d]; re-batched from the chunks without
+  per-example ops). For numpy, `iter_batches` is faster still."""
+  chunks = chunk_dataset(path, fields, shuffle_files)
+  if batch_size is None:
+    return chunks.unbatch()
+  return chunks.rebatch(batch_size, drop_remainder=drop_remainder)
+
+
+def iter_chunks(path: str, fields: Optional[Sequence[str]] = None, shuffle_files: bool = False,
+                seed: int = 0, cycle_length: int = 4) -> Iterator[Dict[str, np.ndarray]]:
+  """The chunks of `chunk_dataset` as numpy dicts."""
+  return chunk_dataset(path, fields, shuffle_files, seed, cycle_length).prefetch(2).as_numpy_iterator()
+
+
+def rebatch(chunks: Iterable[Dict[str, np.ndarray]], batch_size: int,
+            drop_remainder: bool = False) -> Iterator[Dict[str, np.ndarray]]:
+  """Numpy chunks of any sizes -> batches of exactly `batch_size` (the last may be short).
+
+  Batches inside one chunk are views of it; only batches straddling chunks are copied.
+  """
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  pending, have = [], 0
+  for chunk in chunks:
+    n = len(next(iter(chunk.values())))
+    start = 0
+    if pending:
+      take = min(batch_size - have, n)
+      pending.append({k: v[:take] for k, v in chunk.items()})
+      have += take
+      start = take
+      if have < batch_size:
+        continue
+      yield {k: np.concatenate([p[k] for p in pending]) for k in chunk}
+      pending, have = [], 0
+    while n - start >= batch_size:
+      yield {k: v[start:start + batch_size] for k, v in chunk.items()}
+      start += batch_size
+    if start < n:
+      pending, have = [{k: v[start:] for k, v in chunk.items()}], n - start
+  if pending and not drop_remainder:
+    yield {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+
+
+def iter_batches(path: str, batch_size: int, fields: Optional[Sequence[str]] = None,
+                 drop_remainder: bool = False, shuffle_files: bool = False,
+                 seed: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+  """Numpy batches of `batch_size` examples, in file order unless `shuffle_files`."""
+  return rebatch(iter_chunks(path, fields, shuffle_files, seed), batch_size, drop_remainder)
+
+
+def read_arrays(path: str, max_examples: Optional[int] = None,
+                fields: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+  """The first `max_examples` examples (all when None) as one dict of arrays."""
+  parts, n = [], 0
+  for chunk in iter_chunks(path, fields):
+    parts.append(chunk)
+    n += len(next(iter(chunk.values())))
+    if max_examples is not None and n >= max_examples:
+      break
+  if not parts:
+    raise DataError("relabeled dataset has no examples", path=path)
+  return {k: np.concatenate([p[k] for p in parts])[:max_examples] for k in parts[0]}
+
+
+def fingerprint(path: str) -> str:
   """Cheap content fingerprint of a TFDS dataset: its dataset_info plus shard names and sizes."""
-  dataset_dir = rlds_io.resolve_dataset_dir(dataset_dir)
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  directory = rlds_io.resolve_dataset_dir(path) if "://" not in path else path
   h = hashlib.sha256()
-  with open(os.path.join(dataset_dir, "dataset_info.json"), "rb") as f:
+  with tf.io.gfile.GFile(os.path.join(directory, "dataset_info.json"), "rb") as f:
     info = json.load(f)
   info.pop("dataInfoDir", None)  # Absolute path: not content.
   h.update(json.dumps(info, sort_keys=True).encode())
-  for name in sorted(os.listdir(dataset_dir)):
+  for name in sorted(tf.io.gfile.listdir(directory)):
     if ".tfrecord" in name or ".array_record" in name:
-      h.update(f"{name}:{os.path.getsize(os.path.join(dataset_dir, name))}".encode())
+      h.update(f"{name}:{tf.io.gfile.stat(os.path.join(directory, name)).length}".encode())
   return h.hexdigest()[:16]

@@ -26,7 +26,7 @@ PLAY="$OUT/data/kitchen_play/n${EPISODES}_s0/$VERSION"
 
 [ -f "$PLAY/dataset_info.json" ] || $R generate --episodes "$EPISODES" --data-dir "$OUT/data" --workers "$WORKERS"
 [ -f "$OUT/play_info.png" ] || $R data info "$PLAY" --plot "$OUT/play_info.png"
-relabel() { [ -f "$OUT/relabeled/$1/metadata.json" ] || $R relabel --source "$PLAY" --level "$2" "${@:3}" --output "$OUT/relabeled/$1"; }
+relabel() { compgen -G "$OUT/relabeled/$1/*/*/metadata.json" >/dev/null || $R relabel --source "$PLAY" --level "$2" "${@:3}" --output "$OUT/relabeled/$1" --overwrite; }
 relabel low low --window 30 --goals-per-step "$K"
 relabel high high --window 30 --window-high "$HORIZON" --goals-per-step "$K"
 relabel flat flat --window "$HORIZON" --goals-per-step "$K"

@@ -8,7 +8,7 @@ import reverb
 
 from pipelines import relabel as relabel_pipeline
 from relay_agents import evaluation, models, replay, train
-from relay_agents.gcbc import acting
+from relay_agents.gcbc import acting, data as gcbc_data
 from relay_agents.gcbc.config import GoalBCConfig
 from relay_data import kitchen, relabeled, rlds_io
 
@@ -46,9 +46,9 @@ def test_reverb_round_trip_into_learner_batches(relabeled_dirs):
     written = replay.feed(address, config.table_name, relabeled.load(relabeled_dirs["low"]), dims.keys,
                           config.examples_per_item, progress=False)
     info = reverb.Client(address).server_info()[config.table_name]
-    total = rlds_io.load_builder(relabeled_dirs["low"]).info.splits["train"].num_examples
+    total = relabeled.num_examples(relabeled_dirs["low"])
     assert written == total and info.current_size == -(-total // 8)  # ceil: the last item is completed
-    batch = next(replay.numpy_iterator(replay.learner_dataset(address, config.table_name, config)))
+    batch = next(gcbc_data.reverb_iterator(address, config))
     assert batch.observation.shape == (16, 59 + 30) and batch.action.shape == (16, 9)
     # Every sampled example is one that was fed: its action is tanh(0.5 * state[:9]).
     np.testing.assert_allclose(batch.action, np.tanh(0.5 * batch.observation[:, :9]), atol=1e-5)
@@ -204,7 +204,7 @@ def test_mixture_head_acts_on_a_mode_where_the_gaussian_averages():
     config = GoalBCConfig(use_goal=False, hidden_sizes=(32, 32), head=head, num_components=3,
                           batch_size=128, learning_rate=3e-3)
     nets = gcbc_networks.make_networks(3, 1, config, gcbc_networks.Normalization.from_arrays(obs, action))
-    learner = learning.make_learner(nets, replay.array_iterator(arrays, config), config, jax.random.PRNGKey(0))
+    learner = learning.make_learner(nets, gcbc_data.array_iterator(arrays, config), config, jax.random.PRNGKey(0))
     for _ in range(400):
       learner.step()
     params = learning.params_of(learner)

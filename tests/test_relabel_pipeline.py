@@ -1,15 +1,22 @@
 """pipelines.relabel end to end on Beam's DirectRunner, over real TFDS datasets in temp dirs."""
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
-from pipelines import relabel as pipeline
-from relay_data import relabeled, rlds_io
+from pipelines import relabel as pipeline, tfrecords
+from relay_data import relabel, relabeled, rlds_io, schema
 from relay_data.errors import DataError
 from tests import helpers
 
 LENGTHS = (5, 9, 20, 3, 12, 1 + 1, 7)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -17,17 +24,37 @@ def source(tmp_path_factory):
   return helpers.write_toy(tmp_path_factory.mktemp("src"), lengths=LENGTHS)
 
 
-def _read_all(path):
-  return [{k: v.numpy() for k, v in ex.items()} for ex in relabeled.load(path)]
-
-
 def _expected(source_dir, config):
   rows = []
   for index, ep in enumerate(rlds_io.iter_episodes(source_dir)):
     out = relabeled.relabel_episode(config, ep["observation"], ep["goal_state"], ep["action"],
                                     f"{index}/{ep['episode_id']}")
-    rows.append((index, out))
+    rows.append((index, ep, out))
   return rows
+
+
+def tree_bytes(root):
+  """{relative path: bytes} of every file under `root`."""
+  out = {}
+  for d, _, files in os.walk(root):
+    for f in files:
+      with open(os.path.join(d, f), "rb") as fh:
+        out[os.path.relpath(os.path.join(d, f), root)] = fh.read()
+  return out
+
+
+def assert_same_output(a, b, ignore_lineage_keys=("beam_options",)):
+  """Every file byte-identical; metadata.json equal but for how it was run."""
+  ta, tb = tree_bytes(a), tree_bytes(b)
+  assert sorted(ta) == sorted(tb)
+  for name in ta:
+    if name.endswith("metadata.json"):
+      la, lb = json.loads(ta[name]), json.loads(tb[name])
+      for k in ignore_lineage_keys:
+        la.pop(k), lb.pop(k)
+      assert la == lb
+    else:
+      assert ta[name] == tb[name], name
 
 
 @pytest.mark.parametrize("config", [
@@ -38,44 +65,115 @@ def _expected(source_dir, config):
 ])
 def test_pipeline_output_equals_the_pure_functions(source, tmp_path, config, capfd):
   out = str(tmp_path / "out")
-  lineage = pipeline.run_relabel(source, out, config, pipeline=pipeline.PipelineConfig(episodes_per_shard=2))
-  # The live bar counted every episode, and its per-task files are gone from the output.
+  lineage = pipeline.run_relabel(source, out, config,
+                                 pipeline=pipeline.PipelineConfig(episodes_per_shard=2, chunk_size=4))
+  # The live bar counted every episode, and the per-task files are gone from the output.
   assert f"{len(LENGTHS)}/{len(LENGTHS)}" in capfd.readouterr().err
-  assert "_progress" not in os.listdir(out)
-  got = _read_all(out)
+  name = f"relabeled_{config.level.replace('-', '_')}"
+  assert sorted(os.listdir(out)) == [name] and os.listdir(os.path.join(out, name)) == ["2.0.0"]
+  got = relabeled.read_arrays(out)
   expected = _expected(source, config)
   assert lineage["num_shards"] == 4
-  keys = sorted(expected[0][1])
-  want = np.concatenate([np.concatenate([out[k] for k in keys], axis=1) for _, out in expected])
-  have = np.stack([np.concatenate([g[k] for k in keys]) for g in got])
-  assert have.shape == want.shape and len(have) == lineage["counts"]["examples_written"]
-  # Same multiset of examples (TFDS interleaves shards when reading, so compare sorted rows).
-  np.testing.assert_array_equal(have[np.lexsort(have.T[::-1])], want[np.lexsort(want.T[::-1])])
+  # In source order, exactly; each example traces back to its episode and step.
+  for k in expected[0][2]:
+    np.testing.assert_array_equal(got[k], np.concatenate([e[k] for _, _, e in expected]))
+  for index, ep, _ in expected:
+    mine = got["episode_index"] == index
+    np.testing.assert_array_equal(got["observation"][mine], ep["observation"][got["step"][mine]])
+  assert lineage["counts"]["examples_written"] == len(got["step"]) == relabeled.num_examples(out)
   assert lineage["counts"]["episodes_read"] == len(LENGTHS)
-  assert lineage["config"]["level"] == config.level
+  assert [e[2] for e in lineage["episodes"]] == [len(e["observation"]) for _, _, e in expected]
+  assert [e[1] for e in lineage["episodes"]] == [ep["episode_id"] for _, ep, _ in expected]
+  assert lineage["config"]["level"] == config.level and lineage["format"]["version"] == 2
   assert lineage["source"]["num_episodes"] == len(LENGTHS)
   assert relabeled.read_lineage(out) == lineage
+  # Records hold at most chunk_size examples of one episode; TFDS counts records.
+  builder = rlds_io.load_builder(out)
+  assert builder.info.splits["train"].num_examples == lineage["counts"]["records_written"]
+  for chunk in relabeled.iter_chunks(out):
+    assert 1 <= len(chunk["step"]) <= 4 and len(set(chunk["episode_index"])) == 1
 
 
-def test_low_level_count_matches_definition(source, tmp_path):
+def test_step_index_follows_relabel_indices():
+  for length in (2, 3, 7, 40):
+    for config in (relabeled.RelabelConfig("low", window=5), relabeled.RelabelConfig("flat", window=3, goals_per_step=2),
+                   relabeled.RelabelConfig("high", window=2, window_high=9, goals_per_step=4, seed=3),
+                   relabeled.RelabelConfig("high", window=2, window_high=9)):
+      window = config.window_high if config.level == "high" else config.window
+      t, _ = relabel.relabel_indices(length, window, config.goals_per_step, seed=11)
+      np.testing.assert_array_equal(relabeled.step_index(config, length), t)
+    np.testing.assert_array_equal(relabeled.step_index(relabeled.RelabelConfig("bc"), length), np.arange(length - 1))
+
+
+def test_readers_agree_and_batch(source, tmp_path):
   out = str(tmp_path / "low")
-  lineage = pipeline.run_relabel(source, out, relabeled.RelabelConfig("low", window=3))
+  lineage = pipeline.run_relabel(source, out, relabeled.RelabelConfig("low", window=3), show_progress=False,
+                                 pipeline=pipeline.PipelineConfig(chunk_size=5))
   expected = sum(min(3, (n - 1) - t) for n in LENGTHS for t in range(n - 1))
-  assert lineage["counts"]["examples_written"] == expected
-  assert rlds_io.load_builder(out).info.splits["train"].num_examples == expected
+  assert lineage["counts"]["examples_written"] == expected == relabeled.num_examples(out)
+  arrays = relabeled.read_arrays(out)
+  batches = list(relabeled.iter_batches(out, 16))
+  assert [len(b["goal"]) for b in batches] == [16] * (expected // 16) + ([expected % 16] if expected % 16 else [])
+  for k in arrays:
+    np.testing.assert_array_equal(np.concatenate([b[k] for b in batches]), arrays[k])
+    np.testing.assert_array_equal(np.stack([ex[k].numpy() for ex in relabeled.load(out)]), arrays[k])
+    np.testing.assert_array_equal(
+        np.concatenate([b[k].numpy() for b in relabeled.load(out, batch_size=16)]), arrays[k])
+  assert len(list(relabeled.iter_batches(out, 16, drop_remainder=True))) == expected // 16
+  # tfds.load by name works with the output dir as data_dir.
+  import tensorflow_datasets as tfds
+  ds = tfds.load("relabeled_low", data_dir=out, split="train").unbatch()
+  np.testing.assert_array_equal(np.stack([ex["goal"].numpy() for ex in ds]), arrays["goal"])
+
+
+PLAIN_TFDS = r"""
+import json, sys
+import numpy as np
+import tensorflow_datasets as tfds
+ds = tfds.builder_from_directory(sys.argv[1]).as_dataset(split="train").unbatch()
+rows = [{k: v.tolist() for k, v in ex.items()} for ex in tfds.as_numpy(ds)]
+bad = [m for m in sys.modules if m.split(".")[0] in ("relay", "relay_data", "relay_agents", "pipelines")]
+print(json.dumps({"rows": rows, "ours": bad}))
+"""
+
+
+def test_plain_tfds_read_equals_our_reader(source, tmp_path):
+  out = str(tmp_path / "high")
+  pipeline.run_relabel(source, out, relabeled.RelabelConfig("high", window=2, window_high=5, goals_per_step=2),
+                       show_progress=False, pipeline=pipeline.PipelineConfig(episodes_per_shard=3, chunk_size=7))
+  version_dir = rlds_io.resolve_dataset_dir(out)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  proc = subprocess.run([sys.executable, "-c", PLAIN_TFDS, version_dir], capture_output=True, text=True,
+                        timeout=300, check=True, cwd=str(tmp_path), env=env)
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["ours"] == []
+  ours = relabeled.read_arrays(out)
+  assert len(result["rows"]) == len(ours["goal"])
+  for k, v in ours.items():
+    np.testing.assert_array_equal(np.asarray([r[k] for r in result["rows"]], dtype=v.dtype), v)
 
 
 def test_deterministic_across_runs_and_workers(source, tmp_path):
   config = relabeled.RelabelConfig("high", window=2, window_high=5, goals_per_step=2, seed=1)
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
-  pipeline.run_relabel(source, a, config, pipeline=pipeline.PipelineConfig(episodes_per_shard=3))
-  pipeline.run_relabel(source, b, config, beam_args=["--runner=DirectRunner", "--direct_num_workers=2",
+  pipeline.run_relabel(source, a, config, pipeline=pipeline.PipelineConfig(episodes_per_shard=3), show_progress=False)
+  pipeline.run_relabel(source, b, config, beam_args=["--runner=direct", "--direct_num_workers=2",
                                                      "--direct_running_mode=multi_threading"],
-                       pipeline=pipeline.PipelineConfig(episodes_per_shard=3))
-  shards = sorted(f for f in os.listdir(a) if ".tfrecord" in f)
-  assert shards == sorted(f for f in os.listdir(b) if ".tfrecord" in f) and len(shards) == 3
-  for f in shards:
-    assert open(os.path.join(a, f), "rb").read() == open(os.path.join(b, f), "rb").read()
+                       pipeline=pipeline.PipelineConfig(episodes_per_shard=3), show_progress=False)
+  assert len([f for f in tree_bytes(a) if ".tfrecord" in f]) == 3
+  assert_same_output(a, b)
+
+
+def test_beam_flags_are_explicit_and_argv_is_never_parsed(source, tmp_path, monkeypatch, caplog):
+  assert pipeline.beam_flags([], 3) == ["--runner=FnApiRunner"]  # DirectRunner's batch engine, no Prism download
+  assert pipeline.beam_flags(["--runner=DirectRunner"], 3) == ["--runner=DirectRunner"]
+  dask = f"--runner={pipeline.DASK_RUNNER}"
+  assert pipeline.beam_flags(["--runner=dask"], 3) == [dask, "--dask_npartitions=3"]
+  assert pipeline.beam_flags(["--", "--runner=DaskRunner", "--dask_partition_size=2"], 3) == \
+      [dask, "--dask_partition_size=2"]
+  monkeypatch.setattr(sys, "argv", ["relay", "demo", "--out", "somewhere", "--bogus_flag=1"])
+  pipeline.run_relabel(source, str(tmp_path / "o"), relabeled.RelabelConfig("bc"), show_progress=False)
+  assert "Unparseable" not in caplog.text
 
 
 def test_nan_episode_fails_clearly_and_leaves_nothing(tmp_path):
@@ -99,6 +197,105 @@ def test_missing_feature_is_named(tmp_path):
   with pytest.raises(DataError, match="field 'steps/observation/goal_state': missing"):
     pipeline.run_relabel(src, str(tmp_path / "out"), relabeled.RelabelConfig("low", window=2))
   assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_or_truncated_source_is_named(tmp_path):
+  src = helpers.write_toy(tmp_path / "src", lengths=(6, 7, 8))
+  shard = [os.path.join(src, f) for f in os.listdir(src) if ".tfrecord" in f][0]
+  data = bytearray(open(shard, "rb").read())
+  offsets = tfrecords.index_records(shard)
+  data[offsets[1][0] + 40] ^= 0xFF  # a byte inside the second episode's data
+  open(shard, "wb").write(bytes(data))
+  with pytest.raises(DataError, match=f"file {shard}: corrupt TFRecord: bad data checksum in the record at byte {offsets[1][0]}"):
+    pipeline.run_relabel(src, str(tmp_path / "out"), relabeled.RelabelConfig("bc"), show_progress=False)
+  open(shard, "wb").write(bytes(data[:-10]))
+  with pytest.raises(DataError, match="truncated TFRecord"):
+    pipeline.run_relabel(src, str(tmp_path / "out"), relabeled.RelabelConfig("bc"), show_progress=False)
+  assert not (tmp_path / "out").exists()
+
+
+def test_extra_step_fields_are_carried_harmlessly(tmp_path):
+  import tensorflow_datasets as tfds
+  eps = [schema.normalize_episode(e, episode_id=i) for i, e in enumerate(helpers.random_episodes([6, 9]))]
+  features = schema.features_for(eps[0])
+  steps = dict(features["steps"].feature.items())
+  steps["executed_action"] = tfds.features.Tensor(shape=(2,), dtype=np.float32)
+  features = tfds.features.FeaturesDict({"steps": tfds.features.Dataset(steps),
+                                         "episode_metadata": features["episode_metadata"]})
+  records = [schema.to_rlds_record(e) for e in eps]
+  for r, e in zip(records, eps):
+    r["steps"]["executed_action"] = e["action"] * 2
+  src = rlds_io.write_rlds(records, features, "extra", str(tmp_path))
+  plain = helpers.write_toy(tmp_path / "plain", lengths=(6, 9))
+  config = relabeled.RelabelConfig("low", window=3)
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  pipeline.run_relabel(src, a, config, show_progress=False)
+  pipeline.run_relabel(plain, b, config, show_progress=False)
+  for k, v in relabeled.read_arrays(a).items():
+    np.testing.assert_array_equal(v, relabeled.read_arrays(b)[k])
+
+
+def test_old_format_dataset_says_to_regenerate(tmp_path):
+  """A format-1 dataset (one flat example per record, lineage without a format) as the relay of
+  commit 5dc3386 wrote it."""
+  import tensorflow_datasets as tfds
+  features = tfds.features.FeaturesDict({k: tfds.features.Tensor(shape=(d,), dtype=np.float32)
+                                         for k, d in (("observation", 6), ("action", 2), ("goal", 3))})
+  rng = np.random.default_rng(0)
+  records = [{k: rng.normal(size=(d,)).astype(np.float32) for k, d in (("observation", 6), ("action", 2), ("goal", 3))}
+             for _ in range(5)]
+  lineage = {"created_by": "pipelines.relabel", "config": {"level": "low", "window": 30, "goals_per_step": 8, "seed": 0},
+             "source": {"path": "/data/kitchen_play/n400_s0/1.1.0"}, "counts": {"examples_written": 5}}
+  path = rlds_io.write_rlds(records, features, "relabeled_low", str(tmp_path / "old"), metadata=lineage)
+  for call in (lambda: relabeled.load(path), lambda: relabeled.read_arrays(str(tmp_path / "old")),
+               lambda: relabeled.num_examples(path)):
+    with pytest.raises(DataError) as err:
+      call()
+    message = str(err.value)
+    assert "format 1" in message and "Regenerate" in message
+    assert "relay relabel --source /data/kitchen_play/n400_s0/1.1.0 --level low --window 30 --goals-per-step 8" in message
+
+
+KILLABLE = r"""
+import sys
+from pipelines import relabel as p
+from relay_data import relabeled
+p.run_relabel(sys.argv[1], sys.argv[2], relabeled.RelabelConfig("low", window=4, goals_per_step=2),
+              pipeline=p.PipelineConfig(episodes_per_shard=1), show_progress=False)
+"""
+
+
+def test_killed_run_leaves_nothing_visible_and_rerun_equals_uninterrupted(tmp_path):
+  src = helpers.write_toy(tmp_path / "src", lengths=[30] * 60)
+  env = dict(os.environ, PYTHONPATH=REPO)
+  out = tmp_path / "runs" / "out"
+  killed = False
+  for _ in range(3):  # retried only if the run finished before the kill landed
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, src, str(out)], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+      tmps = [d for d in (os.listdir(out.parent) if out.parent.exists() else []) if d.startswith(".out.tmp-")]
+      if tmps and os.path.isdir(out.parent / tmps[0] / "_rows") and os.listdir(out.parent / tmps[0] / "_rows"):
+        proc.send_signal(signal.SIGKILL)
+        break
+      time.sleep(0.002)
+    proc.wait()
+    if proc.returncode == -signal.SIGKILL:
+      killed = True
+      break
+    shutil.rmtree(out, ignore_errors=True)
+  assert killed, "the run always finished before it could be killed"
+  assert not out.exists()
+  assert all(name.startswith(".") for name in os.listdir(out.parent))  # only the hidden temp dir
+  subprocess.run([sys.executable, "-c", KILLABLE, src, str(out)], env=env, cwd=REPO, check=True,
+                 capture_output=True)
+  assert [n for n in os.listdir(out.parent)] == ["out"]  # the rerun cleared the stale temp dir
+  ref = tmp_path / "ref" / "out"
+  subprocess.run([sys.executable, "-c", KILLABLE, src, str(ref)], env=env, cwd=REPO, check=True,
+                 capture_output=True)
+  assert_same_output(str(out), str(ref), ignore_lineage_keys=())
+  assert relabeled.num_examples(str(out)) == len(relabeled.read_arrays(str(out))["step"])
 
 
 def test_existing_output_needs_overwrite_and_rerun_after_crash_starts_clean(source, tmp_path):
@@ -130,4 +327,6 @@ def test_cli_rejects_bad_windows_and_missing_source(source, tmp_path, cli):
   assert proc.returncode == 2 and "window_high (5) must be larger than window (5)" in proc.stderr
   proc = cli("relabel", "--source", str(tmp_path / "nope"), "--level", "low", "--output", str(tmp_path / "y"))
   assert proc.returncode == 1 and "no such dataset directory" in proc.stderr
-  assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+  proc = cli("relabel", "--source", source, "--level", "low", "--output", str(tmp_path / "z"), "--dask-workers", "2")
+  assert proc.returncode == 2 and "--dask-address / --dask-workers needs --runner dask" in proc.stderr
+  assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()

@@ -15,7 +15,7 @@ from relay_agents import acme_compat  # noqa: F401
 from acme import core, types  # pylint: disable=g-bad-import-order
 from acme.agents.jax import builders
 from relay_agents import replay
-from relay_agents.gcbc import acting, learning
+from relay_agents.gcbc import acting, data, learning
 from relay_agents.gcbc.config import GoalBCConfig
 from relay_agents.gcbc.networks import GoalBCNetworks
 
@@ -44,7 +44,7 @@ class GoalBCBuilder(builders.ActorLearnerBuilder):
 
   def make_dataset_iterator(self, replay_client: reverb.Client) -> Iterator[types.Transition]:
     address = replay_client.server_address
-    return replay.numpy_iterator(replay.learner_dataset(address, self.config.table_name, self.config))
+    return data.reverb_iterator(address, self.config)
 
   def make_adder(self, replay_client: reverb.Client) -> None:
     del replay_client
