@@ -151,7 +151,9 @@ def dataset_dir(path: str) -> str:
   fmt = lineage.get("format", {"name": "one-example-per-record", "version": 1})
   if fmt.get("version") != FORMAT["version"]:
     config = lineage.get("config", {})
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in config.items() if v is not None)
+    order = [f.name for f in dataclasses.fields(RelabelConfig)]  # flags in the CLI's order, whatever the file's
+    keys = sorted(config, key=lambda k: order.index(k) if k in order else len(order))
+    flags = " ".join(f"--{k.replace('_', '-')} {config[k]}" for k in keys if config[k] is not None)
     raise DataError(f"relabeled dataset format {fmt.get('version')} ({fmt.get('name')}) is no longer "
                     f"readable; this relay reads format {FORMAT['version']} ({FORMAT['name']}). Regenerate "
                     f"it: relay relabel --source {lineage.get('source', {}).get('path', 'SOURCE')} {flags} "
