@@ -49,7 +49,7 @@ def format_play(summary: PlaySummary, top: int = 10) -> str:
   if summary.lengths:
     lengths = np.array(summary.lengths)
     lines.append(f"episode length: min {lengths.min()}, mean {lengths.mean():.1f}, max {lengths.max()}")
-  lines.extend(pace.format_pace(pace.summarize(summary.subtask_steps)))
+  lines.extend(pace.format_pace(pace.summarize(summary.subtask_steps), summary.lengths))
   lines.append("subtask coverage (episodes completing each element):")
   for element, count in summary.coverage.items():
     lines.append(f"  {element:14s} {count:6d}  ({100.0 * count / max(summary.episodes, 1):5.1f}%)")

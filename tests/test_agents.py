@@ -27,7 +27,10 @@ def _structured_episodes(n_eps=6, length=40, seed=0):
 @pytest.fixture(scope="module")
 def relabeled_dirs(tmp_path_factory):
   root = tmp_path_factory.mktemp("agents")
-  src = rlds_io.write_episodes(_structured_episodes(), "structured", str(root), progress=False)
+  # Kitchen-shaped episodes recorded (like generated play) under the default kitchen settings, so
+  # models trained on them are evaluated against kitchen play in the same environment.
+  src = rlds_io.write_episodes(_structured_episodes(), "structured", str(root), progress=False,
+                               metadata={"env_settings": kitchen.DEFAULT_SETTINGS.to_dict()})
   out = {}
   for level, cfg in (("low", relabeled.RelabelConfig("low", window=5, goals_per_step=3)),
                      ("high", relabeled.RelabelConfig("high", window=5, window_high=20, goals_per_step=3))):
