@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from relay.cli import UsageError
+from relay_data.errors import DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
   except ConnectionError as e:
     print(f"relay actor: error: {e}", file=sys.stderr)
     return 1
+  except DataError:
+    raise  # a broken model or dataset: one line naming the file, exit 1
   except ValueError as e:
     raise UsageError(str(e)) from e
   print(f"actor {args.actor_id}: {done} episodes written")

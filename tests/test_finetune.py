@@ -329,7 +329,9 @@ def test_cli_finetune_rejects_bad_flags(cli, ril_model, tmp_path):
   assert bad_goal.returncode == 2 and "unknown: oven" in bad_goal.stderr
   no_model = cli("finetune", "--model", str(tmp_path / "nope"), "--goal", "microwave", "--env-steps", "10",
                  "--out", str(tmp_path / "x"))
-  assert no_model.returncode == 2 and "no agent.json" in no_model.stderr
+  # A broken model directory is bad data (exit 1), one line naming the file, as for `relay eval`.
+  assert no_model.returncode == 1 and "agent.json: missing" in no_model.stderr
+  assert len(no_model.stderr.strip().splitlines()) == 1, no_model.stderr
   bad_steps = cli("finetune", "--model", ril_model, "--goal", "microwave", "--env-steps", "0", "--out", str(tmp_path))
   assert bad_steps.returncode == 2 and "--env-steps" in bad_steps.stderr
   bad_address = cli("actor", "--reverb-address", "nohostport")
