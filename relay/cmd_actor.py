@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--reverb-address", required=True, help="HOST:PORT of the finetune run's Reverb server")
   parser.add_argument("--actor-id", type=int, default=0, help="this actor's index: seeds its episodes (default 0)")
   parser.add_argument("--episodes", type=int, default=None, help="stop after N episodes (default: until the server stops)")
-  parser.add_argument("--model", default=None, help="model directory, if not at the path the run recorded")
+  parser.add_argument("--model", default=None,
+                      help="model directory, if not at the path the run recorded (it must be the same model: "
+                           "its fingerprint is checked against the run's)")
 
 
 def run(args: argparse.Namespace) -> int:
