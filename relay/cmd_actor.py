@@ -11,13 +11,16 @@ import argparse
 import sys
 
 from relay.cli import UsageError
+from relay_data.errors import DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--reverb-address", required=True, help="HOST:PORT of the finetune run's Reverb server")
   parser.add_argument("--actor-id", type=int, default=0, help="this actor's index: seeds its episodes (default 0)")
   parser.add_argument("--episodes", type=int, default=None, help="stop after N episodes (default: until the server stops)")
-  parser.add_argument("--model", default=None, help="model directory, if not at the path the run recorded")
+  parser.add_argument("--model", default=None,
+                      help="model directory, if not at the path the run recorded (it must be the same model: "
+                           "its fingerprint is checked against the run's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
   except ConnectionError as e:
     print(f"relay actor: error: {e}", file=sys.stderr)
     return 1
+  except DataError:
+    raise  # a broken model or dataset: one line naming the file, exit 1
   except ValueError as e:
     raise UsageError(str(e)) from e
   print(f"actor {args.actor_id}: {done} episodes written")

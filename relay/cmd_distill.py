@@ -11,6 +11,7 @@ trains one RIL agent on it (OUT/model). Evaluate it on all goals with
 import argparse
 
 from relay.cli import UsageError
+from relay_data.errors import DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     summary = distill.distill(args.run, args.play, args.out,
                               distill.DistillConfig(rollouts=args.rollouts, goals_per_step=args.goals_per_step,
                                                     train_steps=args.steps, seed=args.seed))
+  except DataError:
+    raise  # a broken model or dataset: one line naming the file, exit 1
   except ValueError as e:
     raise UsageError(str(e)) from e
   for run_dir, n in summary["successes"].items():

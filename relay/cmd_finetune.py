@@ -20,6 +20,7 @@ tensorboard/, curve.png (success rate and elements done vs env steps), run.json 
 import argparse
 
 from relay.cli import UsageError
+from relay_data.errors import DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         run_lib.RunConfig(args.model, elements, args.out, args.env_steps, actors=args.actors,
                           actor_processes=args.actor_processes, seed=args.seed, demos=args.demos,
                           progress=not args.no_progress), config)
+  except DataError:
+    raise  # a broken model or dataset: one line naming the file, exit 1
   except ValueError as e:
     raise UsageError(str(e)) from e
   first = summary["first"] or {}

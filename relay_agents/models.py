@@ -47,6 +47,7 @@ class ModelRecord:
   train_config: Dict                   # seed, steps, ...
   code_version: str
   format: int = FORMAT
+  finetuned: Optional[Dict] = None     # RL finetuning: {from: {path, fingerprint}, goal, variant, env_steps, ...}
 
   @property
   def data_spec(self) -> goal_space.DataSpec:

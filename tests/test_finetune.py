@@ -1,11 +1,14 @@
 """RL finetuning on real components: MuJoCo kitchen, a Reverb server on localhost, actor processes.
 
 The model finetuned is a tiny relay-IL agent trained in seconds on the 2-episode kitchen play
-dataset (as tests/test_agents.py trains its own).
+dataset (as tests/test_agents.py trains its own); a second one is trained on the same play data in
+the 30-d D4RL layout, so finetuning must map the environment's 59-d observation to it.
 """
+import dataclasses
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,31 +20,50 @@ import pytest
 import reverb
 
 from pipelines import relabel as relabel_pipeline
-from relay_agents import train
+from relay_agents import models, train
 from relay_agents.finetune import acting, builder as builder_lib, env as env_lib, learning, npg
 from relay_agents.finetune import policy_io, rewards
 from relay_agents.finetune.config import FinetuneConfig
 from relay_agents.gcbc import networks as gcbc_networks
 from relay_agents.gcbc.config import GoalBCConfig
-from relay_data import kitchen, relabeled, rlds_io
+from relay_data import goal_space, kitchen, relabeled, rlds_io
+from relay_data.errors import DataError
 
 GOAL = ["microwave", "kettle", "light switch", "slide cabinet"]
 WINDOW = 5
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def ril_model(kitchen_play_tiny, tmp_path_factory):
-  root = tmp_path_factory.mktemp("finetune_model")
+def _train_ril(play_dir, root):
   data = {}
   for level, cfg in (("low", relabeled.RelabelConfig("low", window=WINDOW, goals_per_step=2)),
                      ("high", relabeled.RelabelConfig("high", window=WINDOW, window_high=40, goals_per_step=2))):
     data[level] = str(root / level)
-    relabel_pipeline.run_relabel(kitchen_play_tiny, data[level], cfg)
+    relabel_pipeline.run_relabel(play_dir, data[level], cfg)
   out = str(root / "ril")
   train.train_agent("ril", data, out, train.TrainConfig(steps=30, progress=False),
                     GoalBCConfig(batch_size=32, hidden_sizes=(32,)))
   return out
+
+
+@pytest.fixture(scope="module")
+def ril_model(kitchen_play_tiny, tmp_path_factory):
+  return _train_ril(kitchen_play_tiny, tmp_path_factory.mktemp("finetune_model"))
+
+
+@pytest.fixture(scope="module")
+def d4rl_model(kitchen_play_tiny, tmp_path_factory):
+  """A ril model trained on the play data in the 30-d D4RL layout (robot + object positions)."""
+  root = tmp_path_factory.mktemp("finetune_d4rl")
+  layout = goal_space.kitchen_spec(30).observation
+  play = goal_space.provenance_of_episode_dataset(kitchen_play_tiny)
+  episodes = [{"observation": layout.from_env(ep["observation"]), "goal_state": ep["goal_state"],
+               "action": ep["action"], "episode_id": f"e{i}"}
+              for i, ep in enumerate(rlds_io.iter_episodes(kitchen_play_tiny))]
+  data = rlds_io.write_episodes(episodes, "play30", str(root), progress=False,
+                                metadata={"spec": goal_space.kitchen_spec(30).to_dict(),
+                                          "env_settings": play["env_settings"]})
+  return _train_ril(data, root)
 
 
 def _demo_goal_states(play_dir):
@@ -279,7 +301,8 @@ def _finetune_args(model, out, env_steps):
           "--episodes-per-iteration", "2", "--max-episode-steps", "10", "--out", out, "--no-progress", "--seed", "1"]
 
 
-def test_interrupted_finetune_resumes_and_ends_where_an_uninterrupted_one_does(ril_model, tmp_path, cli):
+def test_interrupted_finetune_resumes_and_ends_where_an_uninterrupted_one_does(ril_model, kitchen_play_tiny, tmp_path,
+                                                                               cli):
   steps = 300  # 15 iterations of 2 x 10 steps
   whole = str(tmp_path / "whole")
   cli(*_finetune_args(ril_model, whole, steps), check=True)
@@ -317,10 +340,92 @@ def test_interrupted_finetune_resumes_and_ends_where_an_uninterrupted_one_does(r
   changed = lambda n: any(not np.array_equal(x, y) for x, y in zip(
       jax.tree_util.tree_leaves(original.levels[n].params), jax.tree_util.tree_leaves(finetuned.levels[n].params)))
   assert changed("low") and not changed("high")
+  # The finetuned model is a format-2 model naming its source; `relay eval` reads it.
+  record, source = models.read_record(os.path.join(whole, "model")), models.read_record(ril_model)
+  assert record.format == models.FORMAT and record.window == source.window == WINDOW
+  assert record.finetuned["from"] == {"path": os.path.abspath(ril_model), "fingerprint": models.fingerprint(ril_model)}
+  assert record.finetuned["goal"] == GOAL and record.finetuned["variant"] == "npg"
+  assert record.finetuned["levels"] == ["low"] and record.finetuned["env_steps"] == records(whole)[-1]["env_steps"]
+  assert (record.spec, record.env_settings, record.sources) == (source.spec, source.env_settings, source.sources)
+  assert models.fingerprint(os.path.join(whole, "model")) != models.fingerprint(ril_model)
+  evaluated = cli("eval", "--model", os.path.join(whole, "model"), "--play", kitchen_play_tiny, "--goals", "1",
+                  "--no-heldout", "--rollouts", "1", "--max-steps", "5", "--json", str(tmp_path / "eval.json"))
+  assert evaluated.returncode == 0, evaluated.stderr[-2000:]
   assert os.path.getsize(os.path.join(whole, "curve.png")) > 1000
   assert os.listdir(os.path.join(whole, "tensorboard"))
   other = cli(*[a if a != "npg" else "dapg" for a in _finetune_args(ril_model, whole, steps)])
   assert other.returncode == 2 and "the checkpointed run used variant='npg'" in other.stderr
+
+
+def _copy_model(model_dir, out, **record_changes):
+  shutil.copytree(model_dir, out)
+  models.write_record(str(out), dataclasses.replace(models.read_record(model_dir), **record_changes))
+  return str(out)
+
+
+def test_d4rl_layout_model_acts_learns_and_relabels_in_its_own_layout(d4rl_model, ril_model):
+  model = policy_io.load_model(d4rl_model)
+  assert model.spec == goal_space.kitchen_spec(30) and model.window == WINDOW
+  low = model.levels["low"]
+  assert low.dims["observation"] == 30 and low.networks.input_dim == 60
+  # The run's kitchen is built with the settings the model's data was recorded under (play 2.0.0: RPL's noise).
+  assert model.env_settings == models.env_settings(models.read_record(d4rl_model)) == kitchen.DEFAULT_SETTINGS
+  env = env_lib.GoalKitchenEnv(GOAL, max_episode_steps=12, settings=model.env_settings)
+  assert env._env.unwrapped.robot_env.robot_noise_ratio == 0.1  # pylint: disable=protected-access
+  config = FinetuneConfig(variant="iril", episodes_per_iteration=2, max_episode_steps=12, demo_batch_size=32,
+                          demo_max_examples=32, iril_goals_per_step=3)
+  builder, server, address = _server_for(config, model)
+  try:
+    demos = policy_io.check_demos(model, "low")
+    assert demos == models.read_record(d4rl_model).sources["low"]["path"]
+    assert builder.feed_demos(address, demos, progress=False) == 32
+    client = reverb.Client(address)
+    learner = builder.make_learner(jax.random.PRNGKey(0), client, 0.5, GOAL,
+                                   demo_iterator=builder.make_demo_iterator(address),
+                                   demo_inserter=builder.make_demo_inserter(address))
+    actor = builder.make_actor(0, learner, builder.make_adder(client))
+    episodes = [acting.run_episode(env, actor, i, seed=0, record=True) for i in range(2)]
+    assert episodes[0]["observations"].shape == (13, 59)  # the trajectory keeps the env's observation
+    learner.step()
+    assert learner.last["iril_inserted"] == sum(len(relabeled_rows(e["observations"])) for e in episodes)
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(low.params),
+                                                        jax.tree_util.tree_leaves(learner.get_variables(["low"])[0]))]
+    assert any(changed)
+    observation = builder.demo_keys.index("observation")
+    seen = set()
+    for sample in client.sample(config.demo_table, 300, emit_timesteps=False):
+      rows = np.asarray(sample.data[observation])
+      assert rows.shape[-1] == 30
+      seen.update(row.tobytes() for row in rows)
+    for e in episodes:  # the on-policy states were relabeled in the model's 30-d layout
+      assert all(row.tobytes() in seen for row in model.observation(e["observations"][:-1]))
+  finally:
+    server.stop()
+  # Demos in another layout than the model's are refused, naming both.
+  with pytest.raises(DataError, match=r"30-d d4rl observation.* but the demo data .* 59-d franka-kitchen-v1"):
+    policy_io.check_demos(model, "low", models.read_record(ril_model).sources["low"]["path"])
+
+
+def test_models_that_do_not_fit_or_lost_their_demos_are_refused(ril_model, tmp_path, cli):
+  record = models.read_record(ril_model)
+  elsewhere = _copy_model(ril_model, tmp_path / "none", spec=goal_space.custom_spec(59, 59).to_dict(), env_settings=None)
+  with pytest.raises(DataError, match="trained on env 'none' data .*only kitchen models can act in FrankaKitchen-v1"):
+    policy_io.load_model(elsewhere)
+  wrong_width = _copy_model(ril_model, tmp_path / "width", spec=goal_space.kitchen_spec(30).to_dict())
+  with pytest.raises(DataError, match=r"policy.pkl: policy takes 59-d observations but the model's record says .*30-d"):
+    policy_io.load_model(wrong_width)
+  sources = json.loads(json.dumps(record.sources))
+  sources["low"]["fingerprint"] = "0" * 16
+  changed = policy_io.load_model(_copy_model(ril_model, tmp_path / "changed", sources=sources))
+  with pytest.raises(DataError, match="relabeled data changed since the model's low level was trained on it"):
+    policy_io.check_demos(changed, "low")
+  sources["low"]["path"] = str(tmp_path / "relabeled_low_deleted")
+  gone = _copy_model(ril_model, tmp_path / "gone", sources=sources)
+  proc = cli(*[a if a != "npg" else "dapg" for a in _finetune_args(gone, str(tmp_path / "run"), 20)])
+  err = proc.stderr.strip()
+  assert proc.returncode == 1 and len(err.splitlines()) == 1, err
+  assert "relabeled_low_deleted: the relabeled data the model's low level was trained on is gone" in err
+  assert not os.path.exists(tmp_path / "run")  # refused before anything was written
 
 
 def test_cli_finetune_rejects_bad_flags(cli, ril_model, tmp_path):
@@ -329,7 +434,9 @@ def test_cli_finetune_rejects_bad_flags(cli, ril_model, tmp_path):
   assert bad_goal.returncode == 2 and "unknown: oven" in bad_goal.stderr
   no_model = cli("finetune", "--model", str(tmp_path / "nope"), "--goal", "microwave", "--env-steps", "10",
                  "--out", str(tmp_path / "x"))
-  assert no_model.returncode == 2 and "no agent.json" in no_model.stderr
+  # A broken model directory is bad data (exit 1), one line naming the file, as for `relay eval`.
+  assert no_model.returncode == 1 and "agent.json: missing" in no_model.stderr
+  assert len(no_model.stderr.strip().splitlines()) == 1, no_model.stderr
   bad_steps = cli("finetune", "--model", ril_model, "--goal", "microwave", "--env-steps", "0", "--out", str(tmp_path))
   assert bad_steps.returncode == 2 and "--env-steps" in bad_steps.stderr
   bad_address = cli("actor", "--reverb-address", "nohostport")

@@ -4,5 +4,5 @@ Acme's split: `config` (typed hyper-parameters), `networks` (value baselines nex
 policy networks), `learning` (the NPG learner, pure math in `npg`), `acting` (the sampling
 hierarchical actor with a Reverb adder), `builder` (tables, adder, actor, learner), plus `env`
 (one compound goal as a dm_env) and `rewards` (pure reward functions). `policy_io` is the one
-place that reads and writes trained models, so it can be re-pointed at a new model API.
+place that reads and writes trained models (through `relay_agents.models`).
 """

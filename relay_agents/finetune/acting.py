@@ -5,7 +5,9 @@ samples an action toward it (both stochastic: on-policy data for the policy grad
 Acme `EpisodeAdder` writes each whole episode (padded to the horizon) into the trajectory table,
 with the commanded subgoal and a validity flag as extras. A flat (GCBC) model acts with the
 compound goal as its only "subgoal". The recorded action is the policy's raw sample (the
-environment clips it), so the learner's log-likelihoods are those of what was sampled.
+environment clips it), so the learner's log-likelihoods are those of what was sampled. The
+policies see the environment's observation in the model's layout (`Model.observation`); the
+trajectory keeps the environment's own, from which rewards and relabeling read goal states.
 
 Parameters come through Acme's `VariableClient`, from the learner itself in-process, or from a
 `ReverbVariableSource` in a separate process: the learner publishes its variables into a
@@ -41,7 +43,8 @@ class FinetuneActor(core.Actor):
                adder=None, seed: int = 0):
     self._names = variable_names(model)
     self._policies = {n: model.levels[n].policy() for n in self._names}
-    self._replan = model.replan_every if model.hierarchical else None
+    self._replan = model.window if model.hierarchical else None
+    self._observation = model.observation  # env observation -> the model's layout
     self._client, self._adder = variable_client, adder
     self._rng = np.random.default_rng(seed)
     self._steps, self._subgoal, self._extras = 0, None, None
@@ -65,7 +68,7 @@ class FinetuneActor(core.Actor):
 
   def select_action(self, observation):
     params = self._params()
-    obs, goal = observation["observation"], observation["goal"]
+    obs, goal = self._observation(observation["observation"]), observation["goal"]
     if self._replan is None:
       self._subgoal = goal
     elif self._steps % self._replan == 0:

@@ -40,7 +40,7 @@ class FinetuneBuilder:
 
   @property
   def demo_keys(self) -> List[str]:
-    return sorted(self.demo_level.saved["dims"])
+    return sorted(self.demo_level.dims)
 
   @property
   def examples_per_item(self) -> int:
@@ -53,7 +53,7 @@ class FinetuneBuilder:
     tables = [reverb.Table.queue(cfg.trajectory_table, max_size=cfg.episodes_per_iteration, signature=signature),
               _one_item_table(cfg.variables_table), _one_item_table(cfg.spec_table)]
     if cfg.uses_demos:
-      tables.append(replay_io.demo_table(cfg.demo_table, self.demo_level.saved["dims"],
+      tables.append(replay_io.demo_table(cfg.demo_table, self.demo_level.dims,
                                          self.demo_level.config.max_replay_size, self.examples_per_item))
     return tables
 

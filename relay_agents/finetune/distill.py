@@ -4,9 +4,12 @@
    name the model and the goal), sampling as in finetuning, and keep the successful episodes
    (every element of the goal done by the environment's completion test).
 2. Write the play episodes and those successes as one RLDS dataset (observation, goal-space
-   state, action: the fields relabeling reads).
-3. Relabel it with the same relay functions and windows the original model was trained with
-   (`pipelines.relabel`, low and high levels), and train one RIL agent on it (`train.train_agent`).
+   state, action: the fields relabeling reads), the successes' observations mapped to the play
+   data's layout and the dataset recording the play data's spec and environment settings.
+3. Relabel it with the same relay functions and windows (W_l, W_h from the model's record) the
+   original model was trained with (`pipelines.relabel`, low and high levels), and train one RIL
+   agent on it (`train.train_agent`).
+The play data must fit the models (`models.check_goal_source`: goal space and environment settings).
 Evaluate the result on all goals with `relay eval --model OUT/model`.
 """
 import dataclasses
@@ -16,8 +19,9 @@ from typing import Dict, Iterator, List, Sequence
 
 import numpy as np
 
+from relay_agents import models
 from relay_agents.finetune import acting, env as env_lib, policy_io
-from relay_data import kitchen, relabeled, rlds_io
+from relay_data import goal_space, kitchen, relabeled, rlds_io
 
 
 class _FixedParams:
@@ -32,7 +36,8 @@ class _FixedParams:
 
 def successful_rollouts(run_dir: str, rollouts: int, seed: int = 0) -> List[Dict[str, np.ndarray]]:
   """`rollouts` sampled episodes of RUN/model toward RUN's goal; the successful ones as
-  {"observation" [L, 59], "action" [L, 9] (the last row zero, as RLDS has no action there)}."""
+  {"observation" [L, 59] (the env's own), "action" [L, 9] (the last row zero, as RLDS has no
+  action there)}."""
   from relay_agents import acme_compat  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from acme.jax import variable_utils  # pylint: disable=import-outside-toplevel
   try:
@@ -56,17 +61,19 @@ def successful_rollouts(run_dir: str, rollouts: int, seed: int = 0) -> List[Dict
   return kept
 
 
-def _as_episode(observation, action, episode_id: str) -> Dict:
-  return {"observation": np.asarray(observation, np.float32),
-          "goal_state": kitchen.goal_state_from_observation(observation), "action": np.asarray(action, np.float32),
-          "episode_id": episode_id}
+def _as_episode(observation, goal_state, action, episode_id: str) -> Dict:
+  return {"observation": np.asarray(observation, np.float32), "goal_state": np.asarray(goal_state, np.float32),
+          "action": np.asarray(action, np.float32), "episode_id": episode_id}
 
 
 def merged_episodes(play_dir: str, successes: Sequence[Dict]) -> Iterator[Dict]:
+  """The play episodes as they are, then the successes (env observations) in the play data's layout."""
+  layout = goal_space.of_episode_dataset(play_dir).observation
   for i, ep in enumerate(rlds_io.iter_episodes(play_dir)):
-    yield _as_episode(ep["observation"], ep["action"], f"play{i}")
+    yield _as_episode(ep["observation"], ep["goal_state"], ep["action"], f"play{i}")
   for i, ep in enumerate(successes):
-    yield _as_episode(ep["observation"], ep["action"], f"finetuned{i}")
+    yield _as_episode(layout.from_env(ep["observation"]), kitchen.goal_state_from_observation(ep["observation"]),
+                      ep["action"], f"finetuned{i}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,31 +91,32 @@ def distill(run_dirs: Sequence[str], play_dir: str, out_dir: str, config: Distil
   from relay_agents import train  # pylint: disable=import-outside-toplevel
   if not run_dirs:
     raise ValueError("distill needs at least one finetune run directory")
+  base = policy_io.load_model(os.path.join(run_dirs[0], "model"))
+  if not base.hierarchical:
+    raise ValueError(f"{run_dirs[0]}: distillation trains a relay (ril) policy; that run finetuned '{base.agent}'")
+  for run_dir in run_dirs:  # before any rollout: every model must fit the play data
+    model = base if run_dir == run_dirs[0] else policy_io.load_model(os.path.join(run_dir, "model"))
+    models.check_goal_source(model.record, model.path, play_dir)
   successes, per_run = [], {}
   for run_dir in run_dirs:
     kept = successful_rollouts(run_dir, config.rollouts, config.seed)
     per_run[run_dir] = len(kept)
     successes += kept
-  base = policy_io.load_model(os.path.join(run_dirs[0], "model"))
-  if not base.hierarchical:
-    raise ValueError(f"{run_dirs[0]}: distillation trains a relay (ril) policy; that run finetuned '{base.agent}'")
-  windows = {}
-  for level in ("low", "high"):
-    source = base.levels[level].source
-    lineage = relabeled.read_lineage(source).get("config", {}) if source else {}
-    windows[level] = (lineage.get("window", base.replan_every), lineage.get("window_high"))
+  window, window_high = base.window, base.record.window_high or 10 * base.window
   os.makedirs(out_dir, exist_ok=True)
   data = rlds_io.write_episodes(merged_episodes(play_dir, successes), "distill", os.path.join(out_dir, "data"),
+                                metadata={"source": os.path.abspath(play_dir),
+                                          **goal_space.provenance_of_episode_dataset(play_dir)},
                                 overwrite=True, progress=config.progress, source=play_dir)
   relabeled_dirs = {}
-  for level, (window, window_high) in windows.items():
+  for level in ("low", "high"):
     cfg = relabeled.RelabelConfig(level, window=window, goals_per_step=config.goals_per_step, seed=config.seed,
-                                  **({"window_high": window_high or 10 * window} if level == "high" else {}))
+                                  **({"window_high": window_high} if level == "high" else {}))
     relabeled_dirs[level] = os.path.join(out_dir, f"relabeled_{level}")
     relabel_pipeline.run_relabel(data, relabeled_dirs[level], cfg, overwrite=True, show_progress=config.progress)
   model_dir = os.path.join(out_dir, "model")
   gc_config = base.levels["low"].config
   train.train_agent("ril", relabeled_dirs, model_dir,
                     train.TrainConfig(steps=config.train_steps, seed=config.seed, progress=config.progress),
-                    dataclasses.replace(gc_config, target="action"), replan_every=base.replan_every)
+                    dataclasses.replace(gc_config, target="action"))
   return {"successes": per_run, "episodes_added": len(successes), "model": model_dir, "data": data}

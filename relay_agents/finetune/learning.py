@@ -48,12 +48,13 @@ def episode_lengths(episodes) -> np.ndarray:
 
 def level_transitions(episodes, level: str, model: policy_io.Model, config: FinetuneConfig, eps: float):
   """[B, n] arrays of one level's transitions: inputs, actions, rewards, done, mask, elapsed."""
-  obs, goal, act = episodes["observation"], episodes["goal"], episodes["action"]
+  env_obs, goal, act = episodes["observation"], episodes["goal"], episodes["action"]
+  obs = model.observation(env_obs)  # the policy's inputs are in the model's layout
   horizon = obs.shape[1] - 1
   valid = np.asarray(episodes["valid"], np.float32)
   env_reward = np.asarray(episodes["reward"], np.float32)[:, :horizon] * valid[:, :horizon]
   if level == "high":
-    w = model.replan_every
+    w = model.window
     t = np.arange(0, horizon, w)
     mask = valid[:, t]
     nxt = np.concatenate([mask[:, 1:], np.zeros_like(mask[:, :1])], 1)
@@ -64,9 +65,9 @@ def level_transitions(episodes, level: str, model: policy_io.Model, config: Fine
   mask = valid[:, :horizon]
   last = mask * (1 - valid[:, 1:horizon + 1])
   if model.hierarchical:
-    w = model.replan_every
+    w = model.window
     subgoal = episodes["subgoal"][:, :horizon]
-    reached = kitchen.goal_state_from_observation(obs[:, 1:])
+    reached = kitchen.goal_state_from_observation(env_obs[:, 1:])
     reward = rewards.low_level(config.reward, reached, subgoal, eps) * mask
   else:
     w, subgoal, reward = horizon, goal[:, :horizon], env_reward
@@ -76,14 +77,17 @@ def level_transitions(episodes, level: str, model: policy_io.Model, config: Fine
           "elapsed": np.broadcast_to((t % w) / w, mask.shape).astype(np.float32)}
 
 
-def relabeled_examples(episodes, window: int, goals_per_step: int, seed: int) -> Dict[str, np.ndarray]:
-  """IRIL: every episode relabeled as low-level examples (the same function as the demos)."""
+def relabeled_examples(episodes, window: int, goals_per_step: int, seed: int,
+                       observation_fn=None) -> Dict[str, np.ndarray]:
+  """IRIL: every episode relabeled as low-level examples (the same function as the demos), with
+  observations in the model's layout (`observation_fn` of the env's; None: as they are)."""
   parts = []
   for b, length in enumerate(episode_lengths(episodes)):
     if length < 1:
       continue
     states = episodes["observation"][b, :length + 1]
-    parts.append(relabel.low_level_examples(states, kitchen.goal_state_from_observation(states),
+    observations = states if observation_fn is None else observation_fn(states)
+    parts.append(relabel.low_level_examples(observations, kitchen.goal_state_from_observation(states),
                                             episodes["action"][b, :length + 1], window, goals_per_step,
                                             seed=seed * 1009 + b))
   if not parts:
@@ -124,6 +128,11 @@ class NPGLearner(core.Learner):
     self._key = np.asarray(jax.random.key_data(key) if hasattr(jax.random, "key_data") else key)
     self.iteration, self.env_steps, self.episodes = 0, 0, 0
     self.last: Dict[str, float] = {}
+
+  @property
+  def trained(self) -> List[str]:
+    """The levels this learner updates (the others keep the model's parameters)."""
+    return list(self._trained)
 
   # --- core.Learner ---------------------------------------------------------------------------
   def get_variables(self, names: Sequence[str]) -> List:
@@ -190,8 +199,9 @@ class NPGLearner(core.Learner):
     t_sample = time.time() - t0
     for name in self._trained:
       metrics.update(self._update_level(name, episodes))
-    if cfg.variant == "iril" and self._insert is not None and self._model.replan_every:
-      examples = relabeled_examples(episodes, self._model.replan_every, cfg.iril_goals_per_step, self.iteration)
+    if cfg.variant == "iril" and self._insert is not None and self._model.window:
+      examples = relabeled_examples(episodes, self._model.window, cfg.iril_goals_per_step, self.iteration,
+                                    self._model.observation)
       metrics["iril_inserted"] = self._insert(examples) if examples else 0
     self.iteration += 1
     self.env_steps += int(lengths.sum())

@@ -1,111 +1,183 @@
-"""The one place finetuning reads and writes trained models (today's `relay train-il` layout).
+"""The one place finetuning reads and writes trained models, through `relay_agents.models`.
 
-A model directory holds `agent.json` ({"agent": "ril"|"gcbc"|..., "replan_every": W_l}) and one
-`<level>/policy.pkl` per policy ({"params", "normalization", "config", "dims", "input_dim",
-"source"}). This adapter turns that into `Model` (networks + params per level) and writes a
-finetuned model back in the same layout, so `relay eval --model OUT/model` evaluates it. When
-the model API changes, only this module changes.
+`load_model` reads a model's record (`models.read_record`: W_l as `window`, the observation spec
+and goal space, the environment settings, the relabeled data each level was trained on) and each
+level's saved networks (`models.load_networks`), and refuses, with one line, a model that cannot
+act in the finetuning environment (`models.check_fits`) or whose policies disagree with its
+record. `Model.observation` maps the environment's 59-d observation to the layout the model was
+trained on (e.g. the 30-d D4RL positions), and `Model.env_settings` is the kitchen the model's
+data was recorded in: finetuning acts in that environment.
+
+`save_model` writes the finetuned model as a format-2 model (the source record, with a
+`finetuned` entry naming the source model's path and fingerprint, the goal, variant and env
+steps), atomically, so `relay eval --model OUT/model` evaluates it.
 """
 import dataclasses
+import hashlib
 import json
 import os
-import pickle
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import jax
+import numpy as np
 
-from relay_agents.gcbc import acting, networks as gcbc_networks
-from relay_data import atomic
+from relay_agents import models
+from relay_agents.gcbc import acting, builder as gcbc_builder, networks as gcbc_networks
+from relay_data import atomic, goal_space, kitchen, relabeled
+from relay_data.errors import DataError
+
+# The finetuning environment: FrankaKitchen-v1's own observation, the kitchen goal space.
+ENV_SPEC = goal_space.kitchen_spec(kitchen.OBS_DIM)
+ENV_NAME = "the finetuning environment (FrankaKitchen-v1)"
 
 
 @dataclasses.dataclass
 class Level:
-  """One goal-conditioned policy of a model: networks, parameters, config, training data."""
+  """One goal-conditioned policy of a model: networks, parameters, config, example dims, and the
+  relabeled dataset it was trained on (the record's `sources` entry; {} when not recorded)."""
   networks: gcbc_networks.GoalBCNetworks
   params: object
   config: object          # GoalBCConfig
-  saved: Dict             # the rest of its policy.pkl (dims, input_dim, source, normalization)
+  dims: Dict[str, int]    # relabeled example fields and widths (observation, goal, action|subgoal)
+  saved: Dict             # the rest of its policy.pkl (normalization, input_dim, train_key, steps)
+  data: Dict              # {path, fingerprint, relabel, source, spec, env_settings}
+  fn: acting.GoalPolicyFn = None
+
+  def __post_init__(self):
+    if self.fn is None:  # sampling by default: finetuning acts on-policy
+      self.fn = gcbc_builder.GoalBCBuilder(self.config, self.dims).make_policy(self.networks, evaluation=False)
 
   @property
   def source(self) -> Optional[str]:
-    """The relabeled dataset it was trained on (its demos for DAPG/IRIL), if it can be found."""
-    return self.saved.get("resolved_source")
+    """The recorded path of the relabeled dataset it was trained on (its demos for DAPG/IRIL)."""
+    return self.data.get("path")
 
   def policy(self, params=None) -> acting.GoalPolicy:
-    return acting.GoalPolicy(self.networks, self.params if params is None else params, self.config)
+    return acting.GoalPolicy(self.fn, self.params if params is None else params)
 
 
 @dataclasses.dataclass
 class Model:
-  agent: str
-  replan_every: Optional[int]
+  """A trained model as finetuning uses it: its record, its levels and where it came from."""
+  record: models.ModelRecord
   levels: Dict[str, Level]
   path: str
-  # The environment settings the model's data was recorded with (kitchen.EnvSettings); today's
-  # model layout does not record them, so None (make_env's default). The new models API does.
-  env_settings: Optional[object] = None
+  fingerprint: str
+
+  @property
+  def agent(self) -> str:
+    return self.record.agent
+
+  @property
+  def window(self) -> Optional[int]:
+    """W_l: the relabeling window, the high level's re-plan interval and the low level's segment."""
+    return self.record.window
 
   @property
   def hierarchical(self) -> bool:
     return "high" in self.levels
 
+  @property
+  def spec(self) -> goal_space.DataSpec:
+    return self.record.data_spec
 
-def _load_level(level_dir: str) -> Level:
-  path = os.path.join(level_dir, "policy.pkl")
-  try:
-    with open(path, "rb") as f:
-      saved = pickle.load(f)
-  except FileNotFoundError as e:
-    raise ValueError(f"{path}: no trained policy there (train one with `relay train-il`)") from e
-  except (pickle.UnpicklingError, EOFError) as e:
-    raise ValueError(f"{path}: truncated or corrupt policy file ({e})") from e
-  config = saved["config"]
-  networks = gcbc_networks.make_networks(saved["input_dim"], saved["dims"][config.target], config,
-                                         saved["normalization"])
-  return Level(networks, saved["params"], config, {k: v for k, v in saved.items() if k != "params"})
+  @property
+  def env_settings(self) -> kitchen.EnvSettings:
+    """The kitchen settings the model's data was recorded with: finetuning acts in that env."""
+    return models.env_settings(self.record)
+
+  @property
+  def observation_fn(self) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+    return models.observation_fn(self.record)
+
+  def observation(self, env_observation: np.ndarray) -> np.ndarray:
+    """The environment's observation [..., 59] -> the model's layout [..., d_obs] (float32)."""
+    fn = self.observation_fn
+    return np.asarray(env_observation if fn is None else fn(env_observation), np.float32)
 
 
-def _resolve_source(source: Optional[str], model_dir: str) -> Optional[str]:
-  """train-il records the data path as given (maybe relative to where it ran): try the current
-  directory, then the directories above the model."""
-  if not source:
-    return None
-  model_dir = os.path.abspath(model_dir)
-  for base in (os.getcwd(), os.path.dirname(model_dir), os.path.dirname(os.path.dirname(model_dir))):
-    path = os.path.join(base, source)
-    if os.path.isdir(path):
-      return os.path.abspath(path)
-  return None
+def _load_level(model_dir: str, record: models.ModelRecord, name: str) -> Level:
+  level_dir = os.path.join(model_dir, name)
+  networks, params, config, dims = models.load_networks(level_dir)
+  saved = {k: v for k, v in models.load_policy(level_dir).items() if k != "params"}
+  width = record.data_spec.observation.dim
+  if dims.get("observation") != width:
+    raise DataError(f"policy takes {dims.get('observation')}-d observations but the model's record says "
+                    f"{record.data_spec.describe()}", path=os.path.join(level_dir, models.POLICY))
+  return Level(networks, params, config, dict(dims), saved, dict(record.sources.get(name) or {}))
 
 
 def load_model(model_dir: str) -> Model:
-  meta_path = os.path.join(model_dir, "agent.json")
-  try:
-    with open(meta_path) as f:
-      meta = json.load(f)
-  except FileNotFoundError as e:
-    raise ValueError(f"{meta_path}: not a trained model directory (no agent.json)") from e
-  except ValueError as e:
-    raise ValueError(f"{meta_path}: unreadable ({e})") from e
-  names = ("low", "high") if meta.get("agent") == "ril" else ("policy",)
-  levels = {n: _load_level(os.path.join(model_dir, n)) for n in names}
-  for level in levels.values():
-    level.saved["resolved_source"] = _resolve_source(level.saved.get("source"), model_dir)
+  """The model in `model_dir`; a one-line DataError for a broken directory or a model that cannot
+  act in the finetuning environment, a ValueError for one that cannot be finetuned toward a goal."""
+  record = models.read_record(model_dir)
+  models.check_fits(record, model_dir, ENV_SPEC, record.env_settings, ENV_NAME)
+  names = ("low", "high") if record.agent == "ril" else ("policy",)
+  if sorted(record.levels) != sorted(names):
+    raise DataError(f"a {record.agent} model needs levels {list(names)}, the record has {sorted(record.levels)}",
+                    path=os.path.join(model_dir, models.RECORD))
+  if record.agent == "ril" and not record.window:
+    raise DataError("ril model without a window (W_l)", path=os.path.join(model_dir, models.RECORD))
+  levels = {n: _load_level(model_dir, record, n) for n in names}
   if "policy" in levels and not levels["policy"].config.use_goal:
     raise ValueError(f"{model_dir}: a goal-free BC policy cannot be finetuned toward a goal")
-  return Model(meta["agent"], meta.get("replan_every"), levels, os.path.abspath(model_dir))
+  return Model(record, levels, os.path.abspath(model_dir), models.fingerprint(model_dir))
 
 
-def save_model(model: Model, params: Dict[str, object], out_dir: str, extra: Optional[Dict] = None) -> str:
-  """Writes `model` with `params` (per level; others unchanged) in the train-il layout, atomically."""
+def check_demos(model: Model, level: str, demo_dir: Optional[str] = None) -> str:
+  """The relabeled dataset DAPG/IRIL (and eps calibration) draw `level`'s demos from.
+
+  Default: the one the level was trained on, as the record names it (path and fingerprint); a
+  one-line DataError when it is gone or has changed since. A dataset given instead (`demo_dir`)
+  must have the model's observation spec, goal space and environment settings.
+  """
+  if demo_dir is None:
+    data = model.levels[level].data
+    path = data.get("path")
+    if not path:
+      raise DataError(f"the record does not name the relabeled data the {level} level was trained on (a model "
+                      "from before records); pass --demos", path=os.path.join(model.path, models.RECORD))
+    if not os.path.isdir(path):
+      raise DataError(f"the relabeled data the model's {level} level was trained on is gone (recorded in "
+                      f"{os.path.join(model.path, models.RECORD)}); relabel it again there or pass --demos", path=path)
+    found = relabeled.fingerprint(path)
+    if data.get("fingerprint") and found != data["fingerprint"]:
+      raise DataError(f"the relabeled data changed since the model's {level} level was trained on it (fingerprint "
+                      f"{found}, recorded {data['fingerprint']}); pass --demos to use it anyway", path=path)
+    return path
+  if not os.path.isdir(demo_dir):
+    raise DataError("no such relabeled dataset (--demos)", path=demo_dir)
+  provenance = goal_space.provenance_of_relabeled_dataset(demo_dir)
+  model.spec.require_same(goal_space.DataSpec.from_dict(provenance[goal_space.METADATA_KEY]),
+                          f"model {model.path}", f"the demo data {demo_dir}")
+  if goal_space.normalize_env_settings(provenance["env_settings"]) != \
+      goal_space.normalize_env_settings(model.record.env_settings):
+    raise DataError(f"model {model.path} was trained under environment settings {model.record.env_settings} but "
+                    f"the demo data {demo_dir} was recorded under {provenance['env_settings']}")
+  return os.path.abspath(demo_dir)
+
+
+def _key(*parts) -> str:
+  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_model(model: Model, params: Dict[str, object], out_dir: str, finetuned: Dict) -> str:
+  """Writes `model` with `params` (per level; the others keep theirs) as a format-2 model, atomically.
+
+  The record is the source model's with `finetuned` = {"from": {path, fingerprint}, **finetuned}
+  (goal, variant, levels, env steps, ...): its fingerprint differs from the source's, and a
+  finetuned level's `train_key` names the source's key and the finetuning, so `relay train-il`
+  never mistakes it for its own weights.
+  """
+  info = {"from": {"path": model.path, "fingerprint": model.fingerprint}, **finetuned}
+  record = dataclasses.replace(model.record, finetuned=json.loads(json.dumps(info)))
   with atomic.atomic_directory(out_dir, overwrite=True) as tmp:
     for name, level in model.levels.items():
-      os.makedirs(os.path.join(tmp, name))
-      saved = dict(level.saved, params=jax.device_get(params.get(name, level.params)))
-      with open(os.path.join(tmp, name, "policy.pkl"), "wb") as f:
-        pickle.dump(saved, f)
-    meta = {"agent": model.agent, "replan_every": model.replan_every, "finetuned_from": model.path}
-    meta.update(extra or {})
-    with open(os.path.join(tmp, "agent.json"), "w") as f:
-      json.dump(meta, f, indent=1)
+      changed = name in params
+      saved = level.saved
+      models.save_policy(os.path.join(tmp, name), jax.device_get(params[name] if changed else level.params),
+                         saved["normalization"], level.config, level.dims, saved["input_dim"],
+                         _key(saved.get("train_key"), info) if changed else saved.get("train_key"),
+                         saved.get("steps"))
+    models.write_record(tmp, record)  # last, as train-il does: marks the model complete
   return out_dir

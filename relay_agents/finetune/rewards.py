@@ -85,12 +85,12 @@ def calibrate_eps(states, later_states, quantile: float = 0.25) -> float:
   return eps
 
 
-def window_sums(rewards: np.ndarray, replan_every: int) -> np.ndarray:
+def window_sums(rewards: np.ndarray, window: int) -> np.ndarray:
   """[..., T] per-step rewards -> [..., ceil(T / W)] sums per re-plan window (the high level's)."""
   rewards = np.asarray(rewards, np.float32)
   t = rewards.shape[-1]
-  n = -(-t // replan_every)
-  pad = np.zeros(rewards.shape[:-1] + (n * replan_every - t,), np.float32)
+  n = -(-t // window)
+  pad = np.zeros(rewards.shape[:-1] + (n * window - t,), np.float32)
   full = np.concatenate([rewards, pad], -1)
-  return full.reshape(rewards.shape[:-1] + (n, replan_every)).sum(-1)
+  return full.reshape(rewards.shape[:-1] + (n, window)).sum(-1)
 

@@ -5,8 +5,13 @@
 
 Outputs in `out_dir`: `checkpoint.pkl` (the learner's whole state after an iteration; a rerun
 resumes from it), `log.jsonl` (one record per iteration), `tensorboard/`, `curve.png` (success
-rate and elements done vs env steps), `model/` (the finetuned model in train-il's layout, so
-`relay eval --model OUT/model` evaluates it), `run.json` (settings and eps).
+rate and elements done vs env steps), `model/` (the finetuned model: a format-2 model whose
+record names the model it was finetuned from, so `relay eval --model OUT/model` evaluates it),
+`run.json` (settings, eps and the source model's fingerprint).
+
+The model is read through `policy_io` (`relay_agents.models`): the environment is built with the
+settings its data was recorded under, its policies see the environment's observation in their
+own layout, and DAPG/IRIL's demos are the relabeled data its record names (or --demos).
 
 Actors run in this process by default, one after another (episode k is seeded by (seed, k), so
 an npg run is deterministic and resumes exactly; dapg/iril also draw demo batches from Reverb,
@@ -31,7 +36,7 @@ import reverb
 from relay_agents.finetune import acting, env as env_lib, policy_io, replay_io, rewards
 from relay_agents.finetune.builder import FinetuneBuilder
 from relay_agents.finetune.config import FinetuneConfig
-from relay_data import atomic, kitchen, relabeled
+from relay_data import atomic, goal_space, relabeled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +48,7 @@ class RunConfig:
   actors: int = 1
   actor_processes: bool = False
   seed: int = 0
-  demos: Optional[str] = None         # relabeled demo dataset; default: the one the level was trained on
+  demos: Optional[str] = None         # relabeled demo dataset; default: the one the record names
   progress: bool = True
 
   def __post_init__(self):
@@ -51,13 +56,14 @@ class RunConfig:
       raise ValueError("env_steps and actors must be positive")
 
 
-def calibrate_eps(demo_dir: str, quantile: float, max_examples: int = 50_000) -> float:
+def calibrate_eps(demo_dir: str, quantile: float, spec: goal_space.DataSpec, max_examples: int = 50_000) -> float:
   """eps of the sparse reward from the demo windows: (s_t, g_{t+j}) pairs of the low-level
-  relabeled examples, j <= W_l (see rewards.calibrate_eps)."""
+  relabeled examples, j <= W_l (see rewards.calibrate_eps); `spec` is the examples' observation
+  spec (which of their dims are the goal-space state)."""
   batches = list(relabeled.load(demo_dir).take(max_examples).batch(8192).as_numpy_iterator())
   if not batches:
     raise ValueError(f"{demo_dir}: no relabeled examples to calibrate eps from")
-  states = kitchen.goal_state_from_observation(np.concatenate([b["observation"] for b in batches]))
+  states = spec.goal_state(np.concatenate([b["observation"] for b in batches]))
   goals = np.concatenate([b["goal"] for b in batches])
   return rewards.calibrate_eps(states, goals, quantile)
 
@@ -124,9 +130,10 @@ def _atomic_pickle(obj, path: str) -> None:
   os.replace(tmp, path)
 
 
-def actor_spec(run: RunConfig, config: FinetuneConfig, goal_state: np.ndarray) -> Dict:
+def actor_spec(run: RunConfig, config: FinetuneConfig, goal_state: np.ndarray, model_fingerprint: str) -> Dict:
   """What an actor process needs to act in this run (read from the spec table)."""
-  return {"model": os.path.abspath(run.model_dir), "elements": list(run.elements),
+  return {"model": os.path.abspath(run.model_dir), "model_fingerprint": model_fingerprint,
+          "elements": list(run.elements),
           "goal_state": np.asarray(goal_state, float).tolist(), "seed": run.seed,
           "max_episode_steps": config.max_episode_steps, "episodes_per_iteration": config.episodes_per_iteration,
           "trajectory_table": config.trajectory_table, "variables_table": config.variables_table}
@@ -150,11 +157,16 @@ def _wait_for_episodes(client, table: str, count: int, procs, out_dir: str) -> N
 
 
 def _check_same_run(path: str, record: Dict) -> None:
-  """A rerun resumes only the run it checkpointed: same model, goal, seed and hyper-parameters."""
+  """A rerun resumes only the run it checkpointed: same model (path and content), goal, seed and
+  hyper-parameters."""
   if not os.path.exists(path):
     return
   with open(path) as f:
     old = json.load(f)
+  if old.get("model_fingerprint") != record["model_fingerprint"]:
+    raise ValueError(f"{path}: the checkpointed run finetuned model {old.get('model_fingerprint')}, "
+                     f"{record['run']['model_dir']} is now {record['model_fingerprint']} (retrained?); use another "
+                     "--out or delete that run to start over")
   for section, keys in (("run", ("model_dir", "elements", "seed", "demos")), ("config", None)):
     for key in keys or sorted(set(old.get(section, {})) | set(record[section])):
       if old.get(section, {}).get(key) != record[section].get(key):
@@ -168,18 +180,19 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
   elements = env_lib.parse_goal(",".join(run.elements))
   model = policy_io.load_model(run.model_dir)
   builder = FinetuneBuilder(config, model)
+  calibrate = config.eps is None and model.hierarchical and config.reward != "euclidean"
+  demo_dir = None  # what DAPG/IRIL imitate and eps is calibrated from (checked against the model)
+  if config.uses_demos or calibrate or run.demos:
+    demo_dir = policy_io.check_demos(model, acting.low_name(model), run.demos)
   os.makedirs(run.out_dir, exist_ok=True)
-  demo_dir = run.demos or builder.demo_level.source
-  eps = config.eps
-  if eps is None and model.hierarchical and config.reward != "euclidean":
-    if not demo_dir:
-      raise ValueError("eps needs the relabeled demo data to calibrate from: pass --eps or --demos")
-    eps = calibrate_eps(demo_dir, config.eps_quantile)
+  eps = calibrate_eps(demo_dir, config.eps_quantile, model.spec) if calibrate else config.eps
   envs = [env_lib.GoalKitchenEnv(elements, max_episode_steps=config.max_episode_steps, seed=run.seed,
                                  settings=model.env_settings)]
   goal_state = envs[0].goal_state
   record = json.loads(json.dumps({"run": dataclasses.asdict(run), "config": dataclasses.asdict(config), "eps": eps,
-                                   "goal_state": goal_state.tolist(), "demos": demo_dir}))
+                                   "goal_state": goal_state.tolist(), "demos": demo_dir,
+                                   "model_fingerprint": model.fingerprint,
+                                   "env_settings": model.env_settings.to_dict()}))
   if os.path.exists(os.path.join(run.out_dir, "checkpoint.pkl")):
     _check_same_run(os.path.join(run.out_dir, "run.json"), record)
   atomic.write_json(os.path.join(run.out_dir, "run.json"), record)
@@ -190,8 +203,6 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
   try:
     demo_iterator = inserter = None
     if config.uses_demos:
-      if not demo_dir:
-        raise ValueError(f"{run.model_dir}: the model does not name its relabeled data; pass --demos")
       builder.feed_demos(address, demo_dir, run.progress, run.seed)
       demo_iterator = builder.make_demo_iterator(address)
       inserter = builder.make_demo_inserter(address)
@@ -206,7 +217,7 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
         raise ValueError(f"{ckpt}: unreadable checkpoint ({e}); delete it to start over") from e
     outputs = _Outputs(run.out_dir, learner.iteration)
     names = acting.variable_names(model)
-    acting.publish_spec(client, config.spec_table, actor_spec(run, config, goal_state))
+    acting.publish_spec(client, config.spec_table, actor_spec(run, config, goal_state, model.fingerprint))
     acting.publish_variables(client, config.variables_table, learner.iteration, learner.get_variables(names))
 
     actors = []
@@ -234,10 +245,11 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
       bar.update(min(learner.env_steps, run.env_steps) - min(before, run.env_steps))
       bar.set_postfix(success=f"{learner.last['success_rate']:.2f}", elements=f"{learner.last['elements_done']:.2f}")
     bar.close()
-    params = dict(zip(names, learner.get_variables(names)))
+    params = dict(zip(learner.trained, learner.get_variables(learner.trained)))
     policy_io.save_model(model, params, os.path.join(run.out_dir, "model"),
-                         extra={"finetune": {"variant": config.variant, "levels": config.finetune,
-                                             "env_steps": learner.env_steps, "goal": list(elements)}})
+                         {"goal": list(elements), "variant": config.variant, "levels": learner.trained,
+                          "env_steps": learner.env_steps, "iterations": learner.iteration, "seed": run.seed,
+                          "reward": config.reward, "eps": eps, "demos": demo_dir})
     curve = plot_curve(outputs.records, os.path.join(run.out_dir, "curve.png"), len(elements),
                        f"{config.variant} on {'+'.join(elements)}") if outputs.records else None
     last = outputs.records[-1] if outputs.records else {}
@@ -266,6 +278,9 @@ def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
   client = replay_io.connect(address)
   spec = acting.read_spec(address, FinetuneConfig.spec_table)
   model = policy_io.load_model(model_dir or spec["model"])
+  if spec.get("model_fingerprint") not in (None, model.fingerprint):
+    raise ValueError(f"model {model.path} is {model.fingerprint}, the run at {address} finetunes "
+                     f"{spec['model_fingerprint']}: point --model at the run's model")
   config = FinetuneConfig(max_episode_steps=spec["max_episode_steps"],
                           episodes_per_iteration=spec["episodes_per_iteration"],
                           trajectory_table=spec["trajectory_table"], variables_table=spec["variables_table"])
