@@ -28,7 +28,16 @@ def absolute(path: str) -> str:
 @contextlib.contextmanager
 def atomic_directory(final_path: str, overwrite: bool = False) -> Iterator[str]:
   """Yields a hidden temp sibling `.<name>.tmp-<id>` of `final_path`, renamed into place if the
-  body succeeds and removed if it fails. Stale temp siblings of a killed run are removed first."""
+  body succeeds and removed if it fails. Stale temp siblings of a killed run are removed first.
+
+  A local path goes through `relay_data.atomic.atomic_directory`, which also holds the output's
+  write lock (a second run stops naming the pid instead of deleting this run's live temp dir);
+  a cluster path (gs://, s3://, hdfs://) has no lock, only the gfile temp-then-rename."""
+  if is_local(final_path):
+    from relay_data import atomic  # pylint: disable=import-outside-toplevel
+    with atomic.atomic_directory(final_path, overwrite=overwrite) as tmp:
+      yield tmp
+    return
   gfile = _gfile()
   final_path = absolute(final_path)
   parent, name = final_path.rsplit("/", 1)

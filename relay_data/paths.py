@@ -56,13 +56,21 @@ def check_directory_arg(path: str, flag: str) -> str:
 
 
 def looks_like_dataset(path: str) -> bool:
-  """A TFDS dataset dir (dataset_info.json here), or a dir of one (name/version) below it."""
+  """A TFDS dataset dir (dataset_info.json here), or a dir holding one one or two levels below
+  (`version/`, or `name/version/` as a relabel output is laid out for `tfds.load`)."""
   if os.path.isfile(os.path.join(path, "dataset_info.json")):
     return True
   try:
-    return any(os.path.isfile(os.path.join(path, d, "dataset_info.json")) for d in os.listdir(path))
+    for d in os.listdir(path):
+      sub = os.path.join(path, d)
+      if os.path.isfile(os.path.join(sub, "dataset_info.json")):
+        return True
+      if os.path.isdir(sub) and any(os.path.isfile(os.path.join(sub, v, "dataset_info.json"))
+                                    for v in os.listdir(sub)):
+        return True
   except OSError:
     return False
+  return False
 
 
 def check_output(output: str, flag: str, sources: Iterable[Optional[str]] = (), overwrite: bool = False,

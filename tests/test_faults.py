@@ -19,6 +19,7 @@ import pytest
 
 from relay_data import paths, rlds_io
 from relay_data.errors import DataError
+from relay_data.play import generator
 from tests import helpers
 from tests.conftest import REPO, run_cli
 
@@ -369,8 +370,8 @@ def test_interrupted_generate_reruns_cleanly(tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert "1 episodes at" in proc.stdout
   assert _leftovers(data_dir) == []
-  assert rlds_io.num_examples(str(config_dir / "1.1.0")) == 1
-  assert rlds_io.read_metadata(str(config_dir / "1.1.0"))["generation"]["kept"] == 1
+  assert rlds_io.num_examples(str(config_dir / generator.GENERATOR_VERSION)) == 1
+  assert rlds_io.read_metadata(str(config_dir / generator.GENERATOR_VERSION))["generation"]["kept"] == 1
 
 
 # ---------------------------------------------------------------------- a clean terminal

@@ -41,7 +41,8 @@ def test_d4rl_round_trip_is_exact(tmp_path):
     assert ep["is_terminal"][-1] and not ep["is_terminal"][:-1].any()
     np.testing.assert_array_equal(ep["completed_tasks"], kitchen.completion_mask(obs[start:start + n, :30]))
   meta = rlds_io.read_metadata(out)
-  assert meta["format"] == "d4rl-hdf5" and meta["env_settings"] == {"robot_noise_ratio": 0.01,
+  assert meta["format"] == "d4rl-hdf5" and meta["env_settings"] == {"env_id": "FrankaKitchen-v1",
+                                                                     "robot_noise_ratio": 0.01,
                                                                      "object_noise_ratio": 0.0005}
   assert meta["spec"]["observation"] == {"env": "kitchen", "layout": "d4rl", "dim": 30}
 

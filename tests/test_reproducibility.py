@@ -9,7 +9,7 @@ sampler threads. Generation and relabeling are pinned in their own tests
 import jax
 import numpy as np
 
-from relay_agents import replay
+from relay_agents.gcbc import data as gcbc_data
 from relay_agents.gcbc import learning
 from relay_agents.gcbc import networks as gcbc_networks
 from relay_agents.gcbc.config import GoalBCConfig
@@ -27,7 +27,7 @@ def _train(seed: int, batch_seed: int, steps: int = 15):
   arrays = _arrays()
   norm = gcbc_networks.stats_from_examples([arrays], config)
   nets = gcbc_networks.make_networks(8, 2, config, norm)
-  learner = learning.make_learner(nets, replay.array_iterator(arrays, config, seed=batch_seed), config,
+  learner = learning.make_learner(nets, gcbc_data.array_iterator(arrays, config, seed=batch_seed), config,
                                   jax.random.PRNGKey(seed))
   for _ in range(steps):
     learner.step()
