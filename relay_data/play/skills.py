@@ -169,6 +169,9 @@ def light_switch(scene: Scene, rng) -> Iterator[Command]:
   yield from retreat(scene, rng)
 
 
+HINGE_GRIPPER_TURN = 1.0  # the hand turns with the door (fraction of the door's rotation)
+
+
 def hinge_cabinet(scene: Scene, rng) -> Iterator[Command]:
   """Grasp the right door's handle and swing it open in one continuous arc."""
   handle = scene.site("hinge_site2") + [0, 0, rng.uniform(-0.07, -0.05)]
@@ -178,9 +181,6 @@ def hinge_cabinet(scene: Scene, rng) -> Iterator[Command]:
                         lead=rng.uniform(0.17, 0.21), grip=ctl.GRIPPER_CLOSED, margin=done_margin(rng),
                         max_steps=70, rotate_gripper=HINGE_GRIPPER_TURN)
   yield from retreat(scene, rng)
-
-
-HINGE_GRIPPER_TURN = 1.0
 
 
 def turn_knob(scene: Scene, rng, element: str, site: str, joint: str) -> Iterator[Command]:
