@@ -349,9 +349,11 @@ def _leftovers(root):
 def test_interrupted_generate_reruns_cleanly(tmp_path):
   """Ctrl-C, then kill -9, mid-generation; the rerun builds the dataset and nothing stale remains."""
   data_dir = tmp_path / "data"
-  argv = [sys.executable, "-m", "relay", "generate", "--episodes", "1", "--workers", "1",
+  # 3 episodes: human-paced play makes one episode a matter of seconds, and the signal must land
+  # while the build is still running.
+  argv = [sys.executable, "-m", "relay", "generate", "--episodes", "3", "--workers", "1",
           "--data-dir", str(data_dir)]
-  config_dir = data_dir / "kitchen_play" / "n1_s0"
+  config_dir = data_dir / "kitchen_play" / "n3_s0"
 
   def started():
     return config_dir.exists() and any(".tmp-" in n for n in os.listdir(config_dir))
@@ -359,19 +361,19 @@ def test_interrupted_generate_reruns_cleanly(tmp_path):
   for sig, code in ((signal.SIGINT, 130), (signal.SIGKILL, -9)):
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert _wait_for(started, 120), proc.communicate()
-    time.sleep(1.0)
+    time.sleep(0.3)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert "Traceback" not in err
     if sig == signal.SIGINT:
       assert "interrupted" in err and _leftovers(data_dir) == []
-  proc = run_cli("generate", "--episodes", "1", "--workers", "1", "--data-dir", str(data_dir))
+  proc = run_cli("generate", "--episodes", "3", "--workers", "1", "--data-dir", str(data_dir))
   assert proc.returncode == 0, proc.stderr
-  assert "1 episodes at" in proc.stdout
+  assert "3 episodes at" in proc.stdout
   assert _leftovers(data_dir) == []
-  assert rlds_io.num_examples(str(config_dir / generator.GENERATOR_VERSION)) == 1
-  assert rlds_io.read_metadata(str(config_dir / generator.GENERATOR_VERSION))["generation"]["kept"] == 1
+  assert rlds_io.num_examples(str(config_dir / generator.GENERATOR_VERSION)) == 3
+  assert rlds_io.read_metadata(str(config_dir / generator.GENERATOR_VERSION))["generation"]["kept"] == 3
 
 
 # ---------------------------------------------------------------------- a clean terminal
