@@ -351,7 +351,7 @@ def test_interrupted_generate_reruns_cleanly(tmp_path):
   data_dir = tmp_path / "data"
   # 3 episodes: human-paced play makes one episode a matter of seconds, and the signal must land
   # while the build is still running.
-  argv = [sys.executable, "-m", "relay", "generate", "--episodes", "3", "--workers", "1",
+  argv = [sys.executable, "-m", "relay", "generate", "--episodes", "3", "--workers", "2",
           "--data-dir", str(data_dir)]
   config_dir = data_dir / "kitchen_play" / "n3_s0"
 
