@@ -1,4 +1,5 @@
 """Relay IL agents on real components: Reverb server, Acme BC learner, kitchen rollouts."""
+import json
 import os
 
 import jax
@@ -277,6 +278,39 @@ def test_oracle_subgoal_rollout_starts_in_the_demos_state(ril_model, kitchen_pla
   assert result.arm_error[0] < 0.02  # reset with the recorded seed: the demo's own initial state
   # 11 steps complete nothing; whatever is reported comes from the env's own test of the demo's tasks.
   assert result.completed == []
+
+
+def test_progress_indexed_oracle_follows_the_rollouts_own_progress(ril_model, kitchen_play_tiny):
+  from relay_agents import diagnostics
+  episode = next(rlds_io.iter_episodes(kitchen_play_tiny, 0, 1))
+  low = models.load_goal_policy(os.path.join(ril_model, "low"))
+  result = diagnostics.oracle_subgoal_rollout(low, episode, window=5, max_steps=21, indexing="progress")
+  assert result.steps == 21 and len(result.progress) == 5  # re-plans at 0, 5, 10, 15, 20
+  assert result.progress[0] == 0  # the demo's own initial state matches itself
+  assert result.progress == sorted(result.progress)  # progress never goes back
+  assert all(b - a < 15 for a, b in zip(result.progress, result.progress[1:]))  # searched <= 3 W_l ahead
+  # matching is by nearest goal-space state: a rollout parked at demo step 40 is matched there
+  states = episode["goal_state"]
+  assert diagnostics.nearest_progress(states, states[40], 30, 15) == 40
+  assert diagnostics.nearest_progress(states, states[40], 41, 15) >= 41  # never before the last match
+  with pytest.raises(ValueError, match="indexing"):
+    diagnostics.oracle_subgoal_rollout(low, episode, window=5, max_steps=1, indexing="space")
+
+
+def test_diagnose_oracle_cli(ril_model, kitchen_play_tiny, tmp_path, cli):
+  out = str(tmp_path / "oracle.json")
+  result = cli("diagnose", "oracle", "--model", ril_model, "--play", kitchen_play_tiny, "--episodes", "1",
+               "--extra-steps", "0", "--indexing", "progress", "--json", out, check=True)
+  assert "oracle ceiling (progress-indexed subgoals, W_l=5, 1 demos)" in result.stdout
+  with open(out) as f:
+    report = json.load(f)
+  (row,) = report["episodes"]
+  episode = next(rlds_io.iter_episodes(kitchen_play_tiny, 0, 1))
+  assert row["demo_subtasks"] == episode["subtask_order"].split(",")
+  assert row["steps"] <= len(episode["goal_state"]) and row["done"] == len(set(row["completed"]) & set(row["demo_subtasks"]))
+  assert report["summary"]["counts"][row["done"]] == 1
+  bad = cli("diagnose", "oracle", "--model", ril_model, "--play", kitchen_play_tiny, "--episodes", "0")
+  assert bad.returncode == 2 and "--episodes" in bad.stderr
 
 
 def test_subgoal_trace_records_every_replan(ril_model, kitchen_play_tiny):

@@ -1,0 +1,78 @@
+"""Diagnose which level of a relay agent fails: the low level's ceiling under oracle subgoals.
+
+  relay diagnose oracle --model models/ril --play data/kitchen_play/n400_s0/2.0.0 --episodes 12
+  relay diagnose oracle --model models/ril --play DIR --indexing progress --json oracle.json
+
+`oracle` runs the model's low-level policy from each demo's own initial state (reset with the
+demo's recorded seed) and feeds it the demo's own future states as subgoals every W_l steps, so
+the high level plays no part: how many of the demo's subtasks the low level then completes is
+the ceiling of the relay hierarchy on that data (relay_agents/diagnostics.py). Subgoals are
+indexed by time (the demo's state at t + W_l; a low level slower than the demo falls behind) or
+by progress (W_l steps past the demo state nearest to the rollout's: what a perfect high level
+re-planning from the current state would ask for). The model must fit the play data (goal
+space and environment settings); the kitchen is built with the model's settings.
+"""
+import argparse
+import os
+
+from relay.cli import UsageError
+from relay_data import atomic, paths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  sub = parser.add_subparsers(dest="diagnose_command", metavar="ACTION", required=True)
+  oracle = sub.add_parser("oracle", help="the low level's ceiling under the demos' own subgoals",
+                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  oracle.add_argument("--model", required=True, help="a relay (ril) model directory (its low level is run)")
+  oracle.add_argument("--play", required=True, help="play (RLDS) dataset whose demos give the start states and subgoals")
+  oracle.add_argument("--episodes", type=int, default=12, help="demos to run, from the first (default 12)")
+  oracle.add_argument("--start", type=int, default=0, help="index of the first demo (default 0)")
+  oracle.add_argument("--indexing", choices=("time", "progress"), default="time",
+                      help="subgoal indexing (default time; see above)")
+  oracle.add_argument("--extra-steps", type=int, default=300,
+                      help="steps allowed beyond each demo's own length (default 300)")
+  oracle.add_argument("--sample", action="store_true", help="sample actions instead of the likeliest mode")
+  oracle.add_argument("--json", default=None, help="write per-demo results and the summary as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from relay_agents import diagnostics, models  # pylint: disable=import-outside-toplevel
+  from relay_data import rlds_io  # pylint: disable=import-outside-toplevel
+  if args.episodes <= 0 or args.start < 0 or args.extra_steps < 0:
+    raise UsageError("--episodes must be positive, --start and --extra-steps non-negative")
+  if args.json:
+    paths.check_output(args.json, "--json", sources=[args.model, args.play], overwrite=True, kind="file")
+  record = models.read_record(args.model)
+  if record.agent != "ril" or "low" not in record.levels:
+    raise UsageError(f"--model {args.model} is a '{record.agent}' model; the oracle runs a relay (ril) low level")
+  play = rlds_io.resolve_dataset_dir(args.play)
+  rlds_io.require_episodes(play, "--play")
+  models.check_goal_source(record, args.model, play)
+  policy = models.load_goal_policy(os.path.join(args.model, "low"), deterministic=not args.sample)
+  settings, obs_fn = models.env_settings(record), models.observation_fn(record)
+  rows = []
+  episodes = rlds_io.iter_episodes(play, args.start, args.start + args.episodes)
+  for i, episode in enumerate(tqdm(episodes, total=args.episodes, desc="oracle rollouts", unit="demo")):
+    result = diagnostics.oracle_subgoal_rollout(
+        policy, episode, record.window, max_steps=len(episode["goal_state"]) + args.extra_steps,
+        seed=args.start + i, observation_fn=obs_fn, settings=settings, indexing=args.indexing)
+    rows.append({"episode": args.start + i, "episode_id": str(episode.get("episode_id", "")),
+                 "demo_subtasks": result.demo_subtasks, "completed": result.completed, "done": result.done,
+                 "steps": result.steps, "arm_error_first_replan": result.arm_error[1] if len(result.arm_error) > 1 else None})
+    tqdm.write(f"  demo {args.start + i}: {result.done}/{len(result.demo_subtasks)} "
+               f"({', '.join(result.completed) or 'none'}) in {result.steps} steps")
+  if not rows:
+    raise UsageError(f"--play {args.play} has no episodes from --start {args.start}")
+  done = np.array([r["done"] for r in rows])
+  summary = {"model": args.model, "play": play, "indexing": args.indexing, "window": record.window,
+             "episodes": len(rows), "mean_done": float(done.mean()), "all_done": float(np.mean(done == 4)),
+             "counts": np.bincount(done, minlength=5).tolist(), "sample": args.sample}
+  print(f"oracle ceiling ({args.indexing}-indexed subgoals, W_l={record.window}, {len(rows)} demos): "
+        f"{summary['mean_done']:.2f} subtasks of the demo's 4 done on average; all 4 in {summary['all_done']:.0%}; "
+        f"demos by subtasks done (0..4): {summary['counts']}")
+  if args.json:
+    atomic.write_json(args.json, {"summary": summary, "episodes": rows})
+    print(f"json: {args.json}")
+  return 0
