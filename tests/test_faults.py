@@ -5,6 +5,7 @@ dirs, the Beam DirectRunner, the kitchen generator) and asserts three things: th
 one-line message (no traceback), and that every source and earlier output is byte-identical
 afterwards (a hash of the whole tree, before and after).
 """
+import contextlib
 import hashlib
 import os
 import shutil
@@ -276,20 +277,28 @@ with atomic.atomic_directory(sys.argv[1]) as tmp:
 """
 
 
-def test_second_writer_stops_with_the_pid_and_leaves_the_live_temp_dir(guard, tmp_path):
-  output, release = tmp_path / "out", tmp_path / "release"
-  holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(output), str(release)], cwd=REPO,
+@contextlib.contextmanager
+def _holding(script, path, tmp_path):
+  """Runs `script` on `path` in another process until the body ends (then it must exit 0);
+  yields the process and the first line it printed (once it holds `path`)."""
+  release = tmp_path / "release"
+  holder = subprocess.Popen([sys.executable, "-c", script, str(path), str(release)], cwd=REPO,
                             stdout=subprocess.PIPE, text=True)
   try:
-    live_tmp = holder.stdout.readline().strip()
+    yield holder, holder.stdout.readline().strip()
+  finally:
+    release.write_text("")
+    assert holder.wait(timeout=60) == 0
+
+
+def test_second_writer_stops_with_the_pid_and_leaves_the_live_temp_dir(guard, tmp_path):
+  output = tmp_path / "out"
+  with _holding(_HOLD, output, tmp_path) as (holder, live_tmp):
     assert os.path.isdir(live_tmp)
     for extra in ((), ("--overwrite",)):
       proc = relabel(guard["source"], str(output), *extra)
       assert_error(proc, 1, f"is being written by pid {holder.pid}")
       assert open(os.path.join(live_tmp, "marker")).read() == "live"  # not deleted as "stale"
-  finally:
-    release.write_text("")
-    assert holder.wait(timeout=60) == 0
   assert (output / "marker").read_text() == "live"  # the first run finished normally
   assert not os.path.exists(paths.lock_path(str(output)))
 
@@ -305,17 +314,12 @@ with paths.output_lock(sys.argv[1]):
 
 
 def test_training_into_a_model_dir_being_written_stops_at_once(guard, tmp_path):
-  model, release = tmp_path / "model", tmp_path / "release"
-  holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(model), str(release)], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
-  try:
-    assert holder.stdout.readline().strip() == "locked"
+  model = tmp_path / "model"
+  with _holding(_HOLD_LOCK, model, tmp_path) as (holder, line):
+    assert line == "locked"
     proc = run_cli("train-il", "--agent", "gcbc", "--data", guard["relabeled"], "--out", str(model), "--steps", "5")
     assert_error(proc, 1, str(model), f"is being written by pid {holder.pid}")
     assert not model.exists()
-  finally:
-    release.write_text("")
-    assert holder.wait(timeout=60) == 0
 
 
 def test_stale_lock_of_a_dead_pid_is_reclaimed(guard, tmp_path):
