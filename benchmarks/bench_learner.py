@@ -14,10 +14,11 @@ from relay_data import kitchen
 from relay_data.relabel import DEFAULT_WINDOW
 
 
-# (label, GoalBCConfig overrides): the feed layouts compared; the first is what train-il ships.
+# (label, GoalBCConfig overrides): the feed layouts compared. train-il ships whole-batch items
+# (GoalBCConfig.examples_per_item defaults to batch_size); items of 32 were its default before.
 VARIANTS = (
-    ("items of 32, 1 SGD step per fetch (train-il defaults)", {}),
-    ("whole-batch items (256), 1 SGD step per fetch", {"examples_per_item": 256}),
+    ("items of 32, 1 SGD step per fetch (the old train-il default)", {"examples_per_item": 32}),
+    ("whole-batch items (256), 1 SGD step per fetch (train-il defaults)", {"examples_per_item": 256}),
     ("whole-batch items, 4 SGD steps per fetch", {"examples_per_item": 256, "num_sgd_steps_per_step": 4}),
 )
 

@@ -9,15 +9,31 @@ Workers on other machines that cannot see the directory simply leave the bar sti
 import contextlib
 import os
 import threading
+import uuid
 from typing import Iterator
-
-from relay_data import atomic
 
 
 def report(directory: str, task: int, done: int) -> None:
-  """Records that task `task` has finished `done` units (atomic; last write wins)."""
-  os.makedirs(directory, exist_ok=True)
-  atomic.write_text(os.path.join(directory, f"{task:05d}"), str(done))
+  """Records that task `task` has finished `done` units (atomic; last write wins).
+
+  Only the last path component is created: if the run's temp dir is gone (the run was
+  interrupted or failed and cleaned up while this task was still going), the report is dropped
+  rather than re-creating a stray temp dir next to the output.
+  """
+  try:
+    os.mkdir(directory)
+  except FileExistsError:
+    pass
+  except FileNotFoundError:
+    return
+  final = os.path.join(directory, f"{task:05d}")
+  tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    with open(tmp, "w") as f:
+      f.write(str(done))
+    os.replace(tmp, final)
+  except FileNotFoundError:
+    return
 
 
 def total_done(directory: str) -> int:

@@ -15,9 +15,17 @@ Output is deterministic: shard i holds the i-th run of consecutive source episod
 input and config give byte-identical files whatever the runner or scheduling. It is built in a
 hidden temp sibling and renamed into place only on success; a task writes its shard and row
 under temp names and renames them, so a retried task cannot leave a torn file.
+
+Ctrl-C: Beam runs on a driver thread while the calling thread only waits (`_run_beam`), so the
+KeyboardInterrupt reaches us, not a task: the run is cancelled (tasks in this process stop at
+their next episode; a runner with `cancel()`, e.g. Dask, cancels its own), the temp dir is
+removed and KeyboardInterrupt propagates (`relay relabel` then exits 130, nothing visible).
 """
+import contextlib
 import dataclasses
+import io
 import os
+import threading
 import time
 import uuid
 from typing import Dict, List, Optional, Sequence
@@ -34,6 +42,15 @@ DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"  # Beam knows it
 # pipeline on; named directly, it skips DirectRunner's first attempt to download (from GitHub)
 # and start the Prism runner binary. `--runner=DirectRunner` is passed to Beam unchanged.
 RUNNER_ALIASES = {"direct": "FnApiRunner", "dask": DASK_RUNNER, "daskrunner": DASK_RUNNER}
+CANCEL_WAIT_S = 30.0  # after Ctrl-C, how long to wait for running tasks to stop before cleaning up
+
+# Runs interrupted in this process (by `_TaskContext.run_id`): their tasks stop at the next episode.
+# A set of ids rather than an Event in the context, because Beam pickles the context per task.
+_CANCELLED_RUNS = set()
+
+
+class RunCancelled(RuntimeError):
+  """Raised inside a task whose run was interrupted (never reaches a user: Ctrl-C does)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +85,12 @@ class _TaskContext:
   num_shards: int
   chunk_size: int
   progress_dir: Optional[str]
+  run_id: str = ""
+
+
+def _check_cancelled(ctx: _TaskContext) -> None:
+  if ctx.run_id in _CANCELLED_RUNS:
+    raise RunCancelled(f"relabel run {ctx.run_id} was interrupted")
 
 
 def shard_path(data_dir: str, name: str, shard: int, num_shards: int) -> str:
@@ -76,6 +99,7 @@ def shard_path(data_dir: str, name: str, shard: int, num_shards: int) -> str:
 
 def run_task(task: sources.Task, ctx: _TaskContext) -> Dict:
   """Relabels one task's episodes into its shard; returns (and writes) its row of counts."""
+  _check_cancelled(ctx)
   records = tfrecords.read_range(task.path, task.start, task.end)
   if len(records) != task.num_episodes:
     raise DataError(f"bytes {task.start}-{task.end} hold {len(records)} records, planned "
@@ -89,6 +113,7 @@ def run_task(task: sources.Task, ctx: _TaskContext) -> Dict:
   reported = time.monotonic()
   with tfrecords.RecordWriter(tmp) as writer:
     for done, ep in enumerate(episodes, 1):
+      _check_cancelled(ctx)
       row["episodes_read"] += 1
       n = 0
       if len(ep["observation"]) < schema.MIN_STEPS:
@@ -142,17 +167,67 @@ def beam_flags(beam_args: Sequence[str], num_tasks: int) -> List[str]:
 
 
 def _run_beam(tasks: List[sources.Task], ctx: _TaskContext, flags: List[str]) -> None:
+  """Runs the pipeline on a driver thread; this (calling) thread only waits, so it takes Ctrl-C.
+
+  Why not call `p.run()` here: the in-process runner runs tasks on the calling thread and wraps
+  whatever a task raises, KeyboardInterrupt included, into a RuntimeError (Ctrl-C became a
+  traceback), and with several worker threads the tasks kept writing into the temp dir after it
+  was removed. Python delivers signals to the main thread only, so with Beam on another thread
+  the KeyboardInterrupt lands in the wait below; `_cancel` then stops the tasks before it
+  propagates to the caller's cleanup.
+  """
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
   p = beam.Pipeline(options=PipelineOptions(flags=flags))
   _ = p | "ShardTasks" >> beam.Create(tasks) | "RelabelAndWrite" >> beam.Map(run_task, ctx)
-  result = p.run()
+  outcome = {}
+  # An Event, not Thread.join: in Python 3.11 a join interrupted by Ctrl-C marks a still-running
+  # thread as stopped (its lock is released by the interrupted waiter), so a second join returns
+  # at once while the tasks are still writing.
+  finished = threading.Event()
+
+  def drive():
+    try:
+      outcome["result"] = result = p.run()  # the in-process runner returns when all tasks are done
+      try:
+        result.wait_until_finish()
+      finally:
+        client = getattr(result, "client", None)  # DaskRunner leaves its client open
+        if client is not None:
+          client.close()
+    except BaseException as e:  # pylint: disable=broad-except  (handed to the waiting thread)
+      outcome["error"] = e
+    finally:
+      finished.set()
+
+  threading.Thread(target=drive, name="relabel-beam-driver", daemon=True).start()
   try:
-    result.wait_until_finish()
-  finally:
-    client = getattr(result, "client", None)  # DaskRunner leaves its client open
-    if client is not None:
-      client.close()
+    while not finished.wait(0.2):
+      pass
+  except KeyboardInterrupt:
+    _cancel(ctx, outcome, finished)
+    raise
+  if "error" in outcome:
+    raise outcome["error"]
+
+
+def _cancel(ctx: _TaskContext, outcome: Dict, finished: threading.Event) -> None:
+  """Stops an interrupted run's tasks and waits (bounded) for them, so none writes into the temp
+  dir after the caller removes it (a task that still does fails on the missing dir).
+
+  Beam's worker threads print the traceback of every failed bundle to sys.stderr; the ones the
+  cancel causes are expected, so they are dropped: the user sees only "interrupted".
+  """
+  _CANCELLED_RUNS.add(ctx.run_id)
+  with contextlib.redirect_stderr(io.StringIO()):
+    result = outcome.get("result")
+    if result is not None and hasattr(result, "cancel"):
+      try:
+        result.cancel()  # Dask: cancels queued tasks on the cluster's workers
+      except Exception:  # pylint: disable=broad-except  (runners without cancel raise; tasks stop anyway)
+        pass
+    if finished.wait(CANCEL_WAIT_S):  # else tasks may still be running: they must keep seeing the cancel
+      _CANCELLED_RUNS.discard(ctx.run_id)
 
 
 def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
@@ -188,7 +263,7 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
     tf.io.gfile.makedirs(rows_dir)
     progress_dir = f"{tmp}/_progress" if storage.is_local(tmp) else None
     ctx = _TaskContext(source_dir, config, dims, example_dims, data_dir, rows_dir, name, len(tasks),
-                       pipeline.chunk_size, progress_dir)
+                       pipeline.chunk_size, progress_dir, run_id=uuid.uuid4().hex)
     try:
       with progress.watch(progress_dir or "", num_episodes, f"relabeling ({config.level})", "ep",
                           enabled=show_progress and progress_dir is not None):

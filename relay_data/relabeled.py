@@ -273,8 +273,27 @@ def read_arrays(path: str, max_examples: Optional[int] = None,
   return {k: np.concatenate([p[k] for p in parts])[:max_examples] for k in parts[0]}
 
 
+_FINGERPRINT_READ_BYTES = 4 << 20
+
+
 def fingerprint(path: str) -> str:
-  """Cheap content fingerprint of a TFDS dataset: its dataset_info plus shard names and sizes."""
+  """Content fingerprint of a TFDS dataset directory, episode (play) or relabeled dataset alike.
+
+  The one fingerprint relay keys things by: a relabeled dataset's source in its lineage, a
+  model's training data (`relay_agents.train`), the play dataset of an evaluation log
+  (`relay eval`). It hashes dataset_info.json (minus its absolute `dataInfoDir`) and every
+  shard's name and bytes, so datasets that differ in any byte differ here, and the same content
+  copied to another directory fingerprints the same. Not its mtime or metadata.json (which names
+  paths).
+
+  Why every byte rather than a cheaper proxy: shard names and sizes alone made datasets with the
+  same sizes but other content (another seed, a re-generated source) look identical, and models
+  and eval logs are keyed by this. Hashing stays cheap: SHA-256 streamed in 4 MiB reads through
+  `tf.io.gfile` (so gs:// etc. work) ran at ~0.5 GB/s on a 56 MB relabeled dataset (0.11 s,
+  shared 2-core box), small next to building or training on the data. TFRecord CRCs were the
+  other option (reading only record headers), but they cost a seek per record, which on object
+  stores is a request per record, and they vouch for the bytes only as far as a reader checks them.
+  """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   directory = rlds_io.resolve_dataset_dir(path) if "://" not in path else path
   h = hashlib.sha256()
@@ -284,5 +303,9 @@ def fingerprint(path: str) -> str:
   h.update(json.dumps(info, sort_keys=True).encode())
   for name in sorted(tf.io.gfile.listdir(directory)):
     if ".tfrecord" in name or ".array_record" in name:
-      h.update(f"{name}:{tf.io.gfile.stat(os.path.join(directory, name)).length}".encode())
+      h.update(f"\n{name}:{tf.io.gfile.stat(os.path.join(directory, name)).length}\n".encode())
+      with tf.io.gfile.GFile(os.path.join(directory, name), "rb") as f:
+        for block in iter(lambda: f.read(_FINGERPRINT_READ_BYTES), b""):
+          h.update(block)
   return h.hexdigest()[:16]
+

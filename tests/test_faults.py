@@ -5,6 +5,7 @@ dirs, the Beam DirectRunner, the kitchen generator) and asserts three things: th
 one-line message (no traceback), and that every source and earlier output is byte-identical
 afterwards (a hash of the whole tree, before and after).
 """
+import contextlib
 import hashlib
 import os
 import shutil
@@ -276,20 +277,28 @@ with atomic.atomic_directory(sys.argv[1]) as tmp:
 """
 
 
-def test_second_writer_stops_with_the_pid_and_leaves_the_live_temp_dir(guard, tmp_path):
-  output, release = tmp_path / "out", tmp_path / "release"
-  holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(output), str(release)], cwd=REPO,
+@contextlib.contextmanager
+def _holding(script, path, tmp_path):
+  """Runs `script` on `path` in another process until the body ends (then it must exit 0);
+  yields the process and the first line it printed (once it holds `path`)."""
+  release = tmp_path / "release"
+  holder = subprocess.Popen([sys.executable, "-c", script, str(path), str(release)], cwd=REPO,
                             stdout=subprocess.PIPE, text=True)
   try:
-    live_tmp = holder.stdout.readline().strip()
+    yield holder, holder.stdout.readline().strip()
+  finally:
+    release.write_text("")
+    assert holder.wait(timeout=60) == 0
+
+
+def test_second_writer_stops_with_the_pid_and_leaves_the_live_temp_dir(guard, tmp_path):
+  output = tmp_path / "out"
+  with _holding(_HOLD, output, tmp_path) as (holder, live_tmp):
     assert os.path.isdir(live_tmp)
     for extra in ((), ("--overwrite",)):
       proc = relabel(guard["source"], str(output), *extra)
       assert_error(proc, 1, f"is being written by pid {holder.pid}")
       assert open(os.path.join(live_tmp, "marker")).read() == "live"  # not deleted as "stale"
-  finally:
-    release.write_text("")
-    assert holder.wait(timeout=60) == 0
   assert (output / "marker").read_text() == "live"  # the first run finished normally
   assert not os.path.exists(paths.lock_path(str(output)))
 
@@ -305,17 +314,12 @@ with paths.output_lock(sys.argv[1]):
 
 
 def test_training_into_a_model_dir_being_written_stops_at_once(guard, tmp_path):
-  model, release = tmp_path / "model", tmp_path / "release"
-  holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(model), str(release)], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
-  try:
-    assert holder.stdout.readline().strip() == "locked"
+  model = tmp_path / "model"
+  with _holding(_HOLD_LOCK, model, tmp_path) as (holder, line):
+    assert line == "locked"
     proc = run_cli("train-il", "--agent", "gcbc", "--data", guard["relabeled"], "--out", str(model), "--steps", "5")
     assert_error(proc, 1, str(model), f"is being written by pid {holder.pid}")
     assert not model.exists()
-  finally:
-    release.write_text("")
-    assert holder.wait(timeout=60) == 0
 
 
 def test_stale_lock_of_a_dead_pid_is_reclaimed(guard, tmp_path):
@@ -332,12 +336,12 @@ def test_stale_lock_of_a_dead_pid_is_reclaimed(guard, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["out"]  # stale temp dir and lock gone
 
 
-def _wait_for(predicate, timeout):
+def _wait_for(predicate, timeout, interval=0.2):
   deadline = time.time() + timeout
   while time.time() < deadline:
     if predicate():
       return True
-    time.sleep(0.2)
+    time.sleep(interval)
   return False
 
 
@@ -374,6 +378,48 @@ def test_interrupted_generate_reruns_cleanly(tmp_path):
   assert _leftovers(data_dir) == []
   assert rlds_io.num_examples(str(config_dir / generator.GENERATOR_VERSION)) == 3
   assert rlds_io.read_metadata(str(config_dir / generator.GENERATOR_VERSION))["generation"]["kept"] == 3
+
+
+def test_interrupted_relabel_exits_130_leaves_nothing_and_reruns_cleanly(tmp_path):
+  """Ctrl-C mid-pipeline (Beam's in-process runner busy with tasks): exit 130 with one line, no
+  output, temp dir or lock left; the rerun succeeds and equals an uninterrupted run byte for byte."""
+  from pipelines import relabel as pipeline
+  from relay_data import relabeled
+  num_episodes = 60
+  src = helpers.write_toy(tmp_path / "src", lengths=[60] * num_episodes)
+  runs = tmp_path / "runs"
+  out = runs / "out"
+  flags = ("--window", "8", "--episodes-per-shard", "1")  # one Beam task per episode: many to go
+
+  def progress_dirs():
+    return [runs / d / "_progress" for d in (os.listdir(runs) if runs.exists() else [])
+            if d.startswith(".out.tmp-") and os.path.isdir(runs / d / "_progress")]
+
+  def tasks_done():
+    return sum(1 for d in progress_dirs() for name in os.listdir(d) if name.isdigit())
+
+  proc = subprocess.Popen([sys.executable, "-m", "relay", "relabel", "--source", src, "--level", "low",
+                           "--output", str(out), *flags], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  assert _wait_for(lambda: tasks_done() > 0, 120, interval=0.01), proc.communicate()
+  # Freeze the run to see where the signal lands: mid-pipeline, with most tasks still to run.
+  proc.send_signal(signal.SIGSTOP)
+  done = tasks_done()
+  proc.send_signal(signal.SIGINT)
+  proc.send_signal(signal.SIGCONT)
+  _, err = proc.communicate(timeout=120)
+  assert done < num_episodes, "the pipeline had finished before the signal"
+  assert proc.returncode == 130, err
+  assert [l for l in err.splitlines() if l.strip() and "%|" not in l] == ["relay relabel: interrupted"], err
+  assert os.listdir(runs) == []  # no output, no temp dir, no lock
+
+  rerun = run_cli("relabel", "--source", src, "--level", "low", "--output", str(out), *flags)
+  assert rerun.returncode == 0, rerun.stderr
+  assert os.listdir(runs) == ["out"]
+  ref = tmp_path / "ref"
+  pipeline.run_relabel(src, str(ref), relabeled.RelabelConfig("low", window=8),
+                       pipeline=pipeline.PipelineConfig(episodes_per_shard=1), show_progress=False)
+  assert tree_hash(out) == tree_hash(ref)
 
 
 # ---------------------------------------------------------------------- a clean terminal

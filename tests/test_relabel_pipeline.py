@@ -164,6 +164,27 @@ def test_deterministic_across_runs_and_workers(source, tmp_path):
   assert_same_output(a, b)
 
 
+def _shards(directory):
+  return sorted(os.path.join(directory, f) for f in os.listdir(directory) if ".tfrecord" in f)
+
+
+def test_fingerprint_sees_content_not_sizes_or_location(source, tmp_path):
+  """Episode and relabeled datasets: one byte changed (sizes equal) -> another fingerprint; the
+  same bytes in another directory -> the same one."""
+  out = str(tmp_path / "relabeled")
+  pipeline.run_relabel(source, out, relabeled.RelabelConfig("low", window=3), show_progress=False)
+  for original in (source, rlds_io.resolve_dataset_dir(out)):
+    copy = os.path.join(tmp_path, "copy", *original.split(os.sep)[-2:])  # same <name>/<version>
+    shutil.copytree(original, copy)
+    assert relabeled.fingerprint(copy) == relabeled.fingerprint(original)
+    shard = _shards(copy)[0]
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 2] ^= 0x01  # one bit of one byte, mid-record
+    open(shard, "wb").write(bytes(data))
+    assert [os.path.getsize(f) for f in _shards(copy)] == [os.path.getsize(f) for f in _shards(original)]
+    assert relabeled.fingerprint(copy) != relabeled.fingerprint(original)
+
+
 def test_beam_flags_are_explicit_and_argv_is_never_parsed(source, tmp_path, monkeypatch, caplog):
   assert pipeline.beam_flags([], 3) == ["--runner=FnApiRunner"]  # DirectRunner's batch engine, no Prism download
   assert pipeline.beam_flags(["--runner=DirectRunner"], 3) == ["--runner=DirectRunner"]

@@ -51,18 +51,13 @@ class FinetuneConfig:
   spec_table: str = "actor_spec"
 
   def __post_init__(self):
-    if self.variant not in VARIANTS:
-      raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-    if self.finetune not in LEVELS:
-      raise ValueError(f"finetune must be one of {', '.join(LEVELS)}, got {self.finetune!r}")
-    if self.reward not in REWARDS:
-      raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
+    for name, choices in (("variant", VARIANTS), ("finetune", LEVELS), ("reward", REWARDS)):
+      if getattr(self, name) not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
     for name in ("episodes_per_iteration", "max_episode_steps", "cg_iters", "fisher_samples",
-                 "demo_batch_size", "value_epochs", "value_batch_size", "iril_goals_per_step"):
-      if getattr(self, name) <= 0:
+                 "demo_batch_size", "value_epochs", "value_batch_size", "iril_goals_per_step", "kl_delta"):
+      if not getattr(self, name) > 0:  # `not > 0`, not `<= 0`: a NaN kl_delta is refused too
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-    if not self.kl_delta > 0:
-      raise ValueError(f"kl_delta must be positive, got {self.kl_delta}")
     if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
       raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
     if self.eps is not None and not self.eps > 0:

@@ -1,6 +1,6 @@
 """Configuration of a goal-conditioned BC agent."""
 import dataclasses
-from typing import Tuple
+from typing import Optional, Tuple
 
 HEADS = ("gaussian", "mixture", "mse")
 
@@ -14,6 +14,13 @@ class GoalBCConfig:
   head: "mixture" (mixture of `num_components` diagonal Gaussians trained by log-likelihood;
     acts with the likeliest component's mean, so on multimodal play it picks a mode instead of
     averaging modes), "gaussian" (one diagonal Gaussian) or "mse".
+  examples_per_item: examples per Reverb item (`relay_agents.replay`); default (None) is
+    `batch_size`, so one sampled item is one whole batch. Why: the feed's CPU per SGD step is what
+    slows a Reverb-fed learner on a small box, and whole-batch items pay one Reverb sample and one
+    tf.data element per batch instead of one per 32 examples, the old default (measured with
+    `python -m benchmarks learner`, figures in docs/benchmarks.md). Any batch size keeps the fast
+    reshape path, which needs the fetch to be a whole number of items. Items are cut from
+    block-shuffled examples, so one still mixes many episodes.
   """
   target: str = "action"
   use_goal: bool = True
@@ -27,10 +34,12 @@ class GoalBCConfig:
   num_sgd_steps_per_step: int = 1
   table_name: str = "relabeled"
   max_replay_size: int = 1_000_000   # examples kept in Reverb (FIFO beyond): bounds memory
-  examples_per_item: int = 32        # examples per Reverb item (see relay_agents/replay.py)
+  examples_per_item: Optional[int] = None  # examples per Reverb item; None: batch_size (see above)
   max_in_flight_samples_per_worker: int = 512
 
   def __post_init__(self):
+    if self.examples_per_item is None:  # resolved here, so every reader sees an int
+      object.__setattr__(self, "examples_per_item", self.batch_size)
     if self.target not in ("action", "subgoal"):
       raise ValueError(f"target must be 'action' or 'subgoal', got {self.target!r}")
     if self.head not in HEADS:
