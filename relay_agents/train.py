@@ -83,7 +83,7 @@ def _load_examples(path: str, max_examples: int) -> Dict[str, np.ndarray]:
 
 def train_key(data_dir: str, config: GoalBCConfig, train: TrainConfig) -> str:
   """What a level's weights depend on: the data (its fingerprint and its lineage: relabel config,
-  seed and source; the fingerprint alone sees only sizes), the policy config and the seed (not
+  seed and source; the fingerprint covers the bytes), the policy config and the seed (not
   the step count: more steps resume the same training)."""
   lineage = {k: v for k, v in relabeled.read_lineage(data_dir).items() if k not in ("code_version", "beam_options")}
   ident = {"data": relabeled.fingerprint(data_dir), "lineage": lineage, "config": dataclasses.asdict(config),
