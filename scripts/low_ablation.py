@@ -14,6 +14,8 @@ usage: python scripts/low_ablation.py PLAY HELDOUT NAME [key=value ...]
   obs=full|novel          novel: the paper's observation without velocities (30-d)
   chunk=k,m               predict k actions, execute m, then re-predict (action chunking)
   hist=0|1                1: the previous executed action is an input
+  ee=0|1                  1: the end-effector position (forward kinematics of the observed
+                          joints) is appended to the observation and to the goal
   noise=0.1               the kitchen's robot observation noise in the oracle rollouts
   modes=mode,sample       oracle modes to run (mode, sample, track)   eval=12   out=low_ablation.jsonl
 One JSON line per run is appended to `out`.
@@ -46,8 +48,24 @@ def with_prev(o, ex):
   """[obs_t, executed a_{t-1}] (zeros at t = 0): a short history of what was sent."""
   prev = np.concatenate([np.zeros((1, ex.shape[1]), np.float32), ex[:-1]], 0)
   return np.concatenate([o, prev], -1) if HIST else o
-obs = [with_prev(sel(e["observation"]).astype(np.float32), e["executed_action"].astype(np.float32)) for e in eps]
-goal = [e["goal_state"].astype(np.float32) for e in eps]
+EE = int(kw.get("ee", 0))
+_fk = {}
+def ee_of(q):
+  """[N, >=9] robot joint positions -> [N, 3] end-effector site positions (forward kinematics)."""
+  import mujoco
+  from relay_data import kitchen as _k
+  if not _fk:
+    env = _k.make_env(); m = env.unwrapped.model
+    _fk.update(m=m, d=mujoco.MjData(m), site=mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "end_effector"))
+  m, d = _fk["m"], _fk["d"]
+  out = np.zeros((len(q), 3), np.float32)
+  for i, qi in enumerate(np.asarray(q)):
+    d.qpos[:9] = qi[:9]; mujoco.mj_kinematics(m, d); out[i] = d.site_xpos[_fk["site"]]
+  return out
+def add_ee(x):  # observation or goal-space rows -> rows ++ EE position
+  return np.concatenate([x, ee_of(x[:, :9])], -1) if EE else x
+obs = [add_ee(with_prev(sel(e["observation"]).astype(np.float32), e["executed_action"].astype(np.float32))) for e in eps]
+goal = [add_ee(e["goal_state"].astype(np.float32)) for e in eps]
 act = [(e["executed_action"] if label == "executed" else e["action"]).astype(np.float32) for e in eps]
 lens = np.array([len(a) for a in act]); off = np.r_[0, np.cumsum(lens)[:-1]]
 O, G, A = np.concatenate(obs), np.concatenate(goal), np.concatenate(act)
@@ -90,7 +108,7 @@ def r2(path, n):
   es = []; ys = []
   for i, ep in enumerate(rlds_io.iter_episodes(path)):
     if i >= n: break
-    o, g, a = with_prev(sel(ep["observation"]), ep["executed_action"]), ep["goal_state"], ep["action"]
+    o, g, a = add_ee(with_prev(sel(ep["observation"]), ep["executed_action"])), add_ee(ep["goal_state"]), ep["action"]
     for j in (1, 15, 30):
       t = np.arange(0, len(a) - j)
       es.append(np.asarray(mean_fn(params, np.concatenate([o[t], g[t + j]], -1).astype(np.float32)))[:, :9] - a[t]); ys.append(a[t])
@@ -106,7 +124,7 @@ class Pol:
     if not self.queue:
       o = sel(np.asarray(observation))
       if HIST: o = np.concatenate([o, self.prev])
-      x = np.concatenate([o, goal])[None].astype(np.float32)
+      x = np.concatenate([add_ee(o[None])[0], add_ee(np.asarray(goal, np.float32)[None])[0]])[None].astype(np.float32)
       if self.sample:
         self.key, k = jax.random.split(self.key)
         out = np.asarray(sample_fn(params, x, k))[0]
