@@ -350,7 +350,21 @@ def _leftovers(root):
                 for n in dirs + files if ".incomplete" in n or ".tmp-" in n or n.endswith(".lock"))
 
 
-def test_interrupted_generate_reruns_cleanly(tmp_path):
+@pytest.fixture
+def interruptible_children():
+  """Child processes start with SIGINT at its default disposition, as from a terminal.
+
+  A test run started in the background without job control (`make test &` in a script, `nohup`)
+  inherits SIGINT *ignored*; exec keeps an ignored signal ignored, so the relay child would
+  never see KeyboardInterrupt and the interrupt tests would fail for a reason outside relay.
+  A caught signal is reset to the default on exec, so installing Python's handler here is enough.
+  """
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupted_generate_reruns_cleanly(tmp_path, interruptible_children):
   """Ctrl-C, then kill -9, mid-generation; the rerun builds the dataset and nothing stale remains."""
   data_dir = tmp_path / "data"
   # 3 episodes: human-paced play makes one episode a matter of seconds, and the signal must land
@@ -380,7 +394,7 @@ def test_interrupted_generate_reruns_cleanly(tmp_path):
   assert rlds_io.read_metadata(str(config_dir / generator.GENERATOR_VERSION))["generation"]["kept"] == 3
 
 
-def test_interrupted_relabel_exits_130_leaves_nothing_and_reruns_cleanly(tmp_path):
+def test_interrupted_relabel_exits_130_leaves_nothing_and_reruns_cleanly(tmp_path, interruptible_children):
   """Ctrl-C mid-pipeline (Beam's in-process runner busy with tasks): exit 130 with one line, no
   output, temp dir or lock left; the rerun succeeds and equals an uninterrupted run byte for byte."""
   from pipelines import relabel as pipeline
