@@ -252,7 +252,8 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
   per_task = (-(-num_episodes // pipeline.num_shards) if pipeline.num_shards else pipeline.episodes_per_shard)
   tasks = sources.plan_tasks(builder, source_dir, per_task)
   name = paths.check_name(name or f"relabeled_{config.level.replace('-', '_')}")  # never a path
-  example_dims = relabeled.example_dims(config.level, dims["observation"], dims["goal_state"], dims["action"])
+  example_dims = relabeled.example_dims(config.level, dims["observation"], dims["goal_state"], dims["action"],
+                                        config.action_chunk)
   flags = beam_flags(beam_args, len(tasks))
 
   with storage.atomic_directory(output, overwrite=overwrite) as tmp:

@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--goals-per-step", type=int, default=None,
                       help="draw k distinct goals per step instead of all (bounds output size)")
   parser.add_argument("--seed", type=int, default=0, help="seed of the goal sampling (default 0)")
+  parser.add_argument("--action-chunk", type=int, default=1,
+                      help="k > 1: also store the next k actions a_t..a_{t+k-1} of every example (field "
+                           "action_chunk), for policies trained with `relay train-il --action-chunk k`; "
+                           "levels with actions only (not high). Default 1: no chunks")
   parser.add_argument("--output", required=True, help="output dataset directory")
   parser.add_argument("--name", default=None, help="dataset name inside the output (default relabeled_<level>)")
   parser.add_argument("--episodes-per-shard", type=int, default=32,
@@ -66,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     raise UsageError("--episodes-per-shard and --chunk-size must be positive")
   try:
     config = relabeled.RelabelConfig(level=args.level, window=args.window, window_high=args.window_high,
-                                     goals_per_step=args.goals_per_step, seed=args.seed)
+                                     goals_per_step=args.goals_per_step, seed=args.seed,
+                                     action_chunk=args.action_chunk)
   except ValueError as e:
     raise UsageError(f"invalid relabel options: {e}") from e
   runner = pipeline.RUNNER_ALIASES.get(args.runner.lower(), args.runner)

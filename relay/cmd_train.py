@@ -42,6 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "mode is acted on, not the average of modes), gaussian, or mse")
   parser.add_argument("--components", type=int, default=d.num_components,
                       help=f"mixture head: components (default {d.num_components})")
+  parser.add_argument("--end-effector", action="store_true",
+                      help="append the end-effector position (forward kinematics of the robot joints) of the "
+                           "observation and of the goal to the policies' input (kitchen data; beyond the "
+                           "paper's observation)")
+  parser.add_argument("--action-chunk", type=int, default=d.action_chunk,
+                      help="predict the next k actions at once and execute --execute-steps of them before "
+                           "predicting again (action chunking; action-predicting policies only, the RIL high "
+                           "level keeps 1). Needs data relabeled with the same --action-chunk. Default 1")
+  parser.add_argument("--execute-steps", type=int, default=None,
+                      help="with --action-chunk k: actions executed per prediction (1..k; default ceil(k/2))")
   parser.add_argument("--max-replay-size", type=int, default=d.max_replay_size,
                       help=f"examples kept in Reverb (default {d.max_replay_size:,}; FIFO beyond)")
   parser.add_argument("--reverb-address", default=None, help="host:port of a running Reverb server")
@@ -81,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
   try:
     config = GoalBCConfig(hidden_sizes=hidden, head=args.head, num_components=args.components,
                           learning_rate=args.learning_rate,
-                          batch_size=args.batch_size, max_replay_size=args.max_replay_size)
+                          batch_size=args.batch_size, max_replay_size=args.max_replay_size,
+                          end_effector=args.end_effector, action_chunk=args.action_chunk,
+                          execute_steps=args.execute_steps)
     train_config = train.TrainConfig(steps=args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
                                      reverb_address=args.reverb_address)
   except ValueError as e:

@@ -156,8 +156,8 @@ def load_networks(level_dir: str):
   from relay_agents.gcbc import networks as gcbc_networks  # pylint: disable=import-outside-toplevel
   saved = load_policy(level_dir)
   config = saved["config"]
-  networks = gcbc_networks.make_networks(saved["input_dim"], saved["dims"][config.target], config,
-                                         saved["normalization"])
+  networks = gcbc_networks.make_networks(saved["input_dim"], saved["dims"][config.target_field], config,
+                                         saved["normalization"], observation_dim=saved["dims"]["observation"])
   return networks, saved["params"], config, saved["dims"]
 
 

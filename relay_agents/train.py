@@ -37,7 +37,7 @@ from relay_data.errors import DataError
 
 AGENTS = {
     # agent -> {level: (relabel level expected, GoalBCConfig overrides)}
-    "ril": {"low": ("low", {}), "high": ("high", {"target": "subgoal"})},
+    "ril": {"low": ("low", {}), "high": ("high", {"target": "subgoal", "action_chunk": 1, "execute_steps": 1})},
     "gcbc": {"policy": ("flat", {})},
     "gcbc-norelabel": {"policy": ("final-goal", {})},
     "bc": {"policy": ("bc", {"use_goal": False})},
@@ -86,9 +86,24 @@ def train_key(data_dir: str, config: GoalBCConfig, train: TrainConfig) -> str:
   seed and source; the fingerprint covers the bytes), the policy config and the seed (not
   the step count: more steps resume the same training)."""
   lineage = {k: v for k, v in relabeled.read_lineage(data_dir).items() if k not in ("code_version", "beam_options")}
-  ident = {"data": relabeled.fingerprint(data_dir), "lineage": lineage, "config": dataclasses.asdict(config),
+  ident = {"data": relabeled.fingerprint(data_dir), "lineage": lineage, "config": _config_identity(config),
            "seed": train.seed}
   return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# Policy options added after models were first trained: left out of the key at their defaults, so
+# a model trained before they existed still resumes (its weights depend on none of them).
+_LATER_OPTIONS = {"end_effector": False, "action_chunk": 1}
+
+
+def _config_identity(config: GoalBCConfig) -> Dict:
+  ident = dataclasses.asdict(config)
+  if ident["action_chunk"] == 1:
+    ident.pop("execute_steps")
+  for name, default in _LATER_OPTIONS.items():
+    if ident[name] == default:
+      ident.pop(name)
+  return ident
 
 
 def _stale_files(out_dir: str, key: str):
@@ -170,10 +185,12 @@ def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_di
     raise DataError(f"checkpoint is at step {checkpoint['step']}, beyond --steps {train.steps} (pass a larger "
                     "--steps, or --overwrite to retrain)", path=os.path.join(out_dir, CHECKPOINT))
   dims = replay.ExampleDims.of(data_dir).dims
+  check_target(data_dir, dims, config)
   sample = _load_examples(data_dir, 100_000)
   norm = gcbc_networks.stats_from_examples([sample], config)
   input_dim = dims["observation"] + (dims["goal"] if config.use_goal else 0)
-  networks = gcbc_networks.make_networks(input_dim, dims[config.target], config, norm)
+  networks = gcbc_networks.make_networks(input_dim, dims[config.target_field], config, norm,
+                                         observation_dim=dims["observation"])
   builder = gcbc_builder.GoalBCBuilder(config, dims)
 
   server = None
@@ -211,6 +228,31 @@ def train_policy(data_dir: str, config: GoalBCConfig, train: TrainConfig, out_di
   finally:
     if server is not None:
       server.stop()
+
+
+def check_target(data_dir: str, dims: Dict[str, int], config: GoalBCConfig) -> None:
+  """The dataset must hold what the policy predicts: with action chunking, chunks of exactly k."""
+  if config.target_field == "action_chunk":
+    want = config.action_chunk * dims.get("action", 0)
+    if dims.get("action_chunk") != want:
+      have = (f"chunks of {dims['action_chunk'] // max(dims.get('action', 1), 1)} actions" if "action_chunk" in dims
+              else "no action chunks")
+      raise DataError(f"the policy predicts chunks of {config.action_chunk} actions (--action-chunk) but the "
+                      f"dataset has {have}; relabel it with --action-chunk {config.action_chunk}", path=data_dir)
+  elif config.target_field not in dims:
+    raise DataError(f"the dataset has no '{config.target_field}' field (fields: {', '.join(sorted(dims))})",
+                    path=data_dir)
+
+
+def check_end_effector(sources: Dict[str, Dict], config: GoalBCConfig) -> None:
+  """End-effector features need kitchen observations and goals (robot joints in their first 9 columns)."""
+  if not config.end_effector:
+    return
+  for level, source in sorted(sources.items()):
+    spec = goal_space.DataSpec.from_dict(source["spec"])
+    if spec.observation.env != "kitchen" or spec.goal_space != goal_space.KITCHEN_GOAL_SPACE:
+      raise DataError(f"--end-effector needs kitchen data (robot joints first in observation and goal), but the "
+                      f"{level} dataset has {spec.describe()}", path=source["path"])
 
 
 def check_dataset_level(agent: str, level: str, data_dir: str) -> None:
@@ -264,6 +306,7 @@ def train_agent(agent: str, data: Dict[str, str], out_dir: str, train: TrainConf
     raise ValueError(f"{agent} needs datasets for {sorted(AGENTS[agent])}, got {sorted(data)}")
   sources = _sources(agent, data)
   check_sources_agree(sources)
+  check_end_effector(sources, config)
   level_configs = {level: dataclasses.replace(config, **AGENTS[agent][level][1]) for level in data}
   if not overwrite:  # refuse before anything in out_dir changes
     for level, path in data.items():

@@ -12,6 +12,10 @@ them when the range has <= k), reproducible from `seed`; this bounds the O(T*W) 
 Examples come out ordered by t, then j. Everything is vectorized: index arrays are built by
 broadcasting and rows are gathered once, with no Python loop over examples.
 
+With `action_chunk=k > 1`, every action-carrying example also gets `action_chunk`, the k actions
+a_t..a_{t+k-1} flattened to [k*d] (steps past the last action a_{T-1} repeat it): the targets of
+a policy that predicts k actions at once (action chunking).
+
 Baselines reuse the same machinery: flat goal-conditioned BC is `low_level_examples` with one
 window; `final_goal_examples` pairs every step with the episode's final state; `bc_examples`
 drops the goal.
@@ -89,13 +93,32 @@ def relabel_indices(num_steps: int, window: int, goals_per_step: Optional[int] =
   return t_idx[valid].astype(np.int64), j_idx[valid].astype(np.int64)
 
 
+def _check_chunk(action_chunk) -> int:
+  return _check_window("action_chunk", action_chunk)
+
+
+def action_chunks(actions: np.ndarray, t: np.ndarray, action_chunk: int) -> np.ndarray:
+  """[n, k*d]: a_t..a_{t+k-1} for each t (t+i clamped to the last action a_{T-1}, T = L-1)."""
+  k = _check_chunk(action_chunk)
+  last = max(actions.shape[0] - 2, 0)
+  steps = np.minimum(np.asarray(t)[:, None] + np.arange(k)[None, :], last)  # [n, k]
+  return _rows(actions, steps.reshape(-1)).reshape(len(t), k * actions.shape[1])
+
+
+def _with_actions(examples: Examples, actions: np.ndarray, t: np.ndarray, action_chunk: int) -> Examples:
+  examples["action"] = _rows(actions, t)
+  if _check_chunk(action_chunk) > 1:
+    examples["action_chunk"] = action_chunks(actions, t, action_chunk)
+  return examples
+
+
 def low_level_examples(states, goal_states, actions, window: int,
-                       goals_per_step: Optional[int] = None, seed: int = 0) -> Examples:
+                       goals_per_step: Optional[int] = None, seed: int = 0, action_chunk: int = 1) -> Examples:
   """Low-level (or flat GCBC) examples: observation s_t, action a_t, goal g_{t+j}, 1 <= j <= window."""
   _, arr = _check_arrays(states=states, goal_states=goal_states, actions=actions)
   t, j = relabel_indices(arr["states"].shape[0], window, goals_per_step, seed)
-  return {"observation": _rows(arr["states"], t), "action": _rows(arr["actions"], t),
-          "goal": _rows(arr["goal_states"], t + j)}
+  return _with_actions({"observation": _rows(arr["states"], t), "goal": _rows(arr["goal_states"], t + j)},
+                       arr["actions"], t, action_chunk)
 
 
 def high_level_examples(states, goal_states, window_low: int, window_high: int,
@@ -112,17 +135,18 @@ def high_level_examples(states, goal_states, window_low: int, window_high: int,
           "goal": _rows(g, t + j)}
 
 
-def final_goal_examples(states, goal_states, actions) -> Examples:
+def final_goal_examples(states, goal_states, actions, action_chunk: int = 1) -> Examples:
   """GCBC without relabeling: every (s_t, a_t) with the episode's final goal-space state g_T."""
   length, arr = _check_arrays(states=states, goal_states=goal_states, actions=actions)
   t = np.arange(max(length - 1, 0))
   goal = np.broadcast_to(arr["goal_states"][-1:], (t.size, arr["goal_states"].shape[1])) \
       if length else arr["goal_states"][:0]
-  return {"observation": _rows(arr["states"], t), "action": _rows(arr["actions"], t), "goal": np.array(goal)}
+  return _with_actions({"observation": _rows(arr["states"], t), "goal": np.array(goal)}, arr["actions"], t,
+                       action_chunk)
 
 
-def bc_examples(states, actions) -> Examples:
+def bc_examples(states, actions, action_chunk: int = 1) -> Examples:
   """Plain BC: every (s_t, a_t), 0 <= t < T, no goal."""
   length, arr = _check_arrays(states=states, actions=actions)
   t = np.arange(max(length - 1, 0))
-  return {"observation": _rows(arr["states"], t), "action": _rows(arr["actions"], t)}
+  return _with_actions({"observation": _rows(arr["states"], t)}, arr["actions"], t, action_chunk)

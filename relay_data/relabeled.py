@@ -45,16 +45,22 @@ class RelabelConfig:
   window_high: W_h for high only; must exceed `window`.
   goals_per_step: k goals drawn per step instead of all (bounds output size), None = all.
   seed: with the episode id, seeds the goal sampling of each episode.
+  action_chunk: k > 1 adds an `action_chunk` field (a_t..a_{t+k-1}) to the levels that carry
+    actions (all but high): the targets of policies that predict k actions at once.
   """
   level: str = "low"
   window: int = relabel.DEFAULT_WINDOW
   window_high: int = 280
   goals_per_step: Optional[int] = None
   seed: int = 0
+  action_chunk: int = 1
 
   def __post_init__(self):
     if self.level not in LEVELS:
       raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {self.level!r}")
+    relabel._check_chunk(self.action_chunk)  # pylint: disable=protected-access
+    if self.level == "high" and self.action_chunk != 1:
+      raise ValueError("action_chunk applies to levels with actions (low, flat, final-goal, bc), not high")
     relabel._check_window("window", self.window)  # pylint: disable=protected-access
     relabel._check_k(self.goals_per_step)  # pylint: disable=protected-access
     if self.level == "high":
@@ -69,6 +75,8 @@ class RelabelConfig:
     if self.level in ("final-goal", "bc"):
       out.pop("window")
       out.pop("goals_per_step")
+    if self.action_chunk == 1:  # datasets made before the option existed keep their lineage
+      out.pop("action_chunk")
     return out
 
 
@@ -83,27 +91,31 @@ def relabel_episode(config: RelabelConfig, states, goal_states, actions, episode
   seed = episode_seed(config.seed, episode_key)
   if config.level in ("low", "flat"):
     return relabel.low_level_examples(states, goal_states, actions, config.window,
-                                      config.goals_per_step, seed)
+                                      config.goals_per_step, seed, config.action_chunk)
   if config.level == "high":
     return relabel.high_level_examples(states, goal_states, config.window, config.window_high,
                                        config.goals_per_step, seed)
   if config.level == "final-goal":
-    return relabel.final_goal_examples(states, goal_states, actions)
-  return relabel.bc_examples(states, actions)
+    return relabel.final_goal_examples(states, goal_states, actions, config.action_chunk)
+  return relabel.bc_examples(states, actions, config.action_chunk)
 
 
-def example_dims(level: str, state_dim: int, goal_dim: int, action_dim: int) -> Dict[str, int]:
+def example_dims(level: str, state_dim: int, goal_dim: int, action_dim: int,
+                 action_chunk: int = 1) -> Dict[str, int]:
   """The float32 fields of one relabeled example of `level` and their widths."""
-  dims = {"observation": state_dim, "action": action_dim, "goal": goal_dim, "subgoal": goal_dim}
+  dims = {"observation": state_dim, "action": action_dim, "goal": goal_dim, "subgoal": goal_dim,
+          "action_chunk": action_chunk * action_dim}
   keys = {"low": ("observation", "action", "goal"), "flat": ("observation", "action", "goal"),
           "final-goal": ("observation", "action", "goal"), "high": ("observation", "subgoal", "goal"),
           "bc": ("observation", "action")}[level]
+  if action_chunk > 1 and "action" in keys:
+    keys += ("action_chunk",)
   return {k: int(dims[k]) for k in keys}
 
 
-def example_features(level: str, state_dim: int, goal_dim: int, action_dim: int):
+def example_features(level: str, state_dim: int, goal_dim: int, action_dim: int, action_chunk: int = 1):
   """TFDS features of one record (a chunk of examples) of a relabeled dataset of `level`."""
-  return features_of(example_dims(level, state_dim, goal_dim, action_dim))
+  return features_of(example_dims(level, state_dim, goal_dim, action_dim, action_chunk))
 
 
 def features_of(dims: Dict[str, int]):

@@ -44,17 +44,38 @@ class GoalPolicyFn:
 
 
 class GoalPolicy:
-  """A trained goal-conditioned policy: a `GoalPolicyFn` bound to its parameters."""
+  """A trained goal-conditioned policy: a `GoalPolicyFn` bound to its parameters.
+
+  A policy that predicts chunks of k actions (`config.action_chunk`) returns them one per call:
+  it predicts, then serves the first `config.execute_steps` actions of the chunk from a queue,
+  and predicts again when the queue is empty, when the goal changes (a new subgoal must act at
+  once) or after `reset()` (a new episode). One instance per actor: the queue is its state.
+  """
 
   def __init__(self, fn: GoalPolicyFn, params):
     self.fn, self.params = fn, params
+    self._queue, self._goal = [], None
 
   @property
   def config(self) -> GoalBCConfig:
     return self.fn.config
 
+  def reset(self) -> None:
+    """Drops the queued actions of a chunk (call at an episode's start)."""
+    self._queue, self._goal = [], None
+
   def __call__(self, observation, goal, key, deterministic: Optional[bool] = None) -> np.ndarray:
-    return self.fn(self.params, observation, goal, key, deterministic)
+    chunk = getattr(self.config, "action_chunk", 1)
+    if chunk <= 1:
+      return self.fn(self.params, observation, goal, key, deterministic)
+    goal_now = None if goal is None else np.asarray(goal, np.float32)
+    same_goal = (goal_now is None and self._goal is None) or (
+        goal_now is not None and self._goal is not None and np.array_equal(goal_now, self._goal))
+    if not self._queue or not same_goal:
+      out = self.fn(self.params, observation, goal, key, deterministic)
+      self._queue = list(out.reshape(chunk, -1)[:self.config.execute_steps])
+      self._goal = goal_now
+    return self._queue.pop(0)
 
 
 class _GoalActor(core.Actor):
@@ -100,6 +121,10 @@ class FlatActor(_GoalActor):
     self.policy, self.low, self.high = policy, action_low, action_high
     self._variable_source = variable_source
 
+  def observe_first(self, timestep) -> None:
+    del timestep
+    self.policy.reset()
+
   def select_action(self, observation):
     action = self.policy(self._observation(observation), self.goal, self._next_key(), self.deterministic)
     return np.clip(action, self.low, self.high).astype(np.float32)
@@ -129,6 +154,7 @@ class HierarchicalActor(_GoalActor):
     self.steps = 0
     self.subgoal = None
     self.replans = []
+    self.low_policy.reset()
 
   def select_action(self, observation):
     observation = self._observation(observation)

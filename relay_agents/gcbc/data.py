@@ -20,7 +20,7 @@ from relay_agents.gcbc.config import GoalBCConfig
 def to_transition(batch: Dict, config: GoalBCConfig, concat=np.concatenate, zeros=np.zeros) -> types.Transition:
   """A batch of examples as the Transition Acme's BC learner trains on (np or tf arrays)."""
   inputs = gcbc_networks.policy_inputs(batch["observation"], batch.get("goal"), config.use_goal, concat)
-  target = batch[config.target]
+  target = batch[config.target_field]
   none = zeros(tf.shape(target)[:-1] if zeros is tf.zeros else target.shape[:-1], np.float32)
   return types.Transition(observation=inputs, action=target, reward=none, discount=none, next_observation=inputs)
 

@@ -6,9 +6,14 @@ Gaussian's mean then averages the modes, which the mixture head avoids.
 Normalization statistics come from the training data (`Normalization.from_examples`) and are
 baked into the network as constants, so a saved parameter set plus its stats fully define the
 policy. Outputs are in raw units (the network predicts normalized targets internally).
+
+The network's input features are the policy input [s, g] itself, or, with
+`config.end_effector`, [s, g] with the end-effector positions of s and of g appended
+(`input_features`): computed inside the network from the joint columns, so callers still pass
+[s, g] and the saved policy needs nothing else to act.
 """
 import dataclasses
-from typing import Callable, Dict, Iterable
+from typing import Callable, Dict, Iterable, Optional
 
 import haiku as hk
 import jax
@@ -18,6 +23,7 @@ import numpy as np
 from relay_agents import acme_compat  # noqa: F401
 from acme.jax import networks as networks_lib  # pylint: disable=g-bad-import-order
 from relay_agents.gcbc.config import GoalBCConfig
+from relay_data import kinematics
 
 
 INPUT_CLIP = 10.0  # normalized inputs beyond +-10 std carry no extra signal, only instability
@@ -57,15 +63,36 @@ class GoalBCNetworks:
   normalization: Normalization
 
 
+def input_features(config: GoalBCConfig, observation_dim: Optional[int]) -> Callable:
+  """[B, input_dim] policy inputs -> the network's input features (numpy or jax arrays).
+
+  With `config.end_effector`, appends the end-effector position of the observation (its first 9
+  columns are the robot joints) and, for goal-conditioned policies, of the goal (the goal space's
+  first 9 columns are too): the kitchen's layouts (`relay_data.kitchen`)."""
+  if not config.end_effector:
+    return lambda inputs: inputs
+  if observation_dim is None:
+    raise ValueError("end_effector features need the observation width (observation_dim)")
+  starts = [0] + ([observation_dim] if config.use_goal else [])
+
+  def features(inputs):
+    xp = np if isinstance(inputs, np.ndarray) else jnp
+    ee = [kinematics.kitchen_end_effector(inputs[..., s:s + kinematics.ROBOT_JOINTS], xp) for s in starts]
+    return xp.concatenate([inputs] + ee, axis=-1)
+  return features
+
+
 def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
-                  normalization: Normalization) -> GoalBCNetworks:
+                  normalization: Normalization, observation_dim: Optional[int] = None) -> GoalBCNetworks:
+  """`observation_dim` (the width of s in [s, g]) is needed by `config.end_effector` only."""
   norm = jax.tree_util.tree_map(jnp.asarray, normalization.to_dict())
+  features = input_features(config, observation_dim)
 
   out_mean, out_log_std = norm["output_mean"], jnp.log(norm["output_std"])
   k = config.num_components
 
   def forward(inputs):
-    x = jnp.clip((inputs - norm["input_mean"]) / norm["input_std"], -INPUT_CLIP, INPUT_CLIP)
+    x = jnp.clip((features(inputs) - norm["input_mean"]) / norm["input_std"], -INPUT_CLIP, INPUT_CLIP)
     h = hk.nets.MLP(list(config.hidden_sizes), activate_final=True, name="torso")(x)
     if config.head == "mixture":  # (logits [B,k], means [B,k,d], log_stds [B,k,d])
       logits = hk.Linear(k, name="logits")(h)
@@ -128,11 +155,13 @@ def policy_inputs(observation, goal, use_goal: bool, concat=np.concatenate):
 
 def stats_from_examples(examples: Iterable[Dict[str, np.ndarray]], config: GoalBCConfig,
                         max_examples: int = 200_000) -> Normalization:
-  """Normalization from (up to `max_examples`) relabeled examples."""
+  """Normalization of the network's input features and target from (up to `max_examples`)
+  relabeled examples."""
   inputs, outputs, n = [], [], 0
   for ex in examples:
-    inputs.append(policy_inputs(ex["observation"], ex.get("goal"), config.use_goal))
-    outputs.append(ex[config.target])
+    features = input_features(config, ex["observation"].shape[-1])
+    inputs.append(features(policy_inputs(ex["observation"], ex.get("goal"), config.use_goal)))
+    outputs.append(ex[config.target_field])
     n += len(outputs[-1])
     if n >= max_examples:
       break

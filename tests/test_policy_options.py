@@ -1,0 +1,177 @@
+"""Policy options beyond the paper's plain MLP: end-effector input features and action chunking.
+
+Real components throughout: MuJoCo's own kinematics as the reference, the Beam relabel pipeline,
+training through a local Reverb server, rollouts in the kitchen.
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+import pytest
+
+from pipelines import relabel as relabel_pipeline
+from relay_agents import evaluation, models, train
+from relay_agents.finetune import policy_io
+from relay_agents.gcbc import acting
+from relay_agents.gcbc.config import GoalBCConfig
+from relay_data import goal_space, kinematics, kitchen, relabel, relabeled, rlds_io
+from relay_data.errors import DataError
+
+
+def test_forward_kinematics_matches_mujoco():
+  env = kitchen.make_env()
+  model = env.unwrapped.model
+  data = mujoco.MjData(model)
+  site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, kinematics.END_EFFECTOR_SITE)
+  rng = np.random.default_rng(0)
+  q = rng.uniform(model.jnt_range[:9, 0], model.jnt_range[:9, 1], size=(32, 9)).astype(np.float32)
+  expected = []
+  for row in q:
+    data.qpos[:9] = row
+    mujoco.mj_kinematics(model, data)
+    expected.append(data.site_xpos[site].copy())
+  env.close()
+  np.testing.assert_allclose(kinematics.kitchen_end_effector(q), expected, atol=1e-5)
+  jitted = jax.jit(lambda x: kinematics.kitchen_end_effector(x, jnp))
+  np.testing.assert_allclose(np.asarray(jitted(q)), expected, atol=1e-5)
+  # Any leading shape; extra columns after the 9 joints are ignored (an observation row works).
+  obs = np.concatenate([q, rng.normal(size=(32, 50)).astype(np.float32)], -1).reshape(4, 8, 59)
+  np.testing.assert_allclose(kinematics.kitchen_end_effector(obs).reshape(32, 3), expected, atol=1e-5)
+  with pytest.raises(ValueError, match="no site 'nope'"):
+    kinematics.chain_of_site(model, "nope")
+
+
+def test_action_chunks_are_the_next_k_actions_clamped_at_the_last():
+  rng = np.random.default_rng(1)
+  length, k = 12, 4
+  states, goals = rng.normal(size=(length, 5)), rng.normal(size=(length, 3))
+  actions = rng.normal(size=(length, 2)).astype(np.float32)
+  ex = relabel.low_level_examples(states, goals, actions, window=3, goals_per_step=2, seed=0, action_chunk=k)
+  t = relabeled.step_index(relabeled.RelabelConfig("low", window=3, goals_per_step=2), length)
+  assert ex["action_chunk"].shape == (len(t), k * 2)
+  for row, step in zip(ex["action_chunk"], t):
+    literal = [actions[min(step + i, length - 2)] for i in range(k)]  # a_T (row L-1) is never a target
+    np.testing.assert_array_equal(row, np.concatenate(literal))
+  np.testing.assert_array_equal(ex["action_chunk"][:, :2], ex["action"])
+  for fn in (lambda c: relabel.bc_examples(states, actions, action_chunk=c),
+             lambda c: relabel.final_goal_examples(states, goals, actions, action_chunk=c)):
+    assert "action_chunk" not in fn(1) and fn(3)["action_chunk"].shape == (length - 1, 6)
+  with pytest.raises(ValueError, match="action_chunk"):
+    relabeled.RelabelConfig("high", window=3, window_high=9, action_chunk=2)
+  with pytest.raises(ValueError, match="action_chunk must be a positive integer"):
+    relabeled.RelabelConfig("low", action_chunk=0)
+
+
+def _episodes(n_eps=6, length=40, seed=0):
+  """Kitchen-shaped episodes whose action is a fixed function of the state (learnable)."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(n_eps):
+    obs = rng.normal(size=(length, kitchen.OBS_DIM)).astype(np.float32) * 0.3
+    out.append({"observation": obs, "action": np.tanh(obs[:, :9]).astype(np.float32), "episode_id": f"e{i}"})
+  return out
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+  root = tmp_path_factory.mktemp("options")
+  src = rlds_io.write_episodes(_episodes(), "options", str(root), progress=False,
+                               metadata={"env_settings": kitchen.DEFAULT_SETTINGS.to_dict()})
+  out = {"source": src}
+  for name, cfg in (("low", relabeled.RelabelConfig("low", window=5, goals_per_step=3)),
+                    ("low_c3", relabeled.RelabelConfig("low", window=5, goals_per_step=3, action_chunk=3)),
+                    ("high", relabeled.RelabelConfig("high", window=5, window_high=20, goals_per_step=3))):
+    out[name] = str(root / name)
+    relabel_pipeline.run_relabel(src, out[name], cfg)
+  return out
+
+
+def test_relabel_pipeline_writes_action_chunks(datasets):
+  assert relabeled.dims_of(datasets["low_c3"]) == {"observation": 59, "action": 9, "goal": 30, "action_chunk": 27}
+  assert relabeled.read_lineage(datasets["low_c3"])["config"]["action_chunk"] == 3
+  assert "action_chunk" not in relabeled.read_lineage(datasets["low"])["config"]  # old lineages unchanged
+  arrays = relabeled.read_arrays(datasets["low_c3"])
+  episodes = list(rlds_io.iter_episodes(datasets["source"]))
+  for i in (0, 5, len(arrays["step"]) - 1):  # each chunk is its source episode's next 3 actions
+    actions = episodes[arrays["episode_index"][i]]["action"]
+    t = arrays["step"][i]
+    expected = np.concatenate([actions[min(t + j, len(actions) - 2)] for j in range(3)])
+    np.testing.assert_array_equal(arrays["action_chunk"][i], expected)
+
+
+@pytest.fixture(scope="module")
+def chunked_ee_model(datasets, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("ril_options"))
+  config = GoalBCConfig(batch_size=32, hidden_sizes=(32,), action_chunk=3, execute_steps=2, end_effector=True)
+  train.train_agent("ril", {"low": datasets["low_c3"], "high": datasets["high"]}, out,
+                    train.TrainConfig(steps=40, progress=False), config)
+  return out
+
+
+def test_chunked_end_effector_ril_trains_and_acts_in_the_kitchen(chunked_ee_model, kitchen_play_tiny):
+  record = models.read_record(chunked_ee_model)
+  low, high = record.policy_configs["low"], record.policy_configs["high"]
+  assert (low["action_chunk"], low["execute_steps"], low["end_effector"]) == (3, 2, True)
+  assert (high["action_chunk"], high["target"], high["end_effector"]) == (1, "subgoal", True)
+  saved = models.load_policy(os.path.join(chunked_ee_model, "low"))
+  assert saved["normalization"].input_mean.shape == (59 + 30 + 3 + 3,)  # [s, g] + both hands' positions
+  assert saved["normalization"].output_mean.shape == (27,)
+
+  actor = models.make_actor(chunked_ee_model)
+  predictions = []
+
+  class Counting:
+    """The low level's jitted policy, recording the shape of each prediction."""
+    def __init__(self, fn):
+      self.fn, self.config = fn, fn.config
+
+    def __call__(self, *args):
+      out = self.fn(*args)
+      predictions.append(out.shape)
+      return out
+
+  actor.low_policy.fn = Counting(actor.low_policy.fn)
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  result = evaluation.rollout(actor, goal, max_steps=7, seed=0)
+  assert result.steps == 7 and actor.replans == [0, 5]
+  # Predicts at steps 0, 2, 4 (2 of each 3-action chunk executed) and at 5 (new subgoal).
+  assert predictions == [(27,)] * 4
+
+
+def test_chunked_policy_serves_its_queue_and_repredicts_on_a_new_goal():
+  calls = []
+
+  class Fn:
+    config = GoalBCConfig(action_chunk=4, execute_steps=3)
+
+    def __call__(self, params, observation, goal, key, deterministic=None):
+      calls.append(np.array(goal))
+      return np.arange(8, dtype=np.float32) + 100 * len(calls)  # 4 actions of 2 dims
+
+  policy = acting.GoalPolicy(Fn(), params=None)
+  g1, g2 = np.zeros(2, np.float32), np.ones(2, np.float32)
+  got = [policy(None, g1, None) for _ in range(4)]
+  np.testing.assert_array_equal(np.stack(got), [[100, 101], [102, 103], [104, 105], [200, 201]])
+  np.testing.assert_array_equal(policy(None, g2, None), [300, 301])  # goal changed: predicts at once
+  policy.reset()
+  np.testing.assert_array_equal(policy(None, g2, None), [400, 401])  # new episode: predicts at once
+  assert len(calls) == 4
+
+
+def test_options_are_checked_against_the_data(datasets, chunked_ee_model, tmp_path, cli):
+  with pytest.raises(DataError, match="relabel it with --action-chunk 3"):
+    train.train_agent("ril", {"low": datasets["low"], "high": datasets["high"]}, str(tmp_path / "m"),
+                      train.TrainConfig(steps=5, progress=False), GoalBCConfig(action_chunk=3))
+  with pytest.raises(DataError, match="--end-effector needs kitchen data"):
+    train.check_end_effector({"low": {"spec": goal_space.custom_spec(4, 2).to_dict(), "path": "x"}},
+                             GoalBCConfig(end_effector=True))
+  with pytest.raises(ValueError, match="finetuning supports one action per step"):
+    policy_io.load_model(chunked_ee_model)
+  bad = cli("train-il", "--agent", "ril", "--low", datasets["low"], "--high", datasets["high"],
+            "--out", str(tmp_path / "m2"), "--action-chunk", "3", "--execute-steps", "4")
+  assert bad.returncode == 2 and "execute_steps" in bad.stderr
+  bad = cli("relabel", "--source", datasets["source"], "--level", "high", "--action-chunk", "2",
+            "--output", str(tmp_path / "r"))
+  assert bad.returncode == 2 and "not high" in bad.stderr and not os.path.exists(tmp_path / "r")
