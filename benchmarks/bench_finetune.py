@@ -36,7 +36,7 @@ def _random_ril_model(root: str) -> str:
   obs = rng.normal(size=(1000, 59)).astype(np.float32)
   goal = rng.normal(size=(1000, 30)).astype(np.float32)
   for level, target, out in (("low", "action", rng.uniform(-1, 1, (1000, 9))), ("high", "subgoal", goal)):
-    config = GoalBCConfig(target=target)
+    config = GoalBCConfig(target=target, action_chunk=1)
     norm = gcbc_networks.Normalization.from_arrays(np.concatenate([obs, goal], -1), out)
     nets = gcbc_networks.make_networks(89, out.shape[1], config, norm)
     os.makedirs(os.path.join(root, level))

@@ -46,7 +46,7 @@ def learner_benchmark(rounds=3):
   dims = {k: v.shape[1] for k, v in arrays.items()}
   learner = networks = None
   for label, overrides in VARIANTS:
-    config = GoalBCConfig(batch_size=256, **overrides)
+    config = GoalBCConfig(action_chunk=1, hidden_sizes=(256, 256), batch_size=256, **overrides)  # the paper MLP: figures stay comparable
     norm = gcbc_networks.stats_from_examples([arrays], config)
     networks = gcbc_networks.make_networks(89, 9, config, norm)
     memory = learning.make_learner(networks, gcbc_data.array_iterator(arrays, config), config, jax.random.PRNGKey(0))
@@ -73,12 +73,12 @@ def learner_benchmark(rounds=3):
 
 def actor_benchmark(networks, learner, steps=300):
   params = learning.params_of(learner)
-  high_config = GoalBCConfig(target="subgoal")
+  high_config = GoalBCConfig(target="subgoal", hidden_sizes=(256, 256))
   high_networks = gcbc_networks.make_networks(89, 30, high_config, gcbc_networks.Normalization(
       np.zeros(89, np.float32), np.ones(89, np.float32), np.zeros(30, np.float32), np.ones(30, np.float32)))
   high_params = high_networks.policy.init(jax.random.PRNGKey(1))
   actor = acting.HierarchicalActor(acting.GoalPolicy(acting.GoalPolicyFn(high_networks, high_config), high_params),
-                                   acting.GoalPolicy(acting.GoalPolicyFn(networks, GoalBCConfig()), params),
+                                   acting.GoalPolicy(acting.GoalPolicyFn(networks, GoalBCConfig(action_chunk=1, hidden_sizes=(256, 256))), params),
                                    window=DEFAULT_WINDOW)
   actor.set_goal(np.zeros(30, np.float32))
   env = kitchen.make_env(max_episode_steps=10_000)

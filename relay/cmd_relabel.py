@@ -39,10 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--goals-per-step", type=int, default=None,
                       help="draw k distinct goals per step instead of all (bounds output size)")
   parser.add_argument("--seed", type=int, default=0, help="seed of the goal sampling (default 0)")
-  parser.add_argument("--action-chunk", type=int, default=1,
+  from relay_data.relabel import DEFAULT_ACTION_CHUNK  # pylint: disable=import-outside-toplevel
+  parser.add_argument("--action-chunk", type=int, default=None,
                       help="k > 1: also store the next k actions a_t..a_{t+k-1} of every example (field "
-                           "action_chunk), for policies trained with `relay train-il --action-chunk k`; "
-                           "levels with actions only (not high). Default 1: no chunks")
+                           "action_chunk), the targets of policies trained with `relay train-il --action-chunk "
+                           f"k`; 1: no chunks. Levels with actions only (not high). Default {DEFAULT_ACTION_CHUNK} "
+                           "(train-il's default), 1 for high")
   parser.add_argument("--output", required=True, help="output dataset directory")
   parser.add_argument("--name", default=None, help="dataset name inside the output (default relabeled_<level>)")
   parser.add_argument("--episodes-per-shard", type=int, default=32,

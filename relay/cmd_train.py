@@ -36,22 +36,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
   parser.add_argument("--learning-rate", type=float, default=d.learning_rate,
                       help=f"Adam learning rate (default {d.learning_rate:g})")
-  parser.add_argument("--hidden", default=hidden, help=f"MLP hidden sizes (default {hidden})")
+  parser.add_argument("--hidden", default=None, help=f"MLP hidden sizes (default {hidden}; --paper: 256,256)")
   parser.add_argument("--head", default=d.head, choices=list(HEADS),
                       help=f"policy head (default {d.head}): mixture of Gaussians (play is multimodal and the "
                            "mode is acted on, not the average of modes), gaussian, or mse")
   parser.add_argument("--components", type=int, default=d.num_components,
                       help=f"mixture head: components (default {d.num_components})")
-  parser.add_argument("--end-effector", action="store_true",
+  parser.add_argument("--end-effector", choices=("auto", "on", "off"), default=None,
                       help="append the end-effector position (forward kinematics of the robot joints) of the "
-                           "observation and of the goal to the policies' input (kitchen data; beyond the "
-                           "paper's observation)")
-  parser.add_argument("--action-chunk", type=int, default=d.action_chunk,
+                           "observation and of the goal to the policies' input; beyond the paper's "
+                           "observation. auto (default): on for kitchen data, off otherwise")
+  parser.add_argument("--action-chunk", type=int, default=None,
                       help="predict the next k actions at once and execute --execute-steps of them before "
-                           "predicting again (action chunking; action-predicting policies only, the RIL high "
-                           "level keeps 1). Needs data relabeled with the same --action-chunk. Default 1")
+                           "predicting again (action chunking; the RIL high level keeps 1). Needs data "
+                           f"relabeled with the same --action-chunk (relay relabel's default is also "
+                           f"{d.action_chunk}). 1: one action per step, the paper's (and what `relay "
+                           f"finetune` needs). Default {d.action_chunk}")
   parser.add_argument("--execute-steps", type=int, default=None,
                       help="with --action-chunk k: actions executed per prediction (1..k; default ceil(k/2))")
+  parser.add_argument("--paper", action="store_true",
+                      help="the paper's plain policy: MLP 256x256, one action per step, no end-effector input "
+                           "(sets --hidden 256,256 --action-chunk 1 --end-effector off unless given)")
   parser.add_argument("--max-replay-size", type=int, default=d.max_replay_size,
                       help=f"examples kept in Reverb (default {d.max_replay_size:,}; FIFO beyond)")
   parser.add_argument("--reverb-address", default=None, help="host:port of a running Reverb server")
@@ -60,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="save a resumable checkpoint every N learner steps (default 1000; and at the end)")
   parser.add_argument("--overwrite", action="store_true",
                       help="retrain from scratch when --out holds weights from other data or another config")
+
+
+PAPER = {"hidden": "256,256", "action_chunk": 1, "end_effector": "off"}  # --paper: the paper's plain MLP
 
 
 def parse_hidden(text: str):
@@ -87,12 +95,19 @@ def run(args: argparse.Namespace) -> int:
   if args.steps <= 0 or args.checkpoint_every <= 0:
     raise UsageError("--steps and --checkpoint-every must be positive")
   paths.check_output(args.out, "--out", sources=list(data.values()), kind="model")  # resumes in place
+  d = GoalBCConfig()
+  preset = PAPER if args.paper else {"hidden": ",".join(map(str, d.hidden_sizes)), "action_chunk": d.action_chunk,
+                                     "end_effector": "auto"}
+  for flag, value in preset.items():  # flags given explicitly win over the preset
+    if getattr(args, flag) is None:
+      setattr(args, flag, value)
   hidden = parse_hidden(args.hidden)
   try:
     config = GoalBCConfig(hidden_sizes=hidden, head=args.head, num_components=args.components,
                           learning_rate=args.learning_rate,
                           batch_size=args.batch_size, max_replay_size=args.max_replay_size,
-                          end_effector=args.end_effector, action_chunk=args.action_chunk,
+                          end_effector={"auto": None, "on": True, "off": False}[args.end_effector],
+                          action_chunk=args.action_chunk,
                           execute_steps=args.execute_steps)
     train_config = train.TrainConfig(steps=args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
                                      reverb_address=args.reverb_address)

@@ -244,15 +244,24 @@ def check_target(data_dir: str, dims: Dict[str, int], config: GoalBCConfig) -> N
                     path=data_dir)
 
 
-def check_end_effector(sources: Dict[str, Dict], config: GoalBCConfig) -> None:
-  """End-effector features need kitchen observations and goals (robot joints in their first 9 columns)."""
-  if not config.end_effector:
-    return
-  for level, source in sorted(sources.items()):
-    spec = goal_space.DataSpec.from_dict(source["spec"])
-    if spec.observation.env != "kitchen" or spec.goal_space != goal_space.KITCHEN_GOAL_SPACE:
-      raise DataError(f"--end-effector needs kitchen data (robot joints first in observation and goal), but the "
-                      f"{level} dataset has {spec.describe()}", path=source["path"])
+def _is_kitchen(source: Dict) -> bool:
+  spec = goal_space.DataSpec.from_dict(source["spec"])
+  return spec.observation.env == "kitchen" and spec.goal_space == goal_space.KITCHEN_GOAL_SPACE
+
+
+def resolve_end_effector(sources: Dict[str, Dict], config: GoalBCConfig) -> GoalBCConfig:
+  """`end_effector=None` (auto) becomes on for kitchen data, off otherwise; on needs kitchen data
+  (the robot joints first in observation and goal)."""
+  kitchen_data = all(_is_kitchen(source) for source in sources.values())
+  if config.end_effector is None:
+    return dataclasses.replace(config, end_effector=kitchen_data)
+  if config.end_effector:
+    for level, source in sorted(sources.items()):
+      if not _is_kitchen(source):
+        spec = goal_space.DataSpec.from_dict(source["spec"])
+        raise DataError(f"--end-effector needs kitchen data (robot joints first in observation and goal), but the "
+                        f"{level} dataset has {spec.describe()}", path=source["path"])
+  return config
 
 
 def check_dataset_level(agent: str, level: str, data_dir: str) -> None:
@@ -306,7 +315,7 @@ def train_agent(agent: str, data: Dict[str, str], out_dir: str, train: TrainConf
     raise ValueError(f"{agent} needs datasets for {sorted(AGENTS[agent])}, got {sorted(data)}")
   sources = _sources(agent, data)
   check_sources_agree(sources)
-  check_end_effector(sources, config)
+  config = resolve_end_effector(sources, config)
   level_configs = {level: dataclasses.replace(config, **AGENTS[agent][level][1]) for level in data}
   if not overwrite:  # refuse before anything in out_dir changes
     for level, path in data.items():

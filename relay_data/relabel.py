@@ -25,6 +25,9 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 DEFAULT_WINDOW = 30  # W_l, the paper's: the one default from `relay relabel --window` to the actor
+# Actions per example chunk (`action_chunks`): the one default of `relay relabel --action-chunk`
+# and of the policies' `GoalBCConfig.action_chunk`, so default data trains default policies.
+DEFAULT_ACTION_CHUNK = 10
 
 Examples = Dict[str, np.ndarray]
 

@@ -46,18 +46,21 @@ class RelabelConfig:
   goals_per_step: k goals drawn per step instead of all (bounds output size), None = all.
   seed: with the episode id, seeds the goal sampling of each episode.
   action_chunk: k > 1 adds an `action_chunk` field (a_t..a_{t+k-1}) to the levels that carry
-    actions (all but high): the targets of policies that predict k actions at once.
+    actions (all but high): the targets of policies that predict k actions at once. None:
+    `relabel.DEFAULT_ACTION_CHUNK` for those levels, 1 for high.
   """
   level: str = "low"
   window: int = relabel.DEFAULT_WINDOW
   window_high: int = 280
   goals_per_step: Optional[int] = None
   seed: int = 0
-  action_chunk: int = 1
+  action_chunk: Optional[int] = None
 
   def __post_init__(self):
     if self.level not in LEVELS:
       raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {self.level!r}")
+    if self.action_chunk is None:
+      object.__setattr__(self, "action_chunk", 1 if self.level == "high" else relabel.DEFAULT_ACTION_CHUNK)
     relabel._check_chunk(self.action_chunk)  # pylint: disable=protected-access
     if self.level == "high" and self.action_chunk != 1:
       raise ValueError("action_chunk applies to levels with actions (low, flat, final-goal, bc), not high")

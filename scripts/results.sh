@@ -3,7 +3,11 @@
 # baselines, train every method for several seeds, evaluate on the kitchen goals.
 #
 # Usage: [OUT=results] [SEEDS="0 1 2"] [STAGES="5 20"] [STEPS=30000] [HEAD=mixture] [WORKERS=2] \
-#        bash scripts/results.sh
+#        [HIDDEN=256,256] [CHUNK=1] [EXECUTE=] [EE=0] bash scripts/results.sh
+#
+# Policy options (applied to every method alike, so the comparison stays fair): HIDDEN sizes,
+# CHUNK = k actions predicted per step (EXECUTE = m executed; the action datasets are relabeled
+# with --action-chunk k), EE=1 adds the end-effector input. Use a separate OUT per option set.
 #
 # Evaluation runs in stages of increasing rollouts per goal (STAGES): every stage ends with a
 # complete table ($OUT/summary_r<R>.md) over all methods and seeds, and the next stage reuses its
@@ -19,6 +23,11 @@ HEAD=${HEAD:-mixture}
 WORKERS=${WORKERS:-2}
 EPISODES=${EPISODES:-400}
 K=${K:-2}
+HIDDEN=${HIDDEN:-256,256}
+CHUNK=${CHUNK:-1}
+OPTS=(--hidden "$HIDDEN" --action-chunk "$CHUNK")
+[ -n "${EXECUTE:-}" ] && OPTS+=(--execute-steps "$EXECUTE")
+[ "${EE:-0}" = 1 ] && OPTS+=(--end-effector)
 HORIZON=${HORIZON:-400}   # eval horizon for 4-element goals at human pace (the env's own limit is 280)
 R=".venv/bin/relay"
 VERSION=$(.venv/bin/python -c "from relay_data.play import generator; print(generator.GENERATOR_VERSION)")
@@ -27,15 +36,15 @@ PLAY="$OUT/data/kitchen_play/n${EPISODES}_s0/$VERSION"
 [ -f "$PLAY/dataset_info.json" ] || $R generate --episodes "$EPISODES" --data-dir "$OUT/data" --workers "$WORKERS"
 [ -f "$OUT/play_info.png" ] || $R data info "$PLAY" --plot "$OUT/play_info.png"
 relabel() { compgen -G "$OUT/relabeled/$1/*/*/metadata.json" >/dev/null || $R relabel --source "$PLAY" --level "$2" "${@:3}" --output "$OUT/relabeled/$1" --overwrite; }
-relabel low low --window 30 --goals-per-step "$K"
+relabel low low --window 30 --goals-per-step "$K" --action-chunk "$CHUNK"
 relabel high high --window 30 --window-high "$HORIZON" --goals-per-step "$K"
-relabel flat flat --window "$HORIZON" --goals-per-step "$K"
-relabel final final-goal
-relabel bc bc
+relabel flat flat --window "$HORIZON" --goals-per-step "$K" --action-chunk "$CHUNK"
+relabel final final-goal --action-chunk "$CHUNK"
+relabel bc bc --action-chunk "$CHUNK"
 
 train() {  # train <seed> <name> <agent> <data flags...>
   local out="$OUT/models/s$1/$2"
-  [ -f "$out/agent.json" ] || $R train-il --agent "$3" "${@:4}" --out "$out" --steps "$STEPS" --head "$HEAD" --seed "$1"
+  [ -f "$out/agent.json" ] || $R train-il --agent "$3" "${@:4}" --out "$out" --steps "$STEPS" --head "$HEAD" --seed "$1" "${OPTS[@]}"
 }
 for seed in $SEEDS; do
   train "$seed" ril ril --low "$OUT/relabeled/low" --high "$OUT/relabeled/high"

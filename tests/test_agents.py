@@ -41,9 +41,9 @@ def relabeled_dirs(tmp_path_factory):
 
 
 def test_reverb_round_trip_into_learner_batches(relabeled_dirs):
-  config = GoalBCConfig(batch_size=16, examples_per_item=8)
+  config = GoalBCConfig(batch_size=16, examples_per_item=8, action_chunk=1)
   dims = replay.ExampleDims.of(relabeled_dirs["low"])
-  assert dims.dims == {"observation": 59, "action": 9, "goal": 30}
+  assert dims.dims == {"observation": 59, "action": 9, "goal": 30, "action_chunk": 90}  # default chunks of 10
   server = reverb.Server([replay.make_table(config.table_name, dims.dims, 10_000, config.examples_per_item)])
   try:
     address = f"localhost:{server.port}"
@@ -61,7 +61,7 @@ def test_reverb_round_trip_into_learner_batches(relabeled_dirs):
 
 
 def test_training_through_reverb_lowers_the_loss_and_resumes(relabeled_dirs, tmp_path):
-  config = GoalBCConfig(batch_size=64, hidden_sizes=(64, 64), head="mse", learning_rate=3e-3)
+  config = GoalBCConfig(batch_size=64, hidden_sizes=(64, 64), head="mse", learning_rate=3e-3, action_chunk=1)
   out = str(tmp_path / "low")
   summary = train.train_policy(relabeled_dirs["low"], config,
                                train.TrainConfig(steps=300, progress=False, checkpoint_every=100), out)
@@ -223,7 +223,7 @@ def test_mixture_head_acts_on_a_mode_where_the_gaussian_averages():
   arrays = {"observation": obs, "action": action}
   modes = {}
   for head in ("gaussian", "mixture"):
-    config = GoalBCConfig(use_goal=False, hidden_sizes=(32, 32), head=head, num_components=3,
+    config = GoalBCConfig(use_goal=False, hidden_sizes=(32, 32), head=head, num_components=3, action_chunk=1,
                           batch_size=128, learning_rate=3e-3)
     nets = gcbc_networks.make_networks(3, 1, config, gcbc_networks.Normalization.from_arrays(obs, action))
     learner = learning.make_learner(nets, gcbc_data.array_iterator(arrays, config), config, jax.random.PRNGKey(0))

@@ -42,7 +42,7 @@ def _train_ril(play_dir, root):
     relabel_pipeline.run_relabel(play_dir, data[level], cfg)
   out = str(root / "ril")
   train.train_agent("ril", data, out, train.TrainConfig(steps=30, progress=False),
-                    GoalBCConfig(batch_size=32, hidden_sizes=(32,)))
+                    GoalBCConfig(action_chunk=1, batch_size=32, hidden_sizes=(32,)))
   return out
 
 
@@ -154,7 +154,7 @@ def test_npg_step_keeps_the_kl_at_its_bound(ril_model):
     assert float(stats.kl) < 1.3 * delta
     assert float(stats.surrogate_after) > float(stats.surrogate_before)
   # A Gaussian head: the KL is analytic and lands on the bound.
-  config = GoalBCConfig(hidden_sizes=(32, 32), head="gaussian")
+  config = GoalBCConfig(action_chunk=1, hidden_sizes=(32, 32), head="gaussian")
   nets = gcbc_networks.make_networks(inputs.shape[1], 9, config,
                                      gcbc_networks.Normalization.from_arrays(inputs, examples["action"]))
   params = nets.policy.init(jax.random.PRNGKey(0))
@@ -167,7 +167,7 @@ def test_dapg_term_pulls_the_policy_toward_demo_actions():
   rng = np.random.default_rng(0)
   inputs = rng.normal(size=(256, 6)).astype(np.float32)
   demo_actions = np.tanh(inputs[:, :2]).astype(np.float32)
-  config = GoalBCConfig(hidden_sizes=(32, 32), head="gaussian")
+  config = GoalBCConfig(action_chunk=1, hidden_sizes=(32, 32), head="gaussian")
   nets = gcbc_networks.make_networks(6, 2, config, gcbc_networks.Normalization.from_arrays(inputs, demo_actions))
   params = nets.policy.init(jax.random.PRNGKey(0))
   on = _on_policy_batch(nets, params, inputs)
@@ -192,7 +192,7 @@ def test_npg_steps_improve_the_return_of_a_contextual_bandit():
   inputs = rng.normal(size=(512, 4)).astype(np.float32)
   best = np.tanh(inputs[:, :2])
   for head in ("gaussian", "mixture"):
-    config = GoalBCConfig(hidden_sizes=(32, 32), head=head, num_components=3)
+    config = GoalBCConfig(action_chunk=1, hidden_sizes=(32, 32), head=head, num_components=3)
     nets = gcbc_networks.make_networks(4, 2, config, gcbc_networks.Normalization.from_arrays(inputs, best))
     params = nets.policy.init(jax.random.PRNGKey(0))
     update = npg.make_npg_update(nets, head, 0.05)

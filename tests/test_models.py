@@ -101,7 +101,7 @@ def _files(directory):
 
 
 def test_stale_model_dir_is_refused_or_retrained_never_reused(datasets, tmp_path, capsys):
-  config = GoalBCConfig(hidden_sizes=(16,), batch_size=16, head="mse")
+  config = GoalBCConfig(action_chunk=1, hidden_sizes=(16,), batch_size=16, head="mse")
   out = str(tmp_path / "low")
   run = lambda data, steps, overwrite=False: train.train_policy(
       datasets[data], config, train.TrainConfig(steps=steps, checkpoint_every=10, progress=False), out,
@@ -115,7 +115,7 @@ def test_stale_model_dir_is_refused_or_retrained_never_reused(datasets, tmp_path
     run("low_b", 30)  # other data: refused, nothing touched
   assert _files(out) == before
   with pytest.raises(DataError, match="another config"):
-    train.train_policy(datasets["low_a"], GoalBCConfig(hidden_sizes=(8,), batch_size=16, head="mse"),
+    train.train_policy(datasets["low_a"], GoalBCConfig(action_chunk=1, hidden_sizes=(8,), batch_size=16, head="mse"),
                        train.TrainConfig(steps=30, progress=False), out)
   retrained = run("low_b", 30, overwrite=True)
   assert retrained["resumed_from"] == 0 and retrained["first_loss"] is not None
@@ -145,7 +145,7 @@ def test_model_record_and_actor(datasets, tmp_path):
   relabel_pipeline.run_relabel(datasets["source"], flat, relabeled.RelabelConfig("flat", window=7, goals_per_step=1),
                                show_progress=False)
   train.train_agent("gcbc", {"policy": flat}, model, train.TrainConfig(steps=20, progress=False),
-                    GoalBCConfig(hidden_sizes=(8,), batch_size=16))
+                    GoalBCConfig(action_chunk=1, hidden_sizes=(8,), batch_size=16))
   with open(os.path.join(model, "agent.json")) as f:
     raw = json.load(f)
   assert raw["format"] == models.FORMAT and raw["window"] == 7 and raw["env_settings"] == kitchen.GYMNASIUM_DEFAULTS.to_dict()
@@ -184,8 +184,8 @@ def test_legacy_model_record_is_read_with_an_inferred_spec(tmp_path):
   import pickle
   from relay_agents.gcbc import networks as gcbc_networks
   import jax
-  for level, cfg, out_dim in (("high", GoalBCConfig(hidden_sizes=(4,), target="subgoal"), 30),
-                              ("low", GoalBCConfig(hidden_sizes=(4,)), 9)):
+  for level, cfg, out_dim in (("high", GoalBCConfig(action_chunk=1, hidden_sizes=(4,), target="subgoal"), 30),
+                              ("low", GoalBCConfig(action_chunk=1, hidden_sizes=(4,)), 9)):
     nets = gcbc_networks.make_networks(89, out_dim, cfg, gcbc_networks.Normalization.from_arrays(
         np.zeros((2, 89)), np.zeros((2, out_dim))))
     (tmp_path / level).mkdir()

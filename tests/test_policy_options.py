@@ -4,6 +4,7 @@ Real components throughout: MuJoCo's own kinematics as the reference, the Beam r
 training through a local Reverb server, rollouts in the kitchen.
 """
 import os
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +81,7 @@ def datasets(tmp_path_factory):
   src = rlds_io.write_episodes(_episodes(), "options", str(root), progress=False,
                                metadata={"env_settings": kitchen.DEFAULT_SETTINGS.to_dict()})
   out = {"source": src}
-  for name, cfg in (("low", relabeled.RelabelConfig("low", window=5, goals_per_step=3)),
+  for name, cfg in (("low", relabeled.RelabelConfig("low", window=5, goals_per_step=3, action_chunk=1)),
                     ("low_c3", relabeled.RelabelConfig("low", window=5, goals_per_step=3, action_chunk=3)),
                     ("high", relabeled.RelabelConfig("high", window=5, window_high=20, goals_per_step=3))):
     out[name] = str(root / name)
@@ -164,9 +165,10 @@ def test_options_are_checked_against_the_data(datasets, chunked_ee_model, tmp_pa
   with pytest.raises(DataError, match="relabel it with --action-chunk 3"):
     train.train_agent("ril", {"low": datasets["low"], "high": datasets["high"]}, str(tmp_path / "m"),
                       train.TrainConfig(steps=5, progress=False), GoalBCConfig(action_chunk=3))
+  custom = {"low": {"spec": goal_space.custom_spec(4, 2).to_dict(), "path": "x"}}
   with pytest.raises(DataError, match="--end-effector needs kitchen data"):
-    train.check_end_effector({"low": {"spec": goal_space.custom_spec(4, 2).to_dict(), "path": "x"}},
-                             GoalBCConfig(end_effector=True))
+    train.resolve_end_effector(custom, GoalBCConfig(end_effector=True))
+  assert train.resolve_end_effector(custom, GoalBCConfig()).end_effector is False  # auto: off off the kitchen
   with pytest.raises(ValueError, match="finetuning supports one action per step"):
     policy_io.load_model(chunked_ee_model)
   bad = cli("train-il", "--agent", "ril", "--low", datasets["low"], "--high", datasets["high"],
@@ -175,3 +177,19 @@ def test_options_are_checked_against_the_data(datasets, chunked_ee_model, tmp_pa
   bad = cli("relabel", "--source", datasets["source"], "--level", "high", "--action-chunk", "2",
             "--output", str(tmp_path / "r"))
   assert bad.returncode == 2 and "not high" in bad.stderr and not os.path.exists(tmp_path / "r")
+
+
+def test_defaults_are_the_measured_options_and_old_policies_keep_theirs():
+  config = GoalBCConfig()
+  assert (config.hidden_sizes, config.action_chunk, config.execute_steps) == ((512, 512, 512), 10, 5)
+  assert config.end_effector is None  # auto: resolved from the data by relay_agents.train
+  assert GoalBCConfig(target="subgoal").action_chunk == 1
+  assert relabeled.RelabelConfig("low").action_chunk == relabel.DEFAULT_ACTION_CHUNK == config.action_chunk
+  assert relabeled.RelabelConfig("high", window_high=60).action_chunk == 1
+  # A policy pickled before the options existed (its state lacks them) acts as it was trained.
+  state = {k: v for k, v in GoalBCConfig(action_chunk=1).__dict__.items()
+           if k not in ("end_effector", "action_chunk", "execute_steps")}
+  old = pickle.loads(pickle.dumps(GoalBCConfig(action_chunk=1)))
+  old.__dict__.clear()
+  old.__setstate__(state)
+  assert (old.end_effector, old.action_chunk, old.execute_steps, old.target_field) == (False, 1, 1, "action")

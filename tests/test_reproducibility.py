@@ -23,7 +23,7 @@ def _arrays(seed=0, n=256):
 
 
 def _train(seed: int, batch_seed: int, steps: int = 15):
-  config = GoalBCConfig(hidden_sizes=(16, 16), batch_size=32)
+  config = GoalBCConfig(action_chunk=1, hidden_sizes=(16, 16), batch_size=32)
   arrays = _arrays()
   norm = gcbc_networks.stats_from_examples([arrays], config)
   nets = gcbc_networks.make_networks(8, 2, config, norm)

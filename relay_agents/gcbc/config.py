@@ -2,6 +2,8 @@
 import dataclasses
 from typing import Optional, Tuple
 
+from relay_data import relabel
+
 HEADS = ("gaussian", "mixture", "mse")
 
 
@@ -23,17 +25,23 @@ class GoalBCConfig:
     block-shuffled examples, so one still mixes many episodes.
   end_effector: append the end-effector position (forward kinematics of the robot joints,
     `relay_data.kinematics`) of the observation and of the goal to the network's input. Kitchen
-    data only; beyond the paper's observation (an option, see docs/results.md for why).
+    data only; beyond the paper's observation. None ("auto", the default) is resolved by
+    `relay_agents.train` from the data: on for kitchen data, off otherwise.
   action_chunk: k > 1 predicts the next k actions at once (action chunking); the actor executes
     `execute_steps` of them, then predicts again (and at once when its goal changes). Needs a
-    relabeled dataset made with `relay relabel --action-chunk k` (its `action_chunk` field).
-    Why: predicting a short open-loop plan keeps the policy from stalling on states where one
-    step's action is ambiguous (measured: docs/results.md, "Why the low level fails").
+    relabeled dataset made with the same `action_chunk` (its `action_chunk` field; `relay
+    relabel`'s default matches this one). None: `relabel.DEFAULT_ACTION_CHUNK` for action
+    targets, 1 for subgoals. Why: predicting a short open-loop plan keeps the policy from
+    stalling on states where one step's action is ambiguous.
   execute_steps: m, actions executed per prediction (1 <= m <= k); None: ceil(k / 2).
+
+  Defaults are what measured best (docs/results.md, "Policy options in the agent"): a 512x3 MLP,
+  chunks of 10 actions executing 5, the end-effector input. The paper's plain MLP is
+  `GoalBCConfig(hidden_sizes=(256, 256), action_chunk=1, end_effector=False)`.
   """
   target: str = "action"
   use_goal: bool = True
-  hidden_sizes: Tuple[int, ...] = (256, 256)
+  hidden_sizes: Tuple[int, ...] = (512, 512, 512)
   head: str = "mixture"
   num_components: int = 5
   min_log_std: float = -5.0
@@ -45,9 +53,16 @@ class GoalBCConfig:
   max_replay_size: int = 1_000_000   # examples kept in Reverb (FIFO beyond): bounds memory
   examples_per_item: Optional[int] = None  # examples per Reverb item; None: batch_size (see above)
   max_in_flight_samples_per_worker: int = 512
-  end_effector: bool = False
-  action_chunk: int = 1
+  end_effector: Optional[bool] = None
+  action_chunk: Optional[int] = None
   execute_steps: Optional[int] = None
+
+  # What a config pickled before an option existed behaved as (see __setstate__).
+  _LEGACY = {"end_effector": False, "action_chunk": 1, "execute_steps": 1}
+
+  def __setstate__(self, state):
+    """Unpickling a policy saved before an option existed gives it the value it was trained with."""
+    self.__dict__.update({**self._LEGACY, **state})
 
   @property
   def target_field(self) -> str:
@@ -57,6 +72,8 @@ class GoalBCConfig:
   def __post_init__(self):
     if self.examples_per_item is None:  # resolved here, so every reader sees an int
       object.__setattr__(self, "examples_per_item", self.batch_size)
+    if self.action_chunk is None:
+      object.__setattr__(self, "action_chunk", relabel.DEFAULT_ACTION_CHUNK if self.target == "action" else 1)
     if self.execute_steps is None:
       object.__setattr__(self, "execute_steps", -(-self.action_chunk // 2))
     if self.action_chunk < 1 or not 1 <= self.execute_steps <= self.action_chunk:
