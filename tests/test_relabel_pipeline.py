@@ -351,3 +351,49 @@ def test_cli_rejects_bad_windows_and_missing_source(source, tmp_path, cli):
   proc = cli("relabel", "--source", source, "--level", "low", "--output", str(tmp_path / "z"), "--dask-workers", "2")
   assert proc.returncode == 2 and "--dask-address / --dask-workers needs --runner dask" in proc.stderr
   assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+
+
+def test_local_and_url_paths_frame_records_identically(tmp_path):
+  """Local paths go through Python's files, URLs through tf.io.gfile (here file://): same index,
+  same records, same written bytes."""
+  src = helpers.write_toy(tmp_path / "src", lengths=(6, 7, 8))
+  shard = [os.path.join(src, f) for f in sorted(os.listdir(src)) if ".tfrecord" in f][0]
+  url = "file://" + shard
+  index = tfrecords.index_records(shard)
+  assert tfrecords.index_records(url) == index and len(index) == 3
+  start, end = index[1][0], index[2][0] + index[2][1]
+  records = tfrecords.read_range(shard, start, end)
+  assert tfrecords.read_range(url, start, end) == records and len(records) == 2
+  for path in (str(tmp_path / "local.tfrecord"), "file://" + str(tmp_path / "url.tfrecord")):
+    with tfrecords.RecordWriter(path) as writer:
+      for record in records:
+        writer.write([record[:10], memoryview(record)[10:]])
+    assert writer.records_written == 2
+  written = open(tmp_path / "local.tfrecord", "rb").read()
+  assert written == open(tmp_path / "url.tfrecord", "rb").read() == open(shard, "rb").read()[start:end]
+
+
+def test_run_leaves_the_garbage_collector_as_it_found_it(source, tmp_path):
+  """The run hides pre-existing objects from the collector (gc.freeze) and puts them back after,
+  and leaves a caller's own freeze alone."""
+  import gc
+  config = relabeled.RelabelConfig("bc")
+  assert gc.get_freeze_count() == 0
+  pipeline.run_relabel(source, str(tmp_path / "a"), config, show_progress=False)
+  assert gc.get_freeze_count() == 0 and gc.isenabled()
+  gc.freeze()
+  try:
+    pipeline.run_relabel(source, str(tmp_path / "b"), config, show_progress=False)
+    assert gc.get_freeze_count() > 0  # still frozen (the count itself drifts as frozen objects are freed)
+  finally:
+    gc.unfreeze()
+  assert_same_output(str(tmp_path / "a"), str(tmp_path / "b"))
+
+
+def test_tasks_are_reshuffled_only_where_a_runner_can_spread_them():
+  from apache_beam.options.pipeline_options import PipelineOptions
+  def redistributes(args):
+    return pipeline._redistribute(PipelineOptions(flags=pipeline.beam_flags(args, 4)))  # pylint: disable=protected-access
+  assert not redistributes([])  # in-process runner, one worker: nothing to spread over
+  assert redistributes(["--runner=direct", "--direct_num_workers=2"])
+  assert redistributes(["--runner=DirectRunner"])
