@@ -38,9 +38,12 @@ def cpu():
   return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 t, c = time.perf_counter(), cpu()
 lineage = p.run_relabel(src, out, relabeled.RelabelConfig("low", window=30, goals_per_step=10), show_progress=False)
+import google.protobuf
+from google.protobuf.internal import api_implementation
 print(json.dumps({"seconds": time.perf_counter() - t, "cpu": cpu() - c,
                   "examples": lineage["counts"]["examples_written"],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "protobuf": f"{google.protobuf.__version__} ({api_implementation.Type()})"}))
 """
 
 CHILD_READ = r"""
@@ -95,7 +98,12 @@ def _child(code, args, pythonpath):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _load() -> str:
+  return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main():
+  load_at_start = _load()
   with tempfile.TemporaryDirectory(prefix="relay_bench_pipeline_") as root:
     src, small = _source(root, EPISODES), _source(root, SMALL)
     old_tree = baseline_tree(root)
@@ -120,6 +128,9 @@ def main():
             f"CPU {cpu:.2f} s vs {old_cpu:.2f} s = {old_cpu / cpu:.1f}x)  target >= 10x")
     print(f"  new: {examples / cpu / 1e6:.2f}M low-level examples per CPU-second end to end "
           f"({examples / new_s / 1e6:.2f}M/s wall)  target >= 1M per CPU-s")
+    runs_cpu = ", ".join(f"{x['cpu']:.2f}" for x in new_runs)
+    print(f"  (CPU of each new run: {runs_cpu} s; protobuf "
+          f"{new_runs[0]['protobuf']}; load average 1/5/15 min {load_at_start} at start, {_load()} now)")
 
     if old_runs:
       reads = {"new": [], "old": []}

@@ -9,7 +9,8 @@
 
 The pipeline is two transforms, so building it is cheap, and it needs nothing of a runner but
 Create and Map: Beam's in-process runner (default), DaskRunner (`pipelines.dask_cluster`), or any other
-Beam runner whose workers see the source and output paths (all file access is `tf.io.gfile`).
+Beam runner whose workers see the source and output paths (cluster paths go through `tf.io.gfile`;
+local paths through Python's own files, which cost less per call).
 Counts come from the row files, not Beam metrics (some runners, Dask among them, have none).
 Output is deterministic: shard i holds the i-th run of consecutive source episodes, so the same
 input and config give byte-identical files whatever the runner or scheduling. It is built in a
@@ -23,6 +24,7 @@ removed and KeyboardInterrupt propagates (`relay relabel` then exits 130, nothin
 """
 import contextlib
 import dataclasses
+import gc
 import io
 import os
 import threading
@@ -111,6 +113,7 @@ def run_task(task: sources.Task, ctx: _TaskContext) -> Dict:
   row = {"shard": task.shard, "examples": 0, "records": 0, "bytes": 0, "episodes": [],
          "episodes_read": 0, "episodes_skipped_too_short": 0, "episodes_without_examples": 0}
   reported = time.monotonic()
+  step_columns = {}  # episode length -> step column and its varints (equal lengths, equal columns)
   with tfrecords.RecordWriter(tmp) as writer:
     for done, ep in enumerate(episodes, 1):
       _check_cancelled(ctx)
@@ -122,12 +125,16 @@ def run_task(task: sources.Task, ctx: _TaskContext) -> Dict:
         sources.check_finite(ep, ctx.source)
         examples = relabeled.relabel_episode(ctx.config, ep["observation"], ep["goal_state"], ep["action"],
                                              f"{ep['index']}/{ep['episode_id']}")
-        steps = relabeled.step_index(ctx.config, len(ep["observation"]))
-        n = len(steps)
+        length = len(ep["observation"])
+        if length not in step_columns:
+          steps = relabeled.step_index(ctx.config, length)
+          step_columns[length] = {"step": example_codec.varint_column(steps)}
+        step = step_columns[length]
+        n = len(step["step"][1])
         if n == 0:
           row["episodes_without_examples"] += 1
-        columns = dict(examples, episode_index=np.full(n, ep["index"], np.int64), step=steps)
-        for pieces in codec.encode_chunks(columns, ctx.chunk_size):
+        columns = dict(examples, episode_index=np.full(n, ep["index"], np.int64))
+        for pieces in codec.encode_chunks(columns, ctx.chunk_size, encoded=step):
           writer.write(pieces)
       row["episodes"].append([ep["index"], ep["episode_id"], n])
       row["examples"] += n
@@ -178,8 +185,10 @@ def _run_beam(tasks: List[sources.Task], ctx: _TaskContext, flags: List[str]) ->
   """
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
-  p = beam.Pipeline(options=PipelineOptions(flags=flags))
-  _ = p | "ShardTasks" >> beam.Create(tasks) | "RelabelAndWrite" >> beam.Map(run_task, ctx)
+  options = PipelineOptions(flags=flags)
+  p = beam.Pipeline(options=options)
+  _ = (p | "ShardTasks" >> beam.Create(tasks, reshuffle=_redistribute(options))
+       | "RelabelAndWrite" >> beam.Map(run_task, ctx))
   outcome = {}
   # An Event, not Thread.join: in Python 3.11 a join interrupted by Ctrl-C marks a still-running
   # thread as stopped (its lock is released by the interrupted waiter), so a second join returns
@@ -209,6 +218,39 @@ def _run_beam(tasks: List[sources.Task], ctx: _TaskContext, flags: List[str]) ->
     raise
   if "error" in outcome:
     raise outcome["error"]
+
+
+def _redistribute(options) -> bool:
+  """Whether `Create` reshuffles the tasks (Beam's default): a reshuffle lets a runner spread them
+  over workers, but on the in-process runner with one worker it only adds a GroupByKey stage (a
+  second bundle: ~0.1 CPU-s of runner set-up per run) and moves nothing. DaskRunner replaces
+  `Create` with its own (a bag of `--dask_npartitions` partitions), so the flag does not matter there.
+  """
+  from apache_beam.options.pipeline_options import DirectOptions, StandardOptions  # pylint: disable=import-outside-toplevel
+  return not (options.view_as(StandardOptions).runner == RUNNER_ALIASES["direct"]
+              and options.view_as(DirectOptions).direct_num_workers == 1)
+
+
+@contextlib.contextmanager
+def _collector_skips_existing_objects():
+  """During the run, Python's cyclic garbage collector ignores the objects that existed before it.
+
+  Why: after `import tensorflow, apache_beam` the heap holds millions of long-lived objects, and
+  the run's allocations (Beam's pipeline protos, TFDS feature specs, per-chunk buffers) push the
+  collector into a full collection, which walks all of them: one costs 0.5-0.8 CPU-s here, a
+  quarter of a 256-episode run. `gc.freeze` moves the existing objects out of the collector's
+  view until `gc.unfreeze` puts them back at the end (nothing is freed or leaked by this; the
+  run's own garbage is still collected). Left alone if the caller froze objects itself or
+  disabled the collector.
+  """
+  if not gc.isenabled() or gc.get_freeze_count():
+    yield
+    return
+  gc.freeze()
+  try:
+    yield
+  finally:
+    gc.unfreeze()
 
 
 def _cancel(ctx: _TaskContext, outcome: Dict, finished: threading.Event) -> None:
@@ -241,6 +283,11 @@ def run_relabel(source: str, output: str, config: relabeled.RelabelConfig,
   "--dask_client_address=127.0.0.1:8786"]; they are the only flags Beam parses. With
   `show_progress`, a bar counts relabeled episodes (live when workers share this filesystem).
   """
+  with _collector_skips_existing_objects():
+    return _run_relabel(source, output, config, beam_args, pipeline, overwrite, name, show_progress)
+
+
+def _run_relabel(source, output, config, beam_args, pipeline, overwrite, name, show_progress) -> Dict:
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   source_dir = rlds_io.resolve_dataset_dir(source) if storage.is_local(source) else source.rstrip("/")
   builder = (rlds_io.require_episodes(source_dir) if storage.is_local(source_dir)  # a relabeled dataset is no source

@@ -4,9 +4,12 @@ A TFRecord file is a sequence of `uint64 length | uint32 masked_crc32c(length) |
 uint32 masked_crc32c(data)` (little-endian). Knowing the record boundaries lets a pipeline plan
 its tasks as exact byte ranges of the source files: each task reads its range once with one
 `seek` + `read` and checks both CRCs of every record, instead of re-reading every earlier record
-of the file (`skip`/`take`) or building a TFDS reader per task. Files go through `tf.io.gfile`,
-so cluster-visible paths (gs://, s3://, hdfs://) work wherever TensorFlow's filesystems do.
+of the file (`skip`/`take`) or building a TFDS reader per task. Cluster paths (gs://, s3://,
+hdfs://) go through `tf.io.gfile`, so they work wherever TensorFlow's filesystems do; local paths
+go through Python's own file objects, which cost ~100x less per call (indexing a file seeks and
+reads 12 bytes per record: 0.2 ms a record through gfile) and copy less per byte.
 """
+import os
 import struct
 from typing import List, Sequence, Tuple
 
@@ -23,9 +26,19 @@ def _mask(crc: int) -> int:
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def _gfile():
+def _open(path: str, mode: str):
+  """A binary file object: Python's for a local path, `tf.io.gfile.GFile` for a URL."""
+  if "://" not in path:
+    return open(path, mode)  # pylint: disable=unspecified-encoding  (binary modes only)
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  return tf.io.gfile
+  return tf.io.gfile.GFile(path, mode)
+
+
+def _size(path: str) -> int:
+  if "://" not in path:
+    return os.path.getsize(path)
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  return tf.io.gfile.stat(path).length
 
 
 def index_records(path: str) -> List[Tuple[int, int]]:
@@ -34,10 +47,9 @@ def index_records(path: str) -> List[Tuple[int, int]]:
   Checks each length's CRC, so a truncated or corrupt file fails here, in the driver, with the
   offset of the bad record.
   """
-  gfile = _gfile()
-  size = gfile.stat(path).length
+  size = _size(path)
   out = []
-  with gfile.GFile(path, "rb") as f:
+  with _open(path, "rb") as f:
     pos = 0
     while pos < size:
       f.seek(pos)
@@ -58,7 +70,7 @@ def index_records(path: str) -> List[Tuple[int, int]]:
 
 def read_range(path: str, start: int, end: int) -> List[bytes]:
   """The records in bytes [start, end) of `path` (a range from `index_records`), CRCs checked."""
-  with _gfile().GFile(path, "rb") as f:
+  with _open(path, "rb") as f:
     f.seek(start)
     data = f.read(end - start)
   return split_records(data, path, start)
@@ -90,7 +102,7 @@ class RecordWriter:
   """Writes TFRecords given as sequences of byte pieces (`write([header, array_buffer, ...])`)."""
 
   def __init__(self, path: str):
-    self._file = _gfile().GFile(path, "wb")
+    self._file = _open(path, "wb")
     self.bytes_written = 0
     self.records_written = 0
 

@@ -10,7 +10,7 @@ as the TFDS features of `relay_data.relabeled.example_features` (Tensor(shape=(N
 the tests check against TFDS's own encoder and decoder.
 """
 import functools
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -103,14 +103,23 @@ class ChunkCodec:
     concatenation is the serialized Example."""
     return next(self.encode_chunks(chunk, len(chunk[self._keys[0]])))
 
-  def encode_chunks(self, columns: Dict[str, np.ndarray], chunk_size: int) -> Iterator[List]:
+  def encode_chunks(self, columns: Dict[str, np.ndarray], chunk_size: int,
+                    encoded: Optional[Dict[str, Tuple[np.ndarray, np.ndarray]]] = None) -> Iterator[List]:
     """Records (as pieces) of consecutive chunks of up to `chunk_size` rows of `columns`.
 
     Integer columns are varint-encoded once for all chunks; a chunk takes a slice of them.
+    `encoded`: integer columns already encoded (`varint_column` of the values), used instead of
+    `columns[key]`; for a column many calls share (e.g. the step column of every episode of one
+    length), so it is encoded once.
     """
-    n = len(columns[self._keys[0]])
+    n = len(columns[self._keys[0]] if self._keys[0] in columns else encoded[self._keys[0]][1])
     ints = {}
     for key in self.int_fields:
+      if encoded is not None and key in encoded:
+        ints[key] = encoded[key]
+        if len(ints[key][1]) != n:
+          raise ValueError(f"field {key!r}: {len(ints[key][1])} encoded values for {n} rows")
+        continue
       values = np.asarray(columns[key])
       if values.shape != (n,):
         raise ValueError(f"field {key!r}: expected shape ({n},), got {values.shape}")

@@ -50,3 +50,18 @@ def test_codec_rejects_wrong_shapes():
     codec.encode({"goal": np.zeros((2, 4)), "observation": np.zeros((2, 2)), "step": np.zeros(2, np.int64)})
   with pytest.raises(ValueError, match="field 'step': expected shape \\(2,\\)"):
     codec.encode({"goal": np.zeros((2, 3)), "observation": np.zeros((2, 2)), "step": np.zeros(3, np.int64)})
+
+
+def test_pre_encoded_int_columns_give_the_same_records():
+  """A column handed over already varint-encoded (the pipeline encodes each episode length's step
+  column once) yields byte-identical records; a wrong-length one is refused."""
+  codec = example_codec.ChunkCodec({"goal": 3, "observation": 2}, relabeled.INDEX_FIELDS)
+  rng = np.random.default_rng(3)
+  chunk = _chunk({"goal": 3, "observation": 2}, 2500, rng)
+  plain = [b"".join(p) for p in codec.encode_chunks(chunk, 1024)]
+  step = chunk.pop("step")
+  encoded = {"step": example_codec.varint_column(step)}
+  assert [b"".join(p) for p in codec.encode_chunks(chunk, 1024, encoded=encoded)] == plain
+  assert len(plain) == 3
+  with pytest.raises(ValueError, match="field 'step': 2499 encoded values for 2500 rows"):
+    list(codec.encode_chunks(chunk, 1024, encoded={"step": example_codec.varint_column(step[1:])}))

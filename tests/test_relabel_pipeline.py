@@ -351,3 +351,111 @@ def test_cli_rejects_bad_windows_and_missing_source(source, tmp_path, cli):
   proc = cli("relabel", "--source", source, "--level", "low", "--output", str(tmp_path / "z"), "--dask-workers", "2")
   assert proc.returncode == 2 and "--dask-address / --dask-workers needs --runner dask" in proc.stderr
   assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+
+
+def test_local_and_url_paths_frame_records_identically(tmp_path):
+  """Local paths go through Python's files, URLs through tf.io.gfile (here file://): same index,
+  same records, same written bytes."""
+  src = helpers.write_toy(tmp_path / "src", lengths=(6, 7, 8))
+  shard = [os.path.join(src, f) for f in sorted(os.listdir(src)) if ".tfrecord" in f][0]
+  url = "file://" + shard
+  index = tfrecords.index_records(shard)
+  assert tfrecords.index_records(url) == index and len(index) == 3
+  start, end = index[1][0], index[2][0] + index[2][1]
+  records = tfrecords.read_range(shard, start, end)
+  assert tfrecords.read_range(url, start, end) == records and len(records) == 2
+  for path in (str(tmp_path / "local.tfrecord"), "file://" + str(tmp_path / "url.tfrecord")):
+    with tfrecords.RecordWriter(path) as writer:
+      for record in records:
+        writer.write([record[:10], memoryview(record)[10:]])
+    assert writer.records_written == 2
+  written = open(tmp_path / "local.tfrecord", "rb").read()
+  assert written == open(tmp_path / "url.tfrecord", "rb").read() == open(shard, "rb").read()[start:end]
+
+
+def test_run_leaves_the_garbage_collector_as_it_found_it(source, tmp_path):
+  """The run hides pre-existing objects from the collector (gc.freeze) and puts them back after,
+  and leaves a caller's own freeze alone."""
+  import gc
+  config = relabeled.RelabelConfig("bc")
+  assert gc.get_freeze_count() == 0
+  pipeline.run_relabel(source, str(tmp_path / "a"), config, show_progress=False)
+  assert gc.get_freeze_count() == 0 and gc.isenabled()
+  gc.freeze()
+  try:
+    pipeline.run_relabel(source, str(tmp_path / "b"), config, show_progress=False)
+    assert gc.get_freeze_count() > 0  # still frozen (the count itself drifts as frozen objects are freed)
+  finally:
+    gc.unfreeze()
+  assert_same_output(str(tmp_path / "a"), str(tmp_path / "b"))
+
+
+def test_tasks_are_reshuffled_only_where_a_runner_can_spread_them():
+  from apache_beam.options.pipeline_options import PipelineOptions
+  def redistributes(args):
+    return pipeline._redistribute(PipelineOptions(flags=pipeline.beam_flags(args, 4)))  # pylint: disable=protected-access
+  assert not redistributes([])  # in-process runner, one worker: nothing to spread over
+  assert redistributes(["--runner=direct", "--direct_num_workers=2"])
+  assert redistributes(["--runner=DirectRunner"])
+
+
+def _uvarint(value):
+  out = bytearray()
+  while True:
+    out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+    value >>= 7
+    if not value:
+      return bytes(out)
+
+
+def _ld(field, payload):
+  return _uvarint((field << 3) | 2) + _uvarint(len(payload)) + payload
+
+
+def _example(features):
+  """tf.train.Example bytes from {key: Feature bytes}, written by hand so the tests can write
+  what a protobuf library would not (unpacked lists)."""
+  return _ld(1, b"".join(_ld(1, _ld(1, k.encode()) + _ld(2, v)) for k, v in features.items()))
+
+
+def _float_feature(values, layout="packed"):
+  data = np.asarray(values, "<f4")
+  if layout == "packed":
+    body = _ld(1, data.tobytes())
+  else:                    # one fixed32 field per value
+    body = b"".join(_uvarint((1 << 3) | 5) + x.tobytes() for x in data)
+  return _ld(2, body)
+
+
+def test_episode_records_parse_from_the_wire_and_odd_ones_through_tensorflow():
+  """The wire reader and TensorFlow's parser give the same episodes; records outside the plain
+  shape (here: an unpacked list, no episode id) go to TensorFlow and still parse right."""
+  from pipelines import source
+  dims = {"observation": 2, "goal_state": 1, "action": 1}
+  rng = np.random.default_rng(0)
+  arrays = {f: rng.normal(size=(3, d)).astype(np.float32) for f, d in dims.items()}
+
+  def record(layout=None, with_id=True):
+    features = {source.STEP_FIELDS[f]: _float_feature(a.reshape(-1), layout if f == "observation" else "packed")
+                for f, a in arrays.items()}
+    features["steps/reward"] = _float_feature(np.zeros(3))  # fields relabeling does not read are skipped
+    if with_id:
+      features[source.EPISODE_ID] = _ld(1, _ld(1, b"ep-7"))
+    return _example(features)
+
+  keys = tuple(source.STEP_FIELDS[f] for f in sorted(dims))
+  plain = record("packed")
+  flats, episode_id = source._parse_record(plain, keys)  # pylint: disable=protected-access
+  assert episode_id == b"ep-7"
+  tf_flats, tf_ids = source._parse_with_tf([plain], keys)  # pylint: disable=protected-access
+  assert tf_ids == [b"ep-7"]
+  for k in keys:
+    assert flats[k].dtype == np.float32 and flats[k].tobytes() == tf_flats[0][k].tobytes()
+  for odd, expected_id in ((record("unpacked"), "ep-7"), (record("packed", with_id=False), "")):
+    with pytest.raises(source._NotPlain):  # pylint: disable=protected-access
+      source._parse_record(odd, keys)  # pylint: disable=protected-access
+    episodes = source.parse_episodes([plain, odd], dims, "src", first_episode=4)
+    assert [(e["index"], e["episode_id"]) for e in episodes] == [(4, "ep-7"), (5, expected_id)]
+    for ep in episodes:
+      for f, a in arrays.items():
+        np.testing.assert_array_equal(ep[f], a)
