@@ -193,3 +193,12 @@ def test_defaults_are_the_measured_options_and_old_policies_keep_theirs():
   old.__dict__.clear()
   old.__setstate__(state)
   assert (old.end_effector, old.action_chunk, old.execute_steps, old.target_field) == (False, 1, 1, "action")
+
+
+def test_cli_paper_preset_and_explicit_flags(datasets, tmp_path, cli):
+  out = str(tmp_path / "paper")
+  cli("train-il", "--agent", "ril", "--low", datasets["low"], "--high", datasets["high"], "--out", out, "--paper",
+      "--hidden", "8", "--steps", "3", "--batch-size", "8", check=True)
+  config = models.read_record(out).policy_configs["low"]
+  # --paper sets one action per step and no end-effector input; an explicit --hidden wins.
+  assert (config["action_chunk"], config["end_effector"], list(config["hidden_sizes"])) == (1, False, [8])
