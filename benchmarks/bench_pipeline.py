@@ -10,6 +10,8 @@ Lines printed:
   pipeline new/old (wall; median of alternated rounds), low-level examples per CPU-second (k=10)
   read into batches of 256, new/old (examples/s over the first READ_EXAMPLES examples)
   peak memory (max RSS) of the new pipeline on 4x the episodes
+Both sides write the same examples (no action chunks: the baseline predates them); one more run
+reports the new pipeline with `relay relabel`'s default chunks of 10 actions per example.
 Sizes: EPISODES episodes of LENGTH steps (59-d states, 30-d goals, 9-d actions), W=30, k=10.
 """
 import json
@@ -37,7 +39,12 @@ def cpu():
   s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
   return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 t, c = time.perf_counter(), cpu()
-lineage = p.run_relabel(src, out, relabeled.RelabelConfig("low", window=30, goals_per_step=10), show_progress=False)
+# Chunk size: argv[3], "1" by default (the baseline's output: it predates action chunks); a baseline
+# tree without the option ignores it.
+chunk = {"action_chunk": int(sys.argv[3]) if len(sys.argv) > 3 else 1} \
+    if "action_chunk" in relabeled.RelabelConfig.__dataclass_fields__ else {}
+lineage = p.run_relabel(src, out, relabeled.RelabelConfig("low", window=30, goals_per_step=10, **chunk),
+                        show_progress=False)
 import google.protobuf
 from google.protobuf.internal import api_implementation
 print(json.dumps({"seconds": time.perf_counter() - t, "cpu": cpu() - c,
@@ -140,6 +147,10 @@ def main():
       rate = {k: float(np.median([x["examples"] / x["seconds"] for x in v])) for k, v in reads.items()}
       print(f"read into batches of 256 (first {READ_EXAMPLES:,} examples): new vs old {rate['new'] / rate['old']:.1f}x  "
             f"({rate['new']:,.0f} vs {rate['old']:,.0f} examples/s)  target >= 25x")
+
+    chunked = _child(CHILD_RELABEL, [src, os.path.join(root, "chunked"), "10"], REPO)
+    print(f"  new, relay relabel's default chunks of 10 actions per example (one run; +90 floats per example, "
+          f"no target): {chunked['examples'] / chunked['cpu'] / 1e6:.2f}M examples per CPU-second")
 
     small_run = _child(CHILD_RELABEL, [small, os.path.join(root, "small")], REPO)
     large = max(x["peak_rss_mb"] for x in new_runs)

@@ -8,7 +8,7 @@ Tables on one server (all reached by address, so actors may live in other proces
   actor_spec    one item: the run's description (model, goal, horizon, table names), so
                 `relay actor --reverb-address HOST:PORT` needs nothing else.
 """
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import reverb
@@ -39,8 +39,16 @@ class FinetuneBuilder:
     return self.config.max_episode_steps + 1  # observations of an episode (the last has no action)
 
   @property
+  def demo_dims(self) -> Dict[str, int]:
+    """The demo fields the level's BC term reads (observation, goal, its target): not, e.g., the
+    action chunks a relabeled dataset also holds, which IRIL's on-policy examples lack."""
+    level = self.demo_level
+    wanted = {"observation", level.config.target_field} | ({"goal"} if level.config.use_goal else set())
+    return {k: d for k, d in level.dims.items() if k in wanted}
+
+  @property
   def demo_keys(self) -> List[str]:
-    return sorted(self.demo_level.dims)
+    return sorted(self.demo_dims)
 
   @property
   def examples_per_item(self) -> int:
@@ -53,7 +61,7 @@ class FinetuneBuilder:
     tables = [reverb.Table.queue(cfg.trajectory_table, max_size=cfg.episodes_per_iteration, signature=signature),
               _one_item_table(cfg.variables_table), _one_item_table(cfg.spec_table)]
     if cfg.uses_demos:
-      tables.append(replay_io.demo_table(cfg.demo_table, self.demo_level.dims,
+      tables.append(replay_io.demo_table(cfg.demo_table, self.demo_dims,
                                          self.demo_level.config.max_replay_size, self.examples_per_item))
     return tables
 

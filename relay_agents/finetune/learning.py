@@ -29,6 +29,7 @@ from acme.utils import loggers
 from relay_agents.finetune import acting, npg, policy_io, rewards
 from relay_agents.finetune import networks as ft_networks
 from relay_agents.finetune.config import FinetuneConfig
+from relay_agents.gcbc import networks as gcbc_networks
 from relay_data import kitchen, relabel
 
 
@@ -118,7 +119,8 @@ class NPGLearner(core.Learner):
       self._updates[name] = npg.make_npg_update(level.networks, level.config.head, config.kl_delta,
                                                 config.cg_iters, config.cg_damping, config.fisher_samples)
       vnet = ft_networks.make_value_network(level.networks.input_dim, level.networks.normalization,
-                                            config.value_hidden)
+                                            config.value_hidden,
+                                            gcbc_networks.input_features(level.config, level.dims["observation"]))
       optimizer, fit = ft_networks.make_value_fit(vnet, config.value_learning_rate, config.value_batch_size,
                                                   config.value_epochs)
       self._value_nets[name], self._value_fits[name] = vnet, fit

@@ -24,11 +24,15 @@ class ValueNetwork:
   apply: Callable        # (params, inputs [B, d], elapsed [B]) -> [B]
 
 
-def make_value_network(input_dim: int, normalization: Normalization, hidden: Tuple[int, ...]) -> ValueNetwork:
+def make_value_network(input_dim: int, normalization: Normalization, hidden: Tuple[int, ...],
+                       features: Callable = lambda inputs: inputs) -> ValueNetwork:
+  """`features`: the policy's input features ([s, g] -> what `normalization` describes, e.g. with
+  the end-effector positions appended: `gcbc.networks.input_features`), so the value sees what
+  the policy sees."""
   mean, std = jnp.asarray(normalization.input_mean), jnp.asarray(normalization.input_std)
 
   def forward(inputs, elapsed):
-    x = jnp.clip((inputs - mean) / std, -INPUT_CLIP, INPUT_CLIP)
+    x = jnp.clip((features(inputs) - mean) / std, -INPUT_CLIP, INPUT_CLIP)
     x = jnp.concatenate([x, elapsed[:, None]], -1)
     return hk.nets.MLP(list(hidden) + [1], name="value")(x)[:, 0]
 
