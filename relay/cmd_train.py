@@ -50,8 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="predict the next k actions at once and execute --execute-steps of them before "
                            "predicting again (action chunking; the RIL high level keeps 1). Needs data "
                            f"relabeled with the same --action-chunk (relay relabel's default is also "
-                           f"{d.action_chunk}). 1: one action per step, the paper's (and what `relay "
-                           f"finetune` needs). Default {d.action_chunk}")
+                           f"{d.action_chunk}). 1: one action per step, the paper's. Default {d.action_chunk}")
   parser.add_argument("--execute-steps", type=int, default=None,
                       help="with --action-chunk k: actions executed per prediction (1..k; default ceil(k/2))")
   parser.add_argument("--paper", action="store_true",

@@ -3,11 +3,14 @@
 # baselines, train every method for several seeds, evaluate on the kitchen goals.
 #
 # Usage: [OUT=results] [SEEDS="0 1 2"] [STAGES="5 20"] [STEPS=30000] [HEAD=mixture] [WORKERS=2] \
-#        [HIDDEN=256,256] [CHUNK=1] [EXECUTE=] [EE=0] bash scripts/results.sh
+#        [PAPER=0] [HIDDEN=] [CHUNK=] [EXECUTE=] [EE=auto|on|off] bash scripts/results.sh
 #
-# Policy options (applied to every method alike, so the comparison stays fair): HIDDEN sizes,
-# CHUNK = k actions predicted per step (EXECUTE = m executed; the action datasets are relabeled
-# with --action-chunk k), EE=1 adds the end-effector input. Use a separate OUT per option set.
+# Policy options (applied to every method alike, so the comparison stays fair). Unset, they are
+# `relay train-il`'s defaults (MLP 512x512x512, chunks of 10 actions executing 5, end-effector
+# input on kitchen data). PAPER=1 trains the paper's plain policy instead (`--paper`: MLP 256x256,
+# one action per step, no end-effector input). HIDDEN sizes, CHUNK = k actions predicted per step
+# (the action datasets are relabeled with the same --action-chunk k), EXECUTE = m executed, EE
+# override either. Use a separate OUT per option set.
 #
 # Evaluation runs in stages of increasing rollouts per goal (STAGES): every stage ends with a
 # complete table ($OUT/summary_r<R>.md) over all methods and seeds, and the next stage reuses its
@@ -23,11 +26,13 @@ HEAD=${HEAD:-mixture}
 WORKERS=${WORKERS:-2}
 EPISODES=${EPISODES:-400}
 K=${K:-2}
-HIDDEN=${HIDDEN:-256,256}
-CHUNK=${CHUNK:-1}
-OPTS=(--hidden "$HIDDEN" --action-chunk "$CHUNK")
+OPTS=()
+if [ "${PAPER:-0}" = 1 ]; then OPTS+=(--paper); CHUNK=${CHUNK:-1}; fi
+CHUNK=${CHUNK:-10}
+OPTS+=(--action-chunk "$CHUNK")
+[ -n "${HIDDEN:-}" ] && OPTS+=(--hidden "$HIDDEN")
 [ -n "${EXECUTE:-}" ] && OPTS+=(--execute-steps "$EXECUTE")
-[ "${EE:-0}" = 1 ] && OPTS+=(--end-effector)
+[ -n "${EE:-}" ] && OPTS+=(--end-effector "$EE")
 HORIZON=${HORIZON:-400}   # eval horizon for 4-element goals at human pace (the env's own limit is 280)
 R=".venv/bin/relay"
 VERSION=$(.venv/bin/python -c "from relay_data.play import generator; print(generator.GENERATOR_VERSION)")

@@ -218,6 +218,72 @@ def test_gae_and_segments():
   np.testing.assert_allclose(targets, adv)
 
 
+def test_semi_mdp_gae_discounts_each_decision_by_its_length():
+  # Two decisions of 3 steps each with gamma 0.5: the second's value reaches the first at 0.5**3.
+  rewards_ = np.array([[0.0, 1.0]], np.float32)
+  zeros = np.zeros_like(rewards_)
+  discount = np.array([[0.125, 0.125]], np.float32)
+  adv, _ = npg.gae(rewards_, zeros, zeros, np.array([[0, 1]], np.float32), np.ones_like(rewards_), discount, 1.0)
+  np.testing.assert_allclose(adv[0], [0.125, 1.0])
+
+
+def test_marginal_log_prob_scores_only_the_executed_dims():
+  """NaN dims are integrated out: equal to the log-density of a head restricted to the other dims
+  (both heads are diagonal), and equal to log_prob on full rows."""
+  rng = np.random.default_rng(0)
+  inputs = rng.normal(size=(16, 5)).astype(np.float32)
+  targets = rng.normal(size=(16, 6)).astype(np.float32)
+  seen = np.zeros(6, bool)
+  seen[:4] = True  # the first 2 of 3 two-dim actions executed
+  partial = np.where(seen, targets, np.nan).astype(np.float32)
+  for head in ("gaussian", "mixture"):
+    config = GoalBCConfig(action_chunk=3, hidden_sizes=(16,), head=head, num_components=3)
+    nets = gcbc_networks.make_networks(5, 6, config, gcbc_networks.Normalization.from_arrays(inputs, targets))
+    out = nets.policy.apply(nets.policy.init(jax.random.PRNGKey(0)), inputs)
+    np.testing.assert_allclose(nets.marginal_log_prob(out, targets), nets.log_prob(out, targets), rtol=1e-6)
+    restricted = tuple(x[..., :4] if i >= len(out) - 2 else x for i, x in enumerate(out))  # means, log_stds
+    np.testing.assert_allclose(nets.marginal_log_prob(out, partial), nets.log_prob(restricted, targets[:, :4]),
+                               rtol=1e-5)
+    grads = jax.grad(lambda o: nets.marginal_log_prob(o, partial).sum())(out)
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+
+
+def test_chunked_transitions_are_decisions_of_the_executed_actions():
+  """semi_mdp.to_decisions against a literal walk of the actor's schedule: segments of 7 steps
+  (W_l), chunks of k = 4 executing m = 3, an episode that ends mid-decision."""
+  from relay_agents.finetune import semi_mdp
+  horizon, segment, m, k, d, gamma = 16, 7, 3, 4, 2, 0.9
+  rng = np.random.default_rng(0)
+  mask = np.ones((2, horizon), np.float32)
+  mask[1, 11:] = 0  # the second episode lasts 11 steps
+  steps = {"inputs": rng.normal(size=(2, horizon, 3)).astype(np.float32),
+           "actions": rng.normal(size=(2, horizon, d)).astype(np.float32),
+           "rewards": rng.normal(size=(2, horizon)).astype(np.float32), "mask": mask,
+           "elapsed": np.tile((np.arange(horizon) % segment) / segment, (2, 1)).astype(np.float32)}
+  t = np.arange(horizon)
+  steps["done"] = np.maximum(((t + 1) % segment == 0)[None] * mask, mask * (1 - np.concatenate(
+      [mask[:, 1:], np.zeros((2, 1), np.float32)], 1)))
+  out = semi_mdp.to_decisions(steps, segment, m, k, gamma)
+  starts = [0, 3, 6, 7, 10, 13, 14]
+  np.testing.assert_array_equal(semi_mdp.decision_starts(horizon, segment, m), starts)
+  for b in range(2):
+    for j, start in enumerate(starts):
+      end = min(start + m, (start // segment + 1) * segment, horizon)
+      live = [i for i in range(start, end) if mask[b, i]]
+      expected = np.full(k * d, np.nan, np.float32)
+      for n, i in enumerate(live):
+        expected[n * d:(n + 1) * d] = steps["actions"][b, i]
+      np.testing.assert_array_equal(out["actions"][b, j], expected)
+      assert out["rewards"][b, j] == pytest.approx(sum(gamma ** n * steps["rewards"][b, i] for n, i in enumerate(live)))
+      assert out["done"][b, j] == max([steps["done"][b, i] for i in live], default=0.0)
+      assert out["discount"][b, j] == pytest.approx(gamma ** (end - start))
+      assert out["mask"][b, j] == mask[b, start]
+      np.testing.assert_array_equal(out["inputs"][b, j], steps["inputs"][b, start])
+  assert out["done"][1, 4] == 1  # episode 2 ends inside the decision at step 10
+  with pytest.raises(ValueError, match="execute_steps"):
+    semi_mdp.to_decisions(steps, segment, 5, 4, gamma)
+
+
 # --- Reverb: actors, IRIL ------------------------------------------------------------------------
 
 def _server_for(config, model):

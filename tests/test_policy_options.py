@@ -11,10 +11,13 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 import pytest
+import reverb
 
 from pipelines import relabel as relabel_pipeline
 from relay_agents import evaluation, models, train
-from relay_agents.finetune import policy_io
+from relay_agents.finetune import acting as ft_acting, builder as ft_builder, env as ft_env, learning, policy_io
+from relay_agents.finetune import semi_mdp
+from relay_agents.finetune.config import FinetuneConfig
 from relay_agents.gcbc import acting
 from relay_agents.gcbc.config import GoalBCConfig
 from relay_data import goal_space, kinematics, kitchen, relabel, relabeled, rlds_io
@@ -141,6 +144,72 @@ def test_chunked_end_effector_ril_trains_and_acts_in_the_kitchen(chunked_ee_mode
   assert predictions == [(27,)] * 4
 
 
+def test_a_chunked_model_is_finetuned_by_its_decisions(chunked_ee_model):
+  """Semi-MDP finetuning through Reverb in the kitchen: the sampling actor predicts on the
+  `semi_mdp.decision_starts` schedule (chunks of 3, executing 2, re-plan every W_l = 5); the
+  learner's decisions carry exactly the executed slices of those sampled chunks; one IRIL step
+  keeps the KL at its bound and inserts relabeled on-policy chunks into the demo table."""
+  model = policy_io.load_model(chunked_ee_model)
+  low = model.levels["low"]
+  assert (low.config.action_chunk, low.config.execute_steps, model.window) == (3, 2, 5)
+  horizon = 12
+  config = FinetuneConfig(variant="iril", episodes_per_iteration=2, max_episode_steps=horizon, demo_batch_size=32,
+                          demo_max_examples=64, iril_goals_per_step=2)
+  builder = ft_builder.FinetuneBuilder(config, model)
+  server = reverb.Server(builder.make_replay_tables())
+  address = f"localhost:{server.port}"
+  try:
+    builder.feed_demos(address, low.source, progress=False)
+    client = reverb.Client(address)
+    learner = builder.make_learner(jax.random.PRNGKey(0), client, 0.5, ["microwave"],
+                                   demo_iterator=builder.make_demo_iterator(address),
+                                   demo_inserter=builder.make_demo_inserter(address))
+    actor = builder.make_actor(0, learner, builder.make_adder(client))
+    predicted = []  # (step, sampled chunk) per low-level prediction
+
+    class Recording:
+      def __init__(self, fn):
+        self.fn, self.config = fn, fn.config
+
+      def __call__(self, *args, **kwargs):
+        out = self.fn(*args, **kwargs)
+        predicted.append((actor._steps, out.reshape(3, 9)))  # pylint: disable=protected-access
+        return out
+
+    actor._policies["low"].fn = Recording(actor._policies["low"].fn)  # pylint: disable=protected-access
+    env = ft_env.GoalKitchenEnv(["microwave"], max_episode_steps=horizon)
+    starts = semi_mdp.decision_starts(horizon, 5, 2)
+    np.testing.assert_array_equal(starts, [0, 2, 4, 5, 7, 9, 10])
+    runs = []
+    for i in range(2):
+      predicted.clear()
+      runs.append((ft_acting.run_episode(env, actor, i, seed=0, record=True), list(predicted)))
+      assert [step for step, _ in runs[-1][1]] == list(starts)
+    samples = list(client.sample(config.trajectory_table, 2, emit_timesteps=False, unpack_as_table_signature=True))
+    decisions = learning.level_transitions(learning.episodes_from_samples(samples), "low", model, config, 0.5)
+    assert decisions["actions"].shape == (2, len(starts), 27)
+    by_first_action = {run["actions"][0].tobytes(): chunks for run, chunks in runs}
+    for b in range(2):  # the queue's order is Reverb's; match each sampled episode to its run
+      chunks = by_first_action[decisions["actions"][b, 0, :9].tobytes()]
+      for j, (start, chunk) in enumerate(chunks):
+        executed = min(2, 5 - start % 5, horizon - start)
+        np.testing.assert_array_equal(decisions["actions"][b, j, :9 * executed], chunk[:executed].reshape(-1))
+        assert np.isnan(decisions["actions"][b, j, 9 * executed:]).all()
+    for i in range(2, 4):
+      ft_acting.run_episode(env, actor, i, seed=0)
+    before = jax.tree_util.tree_leaves(learner.get_variables(["low"])[0])
+    learner.step()
+    stats = learner.last
+    assert stats["low/quadratic_kl"] == pytest.approx(config.kl_delta, rel=1e-3)
+    assert stats["low/kl_bound"] == pytest.approx(config.kl_delta, rel=0.3)
+    assert np.isfinite(stats["low/surrogate_after"]) and stats["iril_inserted"] > 0
+    after = jax.tree_util.tree_leaves(learner.get_variables(["low"])[0])
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+    assert client.server_info()[config.demo_table].current_size > 0
+  finally:
+    server.stop()
+
+
 def test_chunked_policy_serves_its_queue_and_repredicts_on_a_new_goal():
   calls = []
 
@@ -169,8 +238,6 @@ def test_options_are_checked_against_the_data(datasets, chunked_ee_model, tmp_pa
   with pytest.raises(DataError, match="--end-effector needs kitchen data"):
     train.resolve_end_effector(custom, GoalBCConfig(end_effector=True))
   assert train.resolve_end_effector(custom, GoalBCConfig()).end_effector is False  # auto: off off the kitchen
-  with pytest.raises(ValueError, match="finetuning supports one action per step"):
-    policy_io.load_model(chunked_ee_model)
   bad = cli("train-il", "--agent", "ril", "--low", datasets["low"], "--high", datasets["high"],
             "--out", str(tmp_path / "m2"), "--action-chunk", "3", "--execute-steps", "4")
   assert bad.returncode == 2 and "execute_steps" in bad.stderr

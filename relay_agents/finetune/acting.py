@@ -4,7 +4,9 @@
 samples an action toward it (both stochastic: on-policy data for the policy gradient), and an
 Acme `EpisodeAdder` writes each whole episode (padded to the horizon) into the trajectory table,
 with the commanded subgoal and a validity flag as extras. A flat (GCBC) model acts with the
-compound goal as its only "subgoal". The recorded action is the policy's raw sample (the
+compound goal as its only "subgoal". A policy predicting chunks of k actions executes m of each
+and predicts again at every re-plan: the schedule `semi_mdp.decision_starts` the learner scores
+its decisions by. The recorded action is the policy's raw sample (the
 environment clips it), so the learner's log-likelihoods are those of what was sampled. The
 policies see the environment's observation in the model's layout (`Model.observation`); the
 trajectory keeps the environment's own, from which rewards and relabeling read goal states.
@@ -63,6 +65,8 @@ class FinetuneActor(core.Actor):
 
   def observe_first(self, timestep) -> None:
     self._steps, self._subgoal = 0, None
+    for policy in self._policies.values():
+      policy.reset()  # a chunked policy's queue belongs to the episode that filled it
     if self._adder is not None:
       self._adder.add_first(timestep)
 
@@ -75,6 +79,7 @@ class FinetuneActor(core.Actor):
       high = self._policies["high"]
       high.params = params["high"]
       self._subgoal = high(obs, goal, self._key(), deterministic=False).astype(np.float32)
+      self._policies["low"].reset()  # a chunked low level decides anew at every re-plan (semi_mdp)
     low = self._policies[self._names[0]]
     low.params = params[self._names[0]]
     action = low(obs, self._subgoal, self._key(), deterministic=False).astype(np.float32)

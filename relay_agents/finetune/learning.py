@@ -26,7 +26,7 @@ import reverb
 from relay_agents import acme_compat  # noqa: F401
 from acme import core  # pylint: disable=g-bad-import-order
 from acme.utils import loggers
-from relay_agents.finetune import acting, npg, policy_io, rewards
+from relay_agents.finetune import acting, npg, policy_io, rewards, semi_mdp
 from relay_agents.finetune import networks as ft_networks
 from relay_agents.finetune.config import FinetuneConfig
 from relay_agents.gcbc import networks as gcbc_networks
@@ -73,15 +73,20 @@ def level_transitions(episodes, level: str, model: policy_io.Model, config: Fine
   else:
     w, subgoal, reward = horizon, goal[:, :horizon], env_reward
   boundary = ((t + 1) % w == 0).astype(np.float32)[None]
-  return {"inputs": np.concatenate([obs[:, :horizon], subgoal], -1), "actions": act[:, :horizon],
-          "rewards": reward, "done": np.maximum(boundary * mask, last), "mask": mask,
-          "elapsed": np.broadcast_to((t % w) / w, mask.shape).astype(np.float32)}
+  steps = {"inputs": np.concatenate([obs[:, :horizon], subgoal], -1), "actions": act[:, :horizon],
+           "rewards": reward, "done": np.maximum(boundary * mask, last), "mask": mask,
+           "elapsed": np.broadcast_to((t % w) / w, mask.shape).astype(np.float32)}
+  policy = model.levels[level].config
+  if policy.action_chunk > 1:  # one transition per decision: a chunk acts m steps open-loop
+    return semi_mdp.to_decisions(steps, w, policy.execute_steps, policy.action_chunk, config.gamma)
+  return steps
 
 
 def relabeled_examples(episodes, window: int, goals_per_step: int, seed: int,
-                       observation_fn=None) -> Dict[str, np.ndarray]:
-  """IRIL: every episode relabeled as low-level examples (the same function as the demos), with
-  observations in the model's layout (`observation_fn` of the env's; None: as they are)."""
+                       observation_fn=None, action_chunk: int = 1) -> Dict[str, np.ndarray]:
+  """IRIL: every episode relabeled as low-level examples (the same function as the demos, with
+  the level's `action_chunk`), with observations in the model's layout (`observation_fn` of the
+  env's; None: as they are)."""
   parts = []
   for b, length in enumerate(episode_lengths(episodes)):
     if length < 1:
@@ -90,7 +95,7 @@ def relabeled_examples(episodes, window: int, goals_per_step: int, seed: int,
     observations = states if observation_fn is None else observation_fn(states)
     parts.append(relabel.low_level_examples(observations, kitchen.goal_state_from_observation(states),
                                             episodes["action"][b, :length + 1], window, goals_per_step,
-                                            seed=seed * 1009 + b))
+                                            seed=seed * 1009 + b, action_chunk=action_chunk))
   if not parts:
     return {}
   return {k: np.concatenate([p[k] for p in parts]).astype(np.float32) for k in parts[0]}
@@ -171,7 +176,8 @@ class NPGLearner(core.Learner):
     inputs, elapsed, mask = flat(tr["inputs"]), flat(tr["elapsed"]), flat(tr["mask"])
     values = np.asarray(self._value_apply[name](self._value_params[name], inputs, elapsed)).reshape(b, n)
     next_values = np.concatenate([values[:, 1:], np.zeros((b, 1), np.float32)], 1)
-    adv, targets = npg.gae(tr["rewards"], values, next_values, tr["done"], tr["mask"], cfg.gamma, cfg.gae_lambda)
+    gamma = tr.get("discount", cfg.gamma)  # a chunked policy's decisions last several steps
+    adv, targets = npg.gae(tr["rewards"], values, next_values, tr["done"], tr["mask"], gamma, cfg.gae_lambda)
     on = {"inputs": inputs, "actions": flat(tr["actions"]), "advantages": flat(npg.normalize(adv, tr["mask"])),
           "mask": mask}
     demo, weight = self._demo_batch(name)
@@ -203,7 +209,8 @@ class NPGLearner(core.Learner):
       metrics.update(self._update_level(name, episodes))
     if cfg.variant == "iril" and self._insert is not None and self._model.window:
       examples = relabeled_examples(episodes, self._model.window, cfg.iril_goals_per_step, self.iteration,
-                                    self._model.observation)
+                                    self._model.observation,
+                                    self._model.levels[acting.low_name(self._model)].config.action_chunk)
       metrics["iril_inserted"] = self._insert(examples) if examples else 0
     self.iteration += 1
     self.env_steps += int(lengths.sum())

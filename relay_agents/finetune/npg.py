@@ -92,13 +92,20 @@ def make_npg_update(networks, head: str, kl_delta: float, cg_iters: int = 10, da
 
   `fisher_samples` actions per state measure the mixture's KL after the step (`NPGStats.kl`).
 
-  on: dict inputs [N, d_in], actions [N, d_out], advantages [N], mask [N] (padding is 0).
+  on: dict inputs [N, d_in], actions [N, d_out], advantages [N], mask [N] (padding is 0);
+    NaN in an action's dims means not executed (a chunk's tail: its marginal is scored).
   demo: dict inputs [M, d_in], actions [M, d_out] (relabeled demo examples; any M >= 1).
+
+  For a chunked policy the analytic KL (and so the step) is that of the whole predicted chunk,
+  which bounds the KL of the executed actions' marginal from above: the step stays conservative.
   """
   apply, log_prob = networks.policy.apply, networks.log_prob
+  # On-policy actions of a chunked policy carry NaN in the chunk's unexecuted dims: they are
+  # scored by the marginal of what was executed (finetune.semi_mdp); full rows score as log_prob.
+  marginal = networks.marginal_log_prob or log_prob
 
   def logp(params, inputs, actions):
-    return log_prob(apply(params, inputs), actions)
+    return marginal(apply(params, inputs), actions)
 
   def sample_actions(output, key):
     keys = jax.random.split(key, fisher_samples)
@@ -155,17 +162,19 @@ def gae(rewards, values, next_values, done, mask, gamma: float, lam: float):
   """Generalized advantage estimation over [B, T] arrays (numpy).
 
   done[b, t] = 1 ends a segment after transition t (no bootstrapping across it: a re-plan window
-  for the low level, the episode for the high level); mask = 0 marks padding.
+  for the low level, the episode for the high level); mask = 0 marks padding. `gamma` is a
+  scalar or a [B, T] discount per transition (a semi-MDP decision of n steps: gamma**n).
   Returns (advantages, value targets), zero where mask is 0.
   """
   rewards, values, next_values, done, mask = (np.asarray(x, np.float32) for x in
                                               (rewards, values, next_values, done, mask))
+  gamma = np.broadcast_to(np.asarray(gamma, np.float32), rewards.shape)
   adv = np.zeros_like(rewards)
   running = np.zeros(rewards.shape[0], np.float32)
   for t in reversed(range(rewards.shape[1])):
     cont = 1.0 - done[:, t]
-    delta = rewards[:, t] + gamma * next_values[:, t] * cont - values[:, t]
-    running = (delta + gamma * lam * cont * running) * mask[:, t]
+    delta = rewards[:, t] + gamma[:, t] * next_values[:, t] * cont - values[:, t]
+    running = (delta + gamma[:, t] * lam * cont * running) * mask[:, t]
     adv[:, t] = running
   return adv, (adv + values) * mask
 

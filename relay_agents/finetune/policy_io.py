@@ -119,11 +119,6 @@ def load_model(model_dir: str) -> Model:
   if record.agent == "ril" and not record.window:
     raise DataError("ril model without a window (W_l)", path=os.path.join(model_dir, models.RECORD))
   levels = {n: _load_level(model_dir, record, n) for n in names}
-  chunked = [n for n, level in levels.items() if getattr(level.config, "action_chunk", 1) > 1]
-  if chunked:
-    raise ValueError(f"{model_dir}: its {chunked[0]} policy predicts chunks of actions (--action-chunk "
-                     f"{levels[chunked[0]].config.action_chunk}); finetuning supports one action per step only "
-                     "(train with --action-chunk 1 to finetune)")
   if "policy" in levels and not levels["policy"].config.use_goal:
     raise ValueError(f"{model_dir}: a goal-free BC policy cannot be finetuned toward a goal")
   return Model(record, levels, os.path.abspath(model_dir), models.fingerprint(model_dir))

@@ -61,6 +61,10 @@ class GoalBCNetworks:
   input_dim: int
   output_dim: int
   normalization: Normalization
+  # (output, target with NaN in the dims not observed) -> [B]: the log-density of the observed
+  # dims alone (the marginal; both heads are diagonal, so it drops the others' factors). Finetuning
+  # a chunked policy scores the m executed actions of a predicted chunk of k with it.
+  marginal_log_prob: Optional[Callable] = None
 
 
 def input_features(config: GoalBCConfig, observation_dim: Optional[int]) -> Callable:
@@ -112,14 +116,27 @@ def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
       init=lambda key: transformed.init(key, dummy),
       apply=lambda params, inputs, is_training=False, key=None: transformed.apply(params, inputs))
 
-  def gaussian_log_prob(mean, log_std, target):
+  def gaussian_log_prob(mean, log_std, target, seen=None):
     z = (target - mean) / jnp.exp(log_std)
-    return jnp.sum(-0.5 * z ** 2 - log_std - 0.5 * jnp.log(2 * jnp.pi), axis=-1)
+    per_dim = -0.5 * z ** 2 - log_std - 0.5 * jnp.log(2 * jnp.pi)
+    return jnp.sum(per_dim if seen is None else jnp.where(seen, per_dim, 0.0), axis=-1)
+
+  def observed(target):
+    """NaN marks a dim not observed: (target with those dims zeroed, their mask); zeroed, not
+    left NaN, so that no NaN reaches a gradient through the masked branch."""
+    seen = ~jnp.isnan(target)
+    return jnp.where(seen, target, 0.0), seen
 
   if config.head == "mixture":
     def log_prob(output, target):
       logits, mean, log_std = output
       per_component = gaussian_log_prob(mean, log_std, target[:, None, :])
+      return jax.nn.logsumexp(jax.nn.log_softmax(logits) + per_component, axis=-1)
+
+    def marginal_log_prob(output, target):
+      logits, mean, log_std = output
+      target, seen = observed(target)
+      per_component = gaussian_log_prob(mean, log_std, target[:, None, :], seen[:, None, :])
       return jax.nn.logsumexp(jax.nn.log_softmax(logits) + per_component, axis=-1)
 
     def mode(output):
@@ -138,6 +155,9 @@ def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
     def log_prob(output, target):
       return gaussian_log_prob(*output, target)
 
+    def marginal_log_prob(output, target):
+      return gaussian_log_prob(*output, *observed(target))
+
     mode = lambda output: output[0]
 
     def sample(output, key):
@@ -145,7 +165,8 @@ def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
       return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
 
   return GoalBCNetworks(policy=policy, log_prob=log_prob, mean=mode, sample=sample,
-                        input_dim=input_dim, output_dim=output_dim, normalization=normalization)
+                        input_dim=input_dim, output_dim=output_dim, normalization=normalization,
+                        marginal_log_prob=marginal_log_prob)
 
 
 def policy_inputs(observation, goal, use_goal: bool, concat=np.concatenate):
