@@ -153,6 +153,7 @@ def test_npg_step_keeps_the_kl_at_its_bound(ril_model):
     assert float(stats.kl_bound) == pytest.approx(delta, rel=0.2)
     assert float(stats.kl) < 1.3 * delta
     assert float(stats.surrogate_after) > float(stats.surrogate_before)
+    assert float(stats.cg_solved) == pytest.approx(1.0, abs=0.1)  # x = F^-1 g, not a stray direction
   # A Gaussian head: the KL is analytic and lands on the bound.
   config = GoalBCConfig(action_chunk=1, hidden_sizes=(32, 32), head="gaussian")
   nets = gcbc_networks.make_networks(inputs.shape[1], 9, config,
