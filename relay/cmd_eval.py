@@ -17,7 +17,7 @@ import json
 import os
 
 from relay.cli import UsageError
-from relay_data import atomic, paths
+from relay_data import atomic, kitchen, paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--play", required=True, help="play dataset the goals come from")
   parser.add_argument("--goals", type=int, default=17, help="most frequent demo goal sets (default 17)")
   parser.add_argument("--no-heldout", action="store_true", help="skip the held-out goal sets")
+  parser.add_argument("--goal", action="append", default=None,
+                      help="evaluate this compound goal instead of the goal sets (comma-separated elements, e.g. "
+                           "'microwave,kettle,light switch,slide cabinet'; repeat for more); its goal state is the "
+                           "play data's initial state with those elements done, as `relay finetune` builds it")
   parser.add_argument("--rollouts", type=int, default=20, help="rollouts per goal (default 20)")
   parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS,
                       help=f"episode horizon (default {DEFAULT_MAX_STEPS}); results are also reported at the "
@@ -52,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
   from relay_data import relabeled  # pylint: disable=import-outside-toplevel
   if args.rollouts <= 0 or args.goals < 0 or args.max_steps <= 0 or args.workers <= 0 or args.video_every <= 0:
     raise UsageError("--rollouts, --max-steps, --workers and --video-every must be positive, --goals non-negative")
+  for text in args.goal or []:  # a typo fails before any model is read
+    try:
+      kitchen.parse_goal(text)
+    except ValueError as e:
+      raise UsageError(f"--goal: {e}") from e
   if args.video and not args.video.lower().endswith((".mp4", ".gif")):
     raise UsageError("--video must end in .mp4 or .gif")
   for flag, out in (("--json", args.json), ("--plot", args.plot), ("--video", args.video), ("--resume-log", args.resume_log)):
@@ -63,7 +72,10 @@ def run(args: argparse.Namespace) -> int:
     for level in records[m].levels:
       models.load_policy(os.path.join(m, level))
     models.check_goal_source(records[m], m, args.play)
-  goals = evaluation.goal_sets(args.play, args.goals, include_heldout=not args.no_heldout)
+  if args.goal:
+    goals = evaluation.named_goals(args.play, args.goal)
+  else:
+    goals = evaluation.goal_sets(args.play, args.goals, include_heldout=not args.no_heldout)
   if not goals:
     raise UsageError(f"no 4-element goal sets found in {args.play}")
   play_fingerprint = relabeled.fingerprint(args.play)

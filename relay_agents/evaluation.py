@@ -63,6 +63,23 @@ def goal_sets(play_dir: str, num_frequent: int = 17, include_heldout: bool = Tru
   return goals
 
 
+def named_goals(play_dir: str, goals: Sequence[str]) -> List[EvalGoal]:
+  """Compound goals named by their elements ('microwave,kettle,light switch,slide cabinet'), each
+  with the goal state finetuning and the held-out sets use: the play data's initial state with
+  those elements set to their goal positions. `demos` counts the play episodes that did exactly
+  those elements (0: a held-out combination)."""
+  parsed = [kitchen.parse_goal(text) for text in goals]
+  first_state, counts = None, collections.Counter()
+  for ep in rlds_io.iter_episodes(play_dir):
+    if first_state is None:
+      first_state = ep["goal_state"][0]
+    counts[frozenset(s for s in ep["subtask_order"].split(",") if s)] += 1
+  if first_state is None:
+    raise ValueError(f"{play_dir}: no episodes to take the initial state from")
+  return [EvalGoal(sorted(e, key=kitchen.ELEMENTS.index), kitchen.set_goal_state(first_state, e),
+                   heldout=counts[frozenset(e)] == 0, demos=counts[frozenset(e)]) for e in parsed]
+
+
 @dataclasses.dataclass
 class Rollout:
   completed: List[str]

@@ -116,6 +116,16 @@ def make_env(tasks_to_complete: Sequence[str] = tuple(ELEMENTS), max_episode_ste
                   max_episode_steps=max_episode_steps, **settings.env_kwargs(), **kwargs)
 
 
+def parse_goal(text: str) -> List[str]:
+  """'microwave,kettle,light switch,slide cabinet' -> the list of elements (validated)."""
+  elements = [e.strip() for e in text.split(",") if e.strip()]
+  unknown = [e for e in elements if e not in ELEMENTS]
+  if not elements or unknown or len(set(elements)) != len(elements):
+    raise ValueError(f"goal {text!r}: need distinct comma-separated elements from "
+                     f"{', '.join(ELEMENTS)}" + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+  return elements
+
+
 def completion_order(completed: np.ndarray, elements: Sequence[str] = ELEMENTS) -> List[str]:
   """Elements completed at any step of the episode, in the order they were first completed.
 

@@ -266,6 +266,21 @@ def test_cli_train_il_and_eval(cli, relabeled_dirs, kitchen_play_tiny, tmp_path)
     assert len(f.readlines()) == 2
   bad_eval = cli("eval", "--model", model, "--play", kitchen_play_tiny, "--workers", "0")
   assert bad_eval.returncode == 2 and "--workers" in bad_eval.stderr
+  # A goal named by its elements (as `relay finetune --goal` takes it) instead of the goal sets.
+  named = str(tmp_path / "named.json")
+  cli("eval", "--model", model, "--play", kitchen_play_tiny, "--goal", "kettle, microwave,slide cabinet,light switch",
+      "--rollouts", "1", "--max-steps", "3", "--json", named, check=True)
+  with open(named) as f:
+    [goal] = json.load(f)["ril"]["per_goal"]
+  assert goal["goal"] == "microwave+kettle+light switch+slide cabinet" and len(goal["completions"]) == 1
+  from relay_agents.finetune import env as env_lib  # pylint: disable=import-outside-toplevel
+  [named_goal] = evaluation.named_goals(kitchen_play_tiny, ["microwave,kettle,light switch,slide cabinet"])
+  built = env_lib.GoalKitchenEnv(named_goal.elements, max_episode_steps=3).goal_state
+  element_dims = ~np.isclose(named_goal.goal_state, next(rlds_io.iter_episodes(kitchen_play_tiny))["goal_state"][0])
+  assert element_dims.any()
+  np.testing.assert_allclose(named_goal.goal_state[element_dims], built[element_dims], atol=1e-6)
+  bad_goal = cli("eval", "--model", model, "--play", kitchen_play_tiny, "--goal", "microwave,oven")
+  assert bad_goal.returncode == 2 and "unknown: oven" in bad_goal.stderr
 
 
 def test_oracle_subgoal_rollout_starts_in_the_demos_state(ril_model, kitchen_play_tiny):
