@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/relay demo --out $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
