@@ -51,6 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "interrupted evaluation)")
 
 
+def method_names(model_dirs):
+  """Each model's name in tables and plots: its directory's name, or parent/name where two share
+  one (e.g. finetuned models, all RUN/model)."""
+  base = [os.path.basename(os.path.normpath(m)) for m in model_dirs]
+  return [b if base.count(b) == 1 else os.path.join(os.path.basename(os.path.dirname(os.path.normpath(m))), b)
+          for m, b in zip(model_dirs, base)]
+
+
 def run(args: argparse.Namespace) -> int:
   from relay_agents import evaluation, models  # pylint: disable=import-outside-toplevel
   from relay_data import relabeled  # pylint: disable=import-outside-toplevel
@@ -80,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
     raise UsageError(f"no 4-element goal sets found in {args.play}")
   play_fingerprint = relabeled.fingerprint(args.play)
   by_method, out = {}, {}
-  for model in args.model:
-    name = os.path.basename(os.path.normpath(model))
+  for model, name in zip(args.model, method_names(args.model)):
     key = evaluation.log_key(models.fingerprint(model), goals, play_fingerprint, args.max_steps, args.seed,
                              args.sample)
     results = evaluation.evaluate(functools.partial(models.make_actor, model, deterministic=not args.sample),

@@ -339,3 +339,8 @@ def test_subgoal_trace_records_every_replan(ril_model, kitchen_play_tiny):
   assert all(r.subgoal_arm_distance > 0 for r in trace)
   assert all(r.arm_moved >= 0 for r in trace[:-1]) and np.isnan(trace[-1].arm_moved)
   assert trace[0].done == []  # a fresh kitchen has nothing done
+
+
+def test_eval_names_models_that_share_a_directory_name_by_their_parent():
+  from relay.cmd_eval import method_names  # pylint: disable=import-outside-toplevel
+  assert method_names(["runs/a/model", "runs/b/model/", "models/ril"]) == ["a/model", "b/model", "ril"]
