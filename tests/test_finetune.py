@@ -278,7 +278,7 @@ def test_chunked_transitions_are_decisions_of_the_executed_actions():
       assert out["rewards"][b, j] == pytest.approx(sum(gamma ** n * steps["rewards"][b, i] for n, i in enumerate(live)))
       assert out["done"][b, j] == max([steps["done"][b, i] for i in live], default=0.0)
       assert out["discount"][b, j] == pytest.approx(gamma ** (end - start))
-      assert out["mask"][b, j] == mask[b, start]
+      assert out["mask"][b, j] == mask[b, start] and out["steps"][b, j] == len(live)
       np.testing.assert_array_equal(out["inputs"][b, j], steps["inputs"][b, start])
   assert out["done"][1, 4] == 1  # episode 2 ends inside the decision at step 10
   with pytest.raises(ValueError, match="execute_steps"):

@@ -190,7 +190,9 @@ class NPGLearner(core.Learner):
     if not (cfg.uses_demos and name != "high"):  # no demo term for this level: its stats mean nothing
       out = {k: v for k, v in out.items() if not k.startswith("demo_")}
     out.update(value_loss=value_loss, demo_weight=float(weight),
-               reward=float((tr["rewards"] * tr["mask"]).sum() / max(tr["mask"].sum(), 1)))
+               # per env step (a chunked policy's decision rewards are sums over its steps,
+               # discounted within the chunk: at most 1 - gamma**m off)
+               reward=float((tr["rewards"] * tr["mask"]).sum() / max(tr.get("steps", tr["mask"]).sum(), 1)))
     return {f"{name}/{k}": v for k, v in out.items()}
 
   def step(self) -> None:

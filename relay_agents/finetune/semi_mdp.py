@@ -14,6 +14,7 @@ must score. Per decision at step t (covering steps t .. e-1, e - t <= m):
   reward     sum_i gamma^i r_{t+i} over the executed steps
   discount   gamma^(e - t) for bootstrapping from the next decision's value
   done       a segment (re-plan window) or the episode ends within the decision
+  steps      how many steps it executed (e - t, fewer where the episode ended)
 
 `decision_starts` is the schedule the actor follows: within each segment of `segment` steps (W_l
 for the low level, the whole episode for a flat policy) decisions start at offsets 0, m, 2m, ...
@@ -44,7 +45,7 @@ def to_decisions(steps: Dict[str, np.ndarray], segment: int, execute_steps: int,
 
   steps: [B, T] arrays rewards, done, mask, elapsed; inputs [B, T, d_in]; actions [B, T, d]
   (the executed actions, one per step). Returns the same keys over [B, D] decisions, actions
-  [B, D, k * d] (NaN where not executed), plus discount [B, D].
+  [B, D, k * d] (NaN where not executed), plus discount and steps [B, D].
   """
   if not 1 <= execute_steps <= action_chunk:
     raise ValueError(f"execute_steps must be in 1..action_chunk ({action_chunk}), got {execute_steps}")
@@ -59,13 +60,15 @@ def to_decisions(steps: Dict[str, np.ndarray], segment: int, execute_steps: int,
   out_actions = np.full((b, len(starts), action_chunk * d), np.nan, np.float32)
   out_rewards = np.zeros((b, len(starts)), np.float32)
   out_done = np.zeros((b, len(starts)), np.float32)
+  out_steps = np.zeros((b, len(starts)), np.float32)
   for j, (t, e) in enumerate(zip(starts, ends)):
     for i in range(e - t):
       live = mask[:, t + i] > 0
       out_actions[live, j, i * d:(i + 1) * d] = actions[live, t + i]
       out_rewards[:, j] += gamma ** i * rewards[:, t + i]
       out_done[:, j] = np.maximum(out_done[:, j], done[:, t + i])
+      out_steps[:, j] += mask[:, t + i]
   discount = np.broadcast_to(np.float32(gamma) ** (ends - starts).astype(np.float32), (b, len(starts)))
   return {"inputs": np.asarray(steps["inputs"])[:, starts], "actions": out_actions, "rewards": out_rewards,
           "done": out_done, "mask": mask[:, starts], "elapsed": np.asarray(steps["elapsed"])[:, starts],
-          "discount": np.ascontiguousarray(discount, np.float32)}
+          "discount": np.ascontiguousarray(discount, np.float32), "steps": out_steps}
