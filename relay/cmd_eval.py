@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"episode horizon (default {DEFAULT_MAX_STEPS}); results are also reported at the "
                            f"env's own {ENV_HORIZON}-step limit")
   parser.add_argument("--sample", action="store_true", help="sample actions instead of taking the mean")
+  parser.add_argument("--replan", type=int, default=None,
+                      help="ril models: the high level picks a new subgoal every N steps (default: every W_l, the "
+                           "paper's); flat models are unaffected. Beyond the paper: re-planning more often than W_l "
+                           "keeps the subgoal ahead of the low level (docs/results.md)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--plot", default=None, help="PNG bar chart of the methods")
   parser.add_argument("--video", default=None,
@@ -62,8 +66,10 @@ def method_names(model_dirs):
 def run(args: argparse.Namespace) -> int:
   from relay_agents import evaluation, models  # pylint: disable=import-outside-toplevel
   from relay_data import relabeled  # pylint: disable=import-outside-toplevel
-  if args.rollouts <= 0 or args.goals < 0 or args.max_steps <= 0 or args.workers <= 0 or args.video_every <= 0:
-    raise UsageError("--rollouts, --max-steps, --workers and --video-every must be positive, --goals non-negative")
+  if args.rollouts <= 0 or args.goals < 0 or args.max_steps <= 0 or args.workers <= 0 or args.video_every <= 0 \
+      or (args.replan is not None and args.replan <= 0):
+    raise UsageError("--rollouts, --max-steps, --workers, --video-every and --replan must be positive, --goals "
+                     "non-negative")
   for text in args.goal or []:  # a typo fails before any model is read
     try:
       kitchen.parse_goal(text)
@@ -89,9 +95,11 @@ def run(args: argparse.Namespace) -> int:
   play_fingerprint = relabeled.fingerprint(args.play)
   by_method, out = {}, {}
   for model, name in zip(args.model, method_names(args.model)):
+    replan = args.replan if records[model].agent == "ril" else None
     key = evaluation.log_key(models.fingerprint(model), goals, play_fingerprint, args.max_steps, args.seed,
-                             args.sample)
-    results = evaluation.evaluate(functools.partial(models.make_actor, model, deterministic=not args.sample),
+                             args.sample, replan)
+    results = evaluation.evaluate(functools.partial(models.make_actor, model, deterministic=not args.sample,
+                                                    replan=replan),
                                   goals, args.rollouts, args.max_steps, args.seed, workers=args.workers,
                                   log=evaluation.RolloutLog(args.resume_log, key),
                                   settings=models.env_settings(records[model]))
@@ -103,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"plot: {evaluation.plot(by_method, args.plot)}")
   if args.video:
     model = args.model[0]
-    r = evaluation.rollout(models.make_actor(model, args.seed), goals[0], args.max_steps, seed=args.seed,
+    replan = args.replan if records[model].agent == "ril" else None
+    r = evaluation.rollout(models.make_actor(model, args.seed, replan=replan), goals[0], args.max_steps, seed=args.seed,
                            render=True, render_every=args.video_every, settings=models.env_settings(records[model]))
     print(f"video: {evaluation.write_video(r.frames, args.video)} ({len(r.completed)} of 4 done)")
   if args.json:

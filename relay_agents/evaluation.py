@@ -183,15 +183,19 @@ def _rollout_task(task):
 
 
 def log_key(model_fingerprint: str, goals: Sequence[EvalGoal], play_fingerprint: str, max_steps: int,
-            seed: int, sample: bool) -> str:
+            seed: int, sample: bool, replan: Optional[int] = None) -> str:
   """What a logged rollout depends on: the model's fingerprint, the goal vectors (and names), the
-  play dataset's fingerprint, the horizon, the seed and the action mode."""
+  play dataset's fingerprint, the horizon, the seed, the action mode and a re-plan interval other
+  than the model's W_l (absent from the key when not set, so earlier logs still match)."""
   import hashlib  # pylint: disable=import-outside-toplevel
   h = hashlib.sha256()
   for g in goals:
     h.update(g.name.encode() + np.asarray(g.goal_state, np.float32).tobytes())
-  return json.dumps({"model": model_fingerprint, "goals": h.hexdigest()[:16], "play": play_fingerprint,
-                     "max_steps": max_steps, "seed": seed, "sample": sample}, sort_keys=True)
+  key = {"model": model_fingerprint, "goals": h.hexdigest()[:16], "play": play_fingerprint,
+         "max_steps": max_steps, "seed": seed, "sample": sample}
+  if replan is not None:
+    key["replan"] = replan
+  return json.dumps(key, sort_keys=True)
 
 
 class RolloutLog:

@@ -213,10 +213,13 @@ def observation_fn(record: ModelRecord):
   return None if spec.layout == "franka-kitchen-v1" else spec.from_env
 
 
-def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True):
+def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True, replan: Optional[int] = None):
   """The acting policy of a model, made by its builder: hierarchical for ril, flat otherwise.
 
   It takes the environment's observation (mapped to the model's layout inside the actor).
+  `replan`: a ril model's high level picks a new subgoal every `replan` steps instead of every W_l
+  (the paper's, and the default); the low level still acts toward one subgoal at a time. Beyond
+  the paper: re-planning more often keeps the subgoal W_l steps ahead of where the low level is.
   """
   from relay_agents.gcbc import builder as gcbc_builder  # pylint: disable=import-outside-toplevel
   record = read_record(model_dir)
@@ -230,7 +233,9 @@ def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True):
   if record.agent == "ril":
     if not record.window:
       raise _record_error(model_dir, "ril model without a window (W_l)")
-    relay = gcbc_builder.RelayBuilder(builders["high"], builders["low"], window=record.window)
+    if replan is not None and replan <= 0:
+      raise ValueError(f"replan must be positive, got {replan}")
+    relay = gcbc_builder.RelayBuilder(builders["high"], builders["low"], window=replan or record.window)
     return relay.make_actor(key, policies, variable_source=sources)
   (level,) = record.levels
   return builders[level].make_actor(key, policies[level], variable_source=sources[level])

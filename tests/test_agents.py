@@ -344,3 +344,28 @@ def test_subgoal_trace_records_every_replan(ril_model, kitchen_play_tiny):
 def test_eval_names_models_that_share_a_directory_name_by_their_parent():
   from relay.cmd_eval import method_names  # pylint: disable=import-outside-toplevel
   assert method_names(["runs/a/model", "runs/b/model/", "models/ril"]) == ["a/model", "b/model", "ril"]
+
+
+def test_replan_interval_overrides_the_window_for_ril_only(ril_model, kitchen_play_tiny, cli, tmp_path):
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  window = models.read_record(ril_model).window
+  default = models.make_actor(ril_model)
+  evaluation.rollout(default, goal, max_steps=7, seed=0)
+  assert default.replans == list(range(0, 7, window))
+  often = models.make_actor(ril_model, replan=2)
+  evaluation.rollout(often, goal, max_steps=7, seed=0)
+  assert often.replans == [0, 2, 4, 6]
+  with pytest.raises(ValueError, match="replan must be positive"):
+    models.make_actor(ril_model, replan=0)
+  # The key of logged rollouts changes with --replan (a log never mixes intervals), not without it.
+  base = evaluation.log_key("m", [goal], "p", 7, 0, False)
+  assert evaluation.log_key("m", [goal], "p", 7, 0, False, None) == base != evaluation.log_key("m", [goal], "p", 7, 0,
+                                                                                                False, 2)
+  bad = cli("eval", "--model", ril_model, "--play", kitchen_play_tiny, "--replan", "0")
+  assert bad.returncode == 2 and "--replan" in bad.stderr
+  out = str(tmp_path / "replan.json")
+  cli("eval", "--model", ril_model, "--play", kitchen_play_tiny, "--goals", "1", "--no-heldout", "--rollouts", "1",
+      "--max-steps", "3", "--replan", "2", "--json", out, check=True)
+  with open(out) as f:
+    [result] = json.load(f).values()
+  assert len(result["per_goal"]) == 1
