@@ -8,6 +8,9 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export JAX_PLATFORMS ?= cpu
 
 DEMO_DIR ?= demo_out
+# Test processes (pytest-xdist); files are the unit of distribution, so a file's module-scoped
+# fixtures (trained tiny models, relabeled sets) are built once. TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test bench install clean
 
@@ -21,7 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/relay demo --out $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=20 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -24,13 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  from relay_agents.finetune import run as run_lib  # pylint: disable=import-outside-toplevel
   if ":" not in args.reverb_address:
     raise UsageError(f"--reverb-address must be HOST:PORT, got {args.reverb_address!r}")
   if args.episodes is not None and args.episodes <= 0:
     raise UsageError("--episodes must be positive")
   if args.actor_id < 0:
     raise UsageError("--actor-id must be >= 0")
+  # Heavy (JAX, Reverb, MuJoCo): imported only once the flags are known good, so a typo fails fast.
+  from relay_agents.finetune import run as run_lib  # pylint: disable=import-outside-toplevel
   try:
     done = run_lib.run_actor(args.reverb_address, args.actor_id, args.episodes, args.model)
   except ConnectionError as e:

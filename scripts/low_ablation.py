@@ -17,6 +17,7 @@ usage: python scripts/low_ablation.py PLAY HELDOUT NAME [key=value ...]
   ee=0|1                  1: the end-effector position (forward kinematics of the observed
                           joints) is appended to the observation and to the goal
   noise=0.1               the kitchen's robot observation noise in the oracle rollouts
+  sched=const|cosine      the learning-rate schedule (cosine: warm-up 1,000 steps, decay to 0)
   modes=mode,sample       oracle modes to run (mode, sample, track)   eval=12   out=low_ablation.jsonl
 One JSON line per run is appended to `out`.
 """
@@ -87,7 +88,9 @@ norm = gn.Normalization.from_arrays(X, Y)
 config = GoalBCConfig(head=head, hidden_sizes=hidden, learning_rate=lr)
 nets = gn.make_networks(X.shape[1], Y.shape[1], config, norm)
 params = nets.policy.init(jax.random.PRNGKey(seed))
-opt = optax.adam(lr); state = opt.init(params)
+SCHED = kw.get("sched", "const")  # const | cosine (decay to 0 over `steps`, 1,000 warm-up steps)
+opt = optax.adam(optax.warmup_cosine_decay_schedule(0.0, lr, 1000, steps) if SCHED == "cosine" else lr)
+state = opt.init(params)
 if head == "mse":
   loss_fn = lambda p, x, y: jnp.mean(((nets.policy.apply(p, x)[0] - y) / norm.output_std) ** 2)
 else:

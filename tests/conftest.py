@@ -1,9 +1,22 @@
 """Shared pytest setup: process env defaults (relay/__init__) before TF/JAX/MuJoCo load."""
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
+
+# One XLA compilation cache per test process (per xdist worker), inherited by the CLI subprocesses
+# the tests start: many tests run `relay train-il/eval/finetune` on the same tiny networks, and
+# without it each process spends ~13 s compiling what an earlier one already compiled. Compiled
+# code is the same as a fresh compile, so results do not change; the cache is removed at exit.
+_JAX_CACHE = tempfile.mkdtemp(prefix=f"relay-tests-jax-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import relay  # noqa: F401  (sets MUJOCO_GL/JAX_PLATFORMS/TF log level defaults)
 
