@@ -510,3 +510,67 @@ def test_cli_finetune_rejects_bad_flags(cli, ril_model, tmp_path):
   assert bad_address.returncode == 2 and "HOST:PORT" in bad_address.stderr
   nobody = cli("actor", "--reverb-address", "127.0.0.1:1")
   assert nobody.returncode == 1 and "no Reverb server answered at 127.0.0.1:1" in nobody.stderr
+
+
+# --- distillation ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finetune_run(ril_model, tmp_path_factory):
+  """A real (one-iteration) finetune run directory of the tiny model toward GOAL."""
+  from relay_agents.finetune import run as run_lib  # pylint: disable=import-outside-toplevel
+  out = str(tmp_path_factory.mktemp("distill") / "run")
+  run_lib.finetune(run_lib.RunConfig(ril_model, GOAL, out, env_steps=20, seed=0, progress=False),
+                   FinetuneConfig(variant="npg", episodes_per_iteration=2, max_episode_steps=10))
+  return out
+
+
+def test_distill_keeps_qualifying_rollouts_relabels_them_with_the_play_data_and_trains(
+    finetune_run, ril_model, kitchen_play_tiny, tmp_path):
+  from relay_agents.finetune import distill  # pylint: disable=import-outside-toplevel
+  # The tiny model finishes no element in 10 steps: with the paper's rule (successes only) there
+  # is nothing to distill, and nothing is written.
+  nothing = str(tmp_path / "nothing")
+  with pytest.raises(distill.NothingToDistill, match="no rollout of .* succeeded in 2 rollouts"):
+    distill.distill([finetune_run], kitchen_play_tiny, nothing, distill.DistillConfig(rollouts=2, progress=False))
+  assert not os.path.exists(nothing)
+  with pytest.raises(ValueError, match=r"min_elements must be in 0..4"):
+    distill.distill([finetune_run], kitchen_play_tiny, nothing,
+                    distill.DistillConfig(rollouts=2, min_elements=5, progress=False))
+  # Keeping every rollout (>= 0 elements) exercises the whole path on real components.
+  out = str(tmp_path / "distilled")
+  summary = distill.distill([finetune_run], kitchen_play_tiny, out,
+                            distill.DistillConfig(rollouts=2, min_elements=0, goals_per_step=2, train_steps=5,
+                                                  progress=False))
+  assert summary["successes"] == {finetune_run: 2} and summary["episodes_added"] == 2
+  play = list(rlds_io.iter_episodes(kitchen_play_tiny))
+  merged = list(rlds_io.iter_episodes(summary["data"]))
+  assert len(merged) == len(play) + 2
+  for ep, original in zip(merged, play):  # the play episodes as they were
+    np.testing.assert_array_equal(ep["observation"], original["observation"])
+    np.testing.assert_array_equal(ep["action"], original["action"])
+  for ep in merged[len(play):]:  # the rollouts: 10 steps, the play data's layout, goal-space states
+    assert ep["observation"].shape == (11, play[0]["observation"].shape[1])
+    assert np.abs(ep["action"]).max() <= 1.0 and not ep["action"][-1].any()
+    state_dims = goal_space.of_episode_dataset(kitchen_play_tiny).goal_state(ep["observation"])
+    np.testing.assert_allclose(ep["goal_state"], state_dims, atol=1e-6)
+  source = policy_io.load_model(ril_model)
+  lineage = {level: relabeled.read_lineage(os.path.join(out, f"relabeled_{level}"))["config"]
+             for level in ("low", "high")}
+  assert lineage["low"]["window"] == lineage["high"]["window"] == source.window
+  assert lineage["high"]["window_high"] == source.record.window_high
+  # The tiny model predicts single actions (chunk 1, stored without the field), not the default 10.
+  assert lineage["low"].get("action_chunk", 1) == source.levels["low"].config.action_chunk == 1
+  distilled = models.read_record(summary["model"])
+  assert distilled.agent == "ril" and distilled.window == source.window
+
+
+def test_cli_distill_with_nothing_to_keep_is_one_line_and_writes_nothing(finetune_run, kitchen_play_tiny, tmp_path,
+                                                                          cli):
+  out = tmp_path / "d"
+  nothing = cli("distill", "--run", finetune_run, "--play", kitchen_play_tiny, "--out", str(out), "--rollouts", "1",
+                "--no-progress")
+  assert nothing.returncode == 1 and "nothing to distill" in nothing.stderr, nothing.stderr
+  assert len(nothing.stderr.strip().splitlines()) == 1 and not out.exists()
+  too_many = cli("distill", "--run", finetune_run, "--play", kitchen_play_tiny, "--out", str(out),
+                 "--min-elements", "5")
+  assert too_many.returncode == 2 and "min_elements must be in 0..4" in too_many.stderr

@@ -2,7 +2,11 @@
 
 1. Roll out each finetuned run's model (`relay finetune --out RUN`: RUN/model and RUN/run.json
    name the model and the goal), sampling as in finetuning, and keep the successful episodes
-   (every element of the goal done by the environment's completion test).
+   (every element of the goal done by the environment's completion test), or, with
+   `min_elements`, those that did at least that many of the goal's elements: relay relabeling
+   makes any trajectory goal-conditioned data (its own reached states are the goals), as IRIL
+   does with on-policy data, so a partial rollout is still a demonstration of what it reached.
+   When no rollout qualifies, nothing is written: the result would be the play data's RIL again.
 2. Write the play episodes and those successes as one RLDS dataset (observation, goal-space
    state, action: the fields relabeling reads), the successes' observations mapped to the play
    data's layout and the dataset recording the play data's spec and environment settings.
@@ -15,13 +19,19 @@ Evaluate the result on all goals with `relay eval --model OUT/model`.
 import dataclasses
 import json
 import os
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from relay_agents import models
 from relay_agents.finetune import acting, env as env_lib, policy_io
 from relay_data import goal_space, kitchen, relabeled, rlds_io
+from relay_data.errors import RelayError
+
+
+class NothingToDistill(RelayError):
+  """No rollout of any finetuned run qualified: a failed operation a user can cause (exit 1)."""
 
 
 class _FixedParams:
@@ -34,30 +44,39 @@ class _FixedParams:
     return [self._params[n] for n in names]
 
 
-def successful_rollouts(run_dir: str, rollouts: int, seed: int = 0) -> List[Dict[str, np.ndarray]]:
-  """`rollouts` sampled episodes of RUN/model toward RUN's goal; the successful ones as
-  {"observation" [L, 59] (the env's own), "action" [L, 9] (the last row zero, as RLDS has no
-  action there)}."""
-  from relay_agents import acme_compat  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  from acme.jax import variable_utils  # pylint: disable=import-outside-toplevel
+def _run_record(run_dir: str) -> Dict:
   try:
     with open(os.path.join(run_dir, "run.json")) as f:
-      record = json.load(f)
+      return json.load(f)
   except FileNotFoundError as e:
     raise ValueError(f"{run_dir}: not a finetune run directory (no run.json)") from e
+
+
+def successful_rollouts(run_dir: str, rollouts: int, seed: int = 0, min_elements: Optional[int] = None,
+                        progress: bool = False) -> List[Dict[str, np.ndarray]]:
+  """`rollouts` sampled episodes of RUN/model toward RUN's goal; those that did every element of
+  the goal (or at least `min_elements` of them) as {"observation" [L, 59] (the env's own),
+  "action" [L, 9] (the last row zero, as RLDS has no action there), "elements_done": int}."""
+  from relay_agents import acme_compat  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  from acme.jax import variable_utils  # pylint: disable=import-outside-toplevel
+  record = _run_record(run_dir)
   model = policy_io.load_model(os.path.join(run_dir, "model"))
   elements = record["run"]["elements"]
   environment = env_lib.GoalKitchenEnv(elements, np.asarray(record["goal_state"], np.float32),
                                        record["config"]["max_episode_steps"], seed=seed, settings=model.env_settings)
   names = acting.variable_names(model)
   actor = acting.FinetuneActor(model, variable_utils.VariableClient(_FixedParams(model), names), seed=seed)
+  need = len(elements) if min_elements is None else min_elements
   kept = []
-  for i in range(rollouts):
+  for i in tqdm(range(rollouts), desc=f"rollouts {os.path.basename(os.path.normpath(run_dir))}", unit="ep",
+                disable=not progress):
     result = acting.run_episode(environment, actor, i, seed, record=True)
-    if set(result["completed"]) >= set(elements):
+    done = len(set(result["completed"]) & set(elements))
+    if done >= need:
       act = np.clip(result["actions"], -1.0, 1.0)  # what the environment executed
       kept.append({"observation": result["observations"].astype(np.float32),
-                   "action": np.concatenate([act, np.zeros((1, act.shape[1]), np.float32)])})
+                   "action": np.concatenate([act, np.zeros((1, act.shape[1]), np.float32)]),
+                   "elements_done": done})
   return kept
 
 
@@ -79,6 +98,7 @@ def merged_episodes(play_dir: str, successes: Sequence[Dict]) -> Iterator[Dict]:
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
   rollouts: int = 20           # per finetuned run
+  min_elements: Optional[int] = None  # keep rollouts doing >= this many goal elements; None: all (success)
   goals_per_step: int = 8
   train_steps: int = 5000
   seed: int = 0
@@ -97,25 +117,36 @@ def distill(run_dirs: Sequence[str], play_dir: str, out_dir: str, config: Distil
   for run_dir in run_dirs:  # before any rollout: every model must fit the play data
     model = base if run_dir == run_dirs[0] else policy_io.load_model(os.path.join(run_dir, "model"))
     models.check_goal_source(model.record, model.path, play_dir)
+    elements = _run_record(run_dir)["run"]["elements"]
+    if config.min_elements is not None and not 0 <= config.min_elements <= len(elements):
+      raise ValueError(f"min_elements must be in 0..{len(elements)} (the goal of {run_dir} has "
+                       f"{len(elements)} elements), got {config.min_elements}")
   successes, per_run = [], {}
   for run_dir in run_dirs:
-    kept = successful_rollouts(run_dir, config.rollouts, config.seed)
+    kept = successful_rollouts(run_dir, config.rollouts, config.seed, config.min_elements, config.progress)
     per_run[run_dir] = len(kept)
     successes += kept
+  if not successes:
+    wanted = "succeeded" if config.min_elements is None else f"did >= {config.min_elements} of its goal's elements"
+    raise NothingToDistill(f"no rollout of {', '.join(run_dirs)} {wanted} in {config.rollouts} rollouts each: "
+                           "nothing to distill (the result would be the play data's RIL again); finetune "
+                           "longer or keep partial rollouts with --min-elements N")
   window, window_high = base.window, base.record.window_high or 10 * base.window
   os.makedirs(out_dir, exist_ok=True)
   data = rlds_io.write_episodes(merged_episodes(play_dir, successes), "distill", os.path.join(out_dir, "data"),
                                 metadata={"source": os.path.abspath(play_dir),
                                           **goal_space.provenance_of_episode_dataset(play_dir)},
                                 overwrite=True, progress=config.progress, source=play_dir)
+  gc_config = base.levels["low"].config
   relabeled_dirs = {}
   for level in ("low", "high"):
+    # The low level's examples carry the chunk the model predicts (its relabeled data did).
+    extra = {"window_high": window_high} if level == "high" else {"action_chunk": gc_config.action_chunk}
     cfg = relabeled.RelabelConfig(level, window=window, goals_per_step=config.goals_per_step, seed=config.seed,
-                                  **({"window_high": window_high} if level == "high" else {}))
+                                  **extra)
     relabeled_dirs[level] = os.path.join(out_dir, f"relabeled_{level}")
     relabel_pipeline.run_relabel(data, relabeled_dirs[level], cfg, overwrite=True, show_progress=config.progress)
   model_dir = os.path.join(out_dir, "model")
-  gc_config = base.levels["low"].config
   train.train_agent("ril", relabeled_dirs, model_dir,
                     train.TrainConfig(steps=config.train_steps, seed=config.seed, progress=config.progress),
                     dataclasses.replace(gc_config, target="action"))
