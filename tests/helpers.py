@@ -1,7 +1,7 @@
 """Small synthetic RLDS datasets for tests (real TFDS builds into temp dirs)."""
 import numpy as np
 
-from relay_data import rlds_io, schema
+from relay_data import kitchen, rlds_io, schema
 
 
 def random_episodes(lengths, state_dim=6, goal_dim=3, action_dim=2, seed=0):
@@ -10,6 +10,17 @@ def random_episodes(lengths, state_dim=6, goal_dim=3, action_dim=2, seed=0):
            "goal_state": rng.normal(size=(n, goal_dim)).astype(np.float32),
            "action": rng.uniform(-1, 1, size=(n, action_dim)).astype(np.float32),
            "episode_id": f"ep{i}"} for i, n in enumerate(lengths)]
+
+
+def learnable_kitchen_episodes(n_eps=6, length=40, seed=0, scale=1.0, gain=1.0):
+  """Kitchen-shaped episodes (59-d observations) whose action is a fixed function of the state,
+  tanh(gain * observation[:9]), so goal-conditioned BC can learn them in a few steps."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(n_eps):
+    obs = rng.normal(size=(length, kitchen.OBS_DIM)).astype(np.float32) * np.float32(scale)
+    out.append({"observation": obs, "action": np.tanh(obs[:, :9] * gain).astype(np.float32), "episode_id": f"e{i}"})
+  return out
 
 
 def write_toy(tmp_path, lengths=(5, 9, 20, 3, 12), name="toy", **kwargs):

@@ -12,17 +12,7 @@ from relay_agents import evaluation, models, replay, train
 from relay_agents.gcbc import acting, data as gcbc_data
 from relay_agents.gcbc.config import GoalBCConfig
 from relay_data import kitchen, relabeled, rlds_io
-
-
-def _structured_episodes(n_eps=6, length=40, seed=0):
-  """Episodes whose action is a fixed function of (state, future goal): learnable by GCBC."""
-  rng = np.random.default_rng(seed)
-  eps = []
-  for i in range(n_eps):
-    obs = rng.normal(size=(length, kitchen.OBS_DIM)).astype(np.float32)
-    action = np.tanh(obs[:, :9] * 0.5).astype(np.float32)
-    eps.append({"observation": obs, "action": action, "episode_id": f"e{i}"})
-  return eps
+from tests.helpers import learnable_kitchen_episodes
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +20,7 @@ def relabeled_dirs(tmp_path_factory):
   root = tmp_path_factory.mktemp("agents")
   # Kitchen-shaped episodes recorded (like generated play) under the default kitchen settings, so
   # models trained on them are evaluated against kitchen play in the same environment.
-  src = rlds_io.write_episodes(_structured_episodes(), "structured", str(root), progress=False,
+  src = rlds_io.write_episodes(learnable_kitchen_episodes(gain=0.5), "structured", str(root), progress=False,
                                metadata={"env_settings": kitchen.DEFAULT_SETTINGS.to_dict()})
   out = {}
   for level, cfg in (("low", relabeled.RelabelConfig("low", window=5, goals_per_step=3)),

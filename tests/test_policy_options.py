@@ -22,6 +22,7 @@ from relay_agents.gcbc import acting
 from relay_agents.gcbc.config import GoalBCConfig
 from relay_data import goal_space, kinematics, kitchen, relabel, relabeled, rlds_io
 from relay_data.errors import DataError
+from tests.helpers import learnable_kitchen_episodes
 
 
 def test_forward_kinematics_matches_mujoco():
@@ -68,20 +69,10 @@ def test_action_chunks_are_the_next_k_actions_clamped_at_the_last():
     relabeled.RelabelConfig("low", action_chunk=0)
 
 
-def _episodes(n_eps=6, length=40, seed=0):
-  """Kitchen-shaped episodes whose action is a fixed function of the state (learnable)."""
-  rng = np.random.default_rng(seed)
-  out = []
-  for i in range(n_eps):
-    obs = rng.normal(size=(length, kitchen.OBS_DIM)).astype(np.float32) * 0.3
-    out.append({"observation": obs, "action": np.tanh(obs[:, :9]).astype(np.float32), "episode_id": f"e{i}"})
-  return out
-
-
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
   root = tmp_path_factory.mktemp("options")
-  src = rlds_io.write_episodes(_episodes(), "options", str(root), progress=False,
+  src = rlds_io.write_episodes(learnable_kitchen_episodes(scale=0.3), "options", str(root), progress=False,
                                metadata={"env_settings": kitchen.DEFAULT_SETTINGS.to_dict()})
   out = {"source": src}
   for name, cfg in (("low", relabeled.RelabelConfig("low", window=5, goals_per_step=3, action_chunk=1)),
