@@ -530,7 +530,8 @@ def test_distill_keeps_qualifying_rollouts_relabels_them_with_the_play_data_and_
   # The tiny model finishes no element in 10 steps: with the paper's rule (successes only) there
   # is nothing to distill, and nothing is written.
   nothing = str(tmp_path / "nothing")
-  with pytest.raises(distill.NothingToDistill, match="no rollout of .* succeeded in 2 rollouts"):
+  with pytest.raises(distill.NothingToDistill,
+                     match=r"no rollout of .* succeeded in 2 rollouts each \(rollouts by goal elements done: 0: 2\)"):
     distill.distill([finetune_run], kitchen_play_tiny, nothing, distill.DistillConfig(rollouts=2, progress=False))
   assert not os.path.exists(nothing)
   with pytest.raises(ValueError, match=r"min_elements must be in 0..4"):

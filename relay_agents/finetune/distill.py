@@ -16,6 +16,7 @@
 The play data must fit the models (`models.check_goal_source`: goal space and environment settings).
 Evaluate the result on all goals with `relay eval --model OUT/model`.
 """
+import collections
 import dataclasses
 import json
 import os
@@ -52,11 +53,10 @@ def _run_record(run_dir: str) -> Dict:
     raise ValueError(f"{run_dir}: not a finetune run directory (no run.json)") from e
 
 
-def successful_rollouts(run_dir: str, rollouts: int, seed: int = 0, min_elements: Optional[int] = None,
-                        progress: bool = False) -> List[Dict[str, np.ndarray]]:
-  """`rollouts` sampled episodes of RUN/model toward RUN's goal; those that did every element of
-  the goal (or at least `min_elements` of them) as {"observation" [L, 59] (the env's own),
-  "action" [L, 9] (the last row zero, as RLDS has no action there), "elements_done": int}."""
+def run_rollouts(run_dir: str, rollouts: int, seed: int = 0, progress: bool = False) -> List[Dict]:
+  """`rollouts` sampled episodes of RUN/model toward RUN's goal, each as {"observation" [L, 59]
+  (the env's own), "action" [L, 9] (what was executed; the last row zero, as RLDS has no action
+  there), "elements_done": how many of the goal's elements the environment's test saw done}."""
   from relay_agents import acme_compat  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from acme.jax import variable_utils  # pylint: disable=import-outside-toplevel
   record = _run_record(run_dir)
@@ -66,18 +66,15 @@ def successful_rollouts(run_dir: str, rollouts: int, seed: int = 0, min_elements
                                        record["config"]["max_episode_steps"], seed=seed, settings=model.env_settings)
   names = acting.variable_names(model)
   actor = acting.FinetuneActor(model, variable_utils.VariableClient(_FixedParams(model), names), seed=seed)
-  need = len(elements) if min_elements is None else min_elements
-  kept = []
+  out = []
   for i in tqdm(range(rollouts), desc=f"rollouts {os.path.basename(os.path.normpath(run_dir))}", unit="ep",
                 disable=not progress):
     result = acting.run_episode(environment, actor, i, seed, record=True)
-    done = len(set(result["completed"]) & set(elements))
-    if done >= need:
-      act = np.clip(result["actions"], -1.0, 1.0)  # what the environment executed
-      kept.append({"observation": result["observations"].astype(np.float32),
-                   "action": np.concatenate([act, np.zeros((1, act.shape[1]), np.float32)]),
-                   "elements_done": done})
-  return kept
+    act = np.clip(result["actions"], -1.0, 1.0)  # what the environment executed
+    out.append({"observation": result["observations"].astype(np.float32),
+                "action": np.concatenate([act, np.zeros((1, act.shape[1]), np.float32)]),
+                "elements_done": len(set(result["completed"]) & set(elements))})
+  return out
 
 
 def _as_episode(observation, goal_state, action, episode_id: str) -> Dict:
@@ -121,16 +118,21 @@ def distill(run_dirs: Sequence[str], play_dir: str, out_dir: str, config: Distil
     if config.min_elements is not None and not 0 <= config.min_elements <= len(elements):
       raise ValueError(f"min_elements must be in 0..{len(elements)} (the goal of {run_dir} has "
                        f"{len(elements)} elements), got {config.min_elements}")
-  successes, per_run = [], {}
+  successes, per_run, done_counts = [], {}, collections.Counter()
   for run_dir in run_dirs:
-    kept = successful_rollouts(run_dir, config.rollouts, config.seed, config.min_elements, config.progress)
+    need = len(_run_record(run_dir)["run"]["elements"]) if config.min_elements is None else config.min_elements
+    rollouts = run_rollouts(run_dir, config.rollouts, config.seed, config.progress)
+    done_counts.update(r["elements_done"] for r in rollouts)
+    kept = [r for r in rollouts if r["elements_done"] >= need]
     per_run[run_dir] = len(kept)
     successes += kept
   if not successes:
     wanted = "succeeded" if config.min_elements is None else f"did >= {config.min_elements} of its goal's elements"
-    raise NothingToDistill(f"no rollout of {', '.join(run_dirs)} {wanted} in {config.rollouts} rollouts each: "
-                           "nothing to distill (the result would be the play data's RIL again); finetune "
-                           "longer or keep partial rollouts with --min-elements N")
+    seen = ", ".join(f"{n}: {done_counts[n]}" for n in sorted(done_counts))
+    raise NothingToDistill(f"no rollout of {', '.join(run_dirs)} {wanted} in {config.rollouts} rollouts each "
+                           f"(rollouts by goal elements done: {seen}): nothing to distill (the result would "
+                           "be the play data's RIL again); finetune longer or keep partial rollouts with "
+                           "--min-elements N")
   window, window_high = base.window, base.record.window_high or 10 * base.window
   os.makedirs(out_dir, exist_ok=True)
   data = rlds_io.write_episodes(merged_episodes(play_dir, successes), "distill", os.path.join(out_dir, "data"),
