@@ -111,19 +111,20 @@ def distill(run_dirs: Sequence[str], play_dir: str, out_dir: str, config: Distil
   base = policy_io.load_model(os.path.join(run_dirs[0], "model"))
   if not base.hierarchical:
     raise ValueError(f"{run_dirs[0]}: distillation trains a relay (ril) policy; that run finetuned '{base.agent}'")
+  need = {}  # run -> goal elements a kept rollout must have done
   for run_dir in run_dirs:  # before any rollout: every model must fit the play data
     model = base if run_dir == run_dirs[0] else policy_io.load_model(os.path.join(run_dir, "model"))
     models.check_goal_source(model.record, model.path, play_dir)
-    elements = _run_record(run_dir)["run"]["elements"]
-    if config.min_elements is not None and not 0 <= config.min_elements <= len(elements):
-      raise ValueError(f"min_elements must be in 0..{len(elements)} (the goal of {run_dir} has "
-                       f"{len(elements)} elements), got {config.min_elements}")
+    goal_size = len(_run_record(run_dir)["run"]["elements"])
+    if config.min_elements is not None and not 0 <= config.min_elements <= goal_size:
+      raise ValueError(f"min_elements must be in 0..{goal_size} (the goal of {run_dir} has {goal_size} "
+                       f"elements), got {config.min_elements}")
+    need[run_dir] = goal_size if config.min_elements is None else config.min_elements
   successes, per_run, done_counts = [], {}, collections.Counter()
   for run_dir in run_dirs:
-    need = len(_run_record(run_dir)["run"]["elements"]) if config.min_elements is None else config.min_elements
     rollouts = run_rollouts(run_dir, config.rollouts, config.seed, config.progress)
     done_counts.update(r["elements_done"] for r in rollouts)
-    kept = [r for r in rollouts if r["elements_done"] >= need]
+    kept = [r for r in rollouts if r["elements_done"] >= need[run_dir]]
     per_run[run_dir] = len(kept)
     successes += kept
   if not successes:
