@@ -575,3 +575,7 @@ def test_cli_distill_with_nothing_to_keep_is_one_line_and_writes_nothing(finetun
   too_many = cli("distill", "--run", finetune_run, "--play", kitchen_play_tiny, "--out", str(out),
                  "--min-elements", "5")
   assert too_many.returncode == 2 and "min_elements must be in 0..4" in too_many.stderr
+  not_a_run = cli("distill", "--run", os.path.join(finetune_run, "model"), "--play", kitchen_play_tiny,
+                  "--out", str(out))
+  assert not_a_run.returncode == 2 and "not a finetune run directory (no run.json" in not_a_run.stderr
+  assert not out.exists()

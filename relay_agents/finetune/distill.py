@@ -50,7 +50,8 @@ def _run_record(run_dir: str) -> Dict:
     with open(os.path.join(run_dir, "run.json")) as f:
       return json.load(f)
   except FileNotFoundError as e:
-    raise ValueError(f"{run_dir}: not a finetune run directory (no run.json)") from e
+    raise ValueError(f"{run_dir}: not a finetune run directory (no run.json; `relay finetune --out` "
+                     "makes one)") from e
 
 
 def run_rollouts(run_dir: str, rollouts: int, seed: int = 0, progress: bool = False) -> List[Dict]:
@@ -108,6 +109,7 @@ def distill(run_dirs: Sequence[str], play_dir: str, out_dir: str, config: Distil
   from relay_agents import train  # pylint: disable=import-outside-toplevel
   if not run_dirs:
     raise ValueError("distill needs at least one finetune run directory")
+  records = {run_dir: _run_record(run_dir) for run_dir in run_dirs}  # first: is each a run at all?
   base = policy_io.load_model(os.path.join(run_dirs[0], "model"))
   if not base.hierarchical:
     raise ValueError(f"{run_dirs[0]}: distillation trains a relay (ril) policy; that run finetuned '{base.agent}'")
@@ -115,7 +117,7 @@ def distill(run_dirs: Sequence[str], play_dir: str, out_dir: str, config: Distil
   for run_dir in run_dirs:  # before any rollout: every model must fit the play data
     model = base if run_dir == run_dirs[0] else policy_io.load_model(os.path.join(run_dir, "model"))
     models.check_goal_source(model.record, model.path, play_dir)
-    goal_size = len(_run_record(run_dir)["run"]["elements"])
+    goal_size = len(records[run_dir]["run"]["elements"])
     if config.min_elements is not None and not 0 <= config.min_elements <= goal_size:
       raise ValueError(f"min_elements must be in 0..{goal_size} (the goal of {run_dir} has {goal_size} "
                        f"elements), got {config.min_elements}")
