@@ -6,8 +6,8 @@ Rolls out each finetuned run's model toward its goal (sampling, --rollouts per r
 successful episodes (or, with --min-elements N, those that did N of the goal's elements), writes
 them with the play episodes as one RLDS dataset (OUT/data), relabels it with the relay functions
 and the windows the original model used (OUT/relabeled_low|high), and trains one RIL agent on it
-(OUT/model). When no rollout qualifies it stops (exit 1) before writing anything. Evaluate it on all goals with
-`relay eval --model OUT/model --play PLAY`.
+(OUT/model). When no rollout qualifies it stops (exit 1) before writing anything. Evaluate the
+model on all goals with `relay eval --model OUT/model --play PLAY`.
 """
 import argparse
 
