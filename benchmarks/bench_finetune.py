@@ -2,9 +2,14 @@
 
 1. Env steps/s of the actor fleet (`relay actor` processes writing whole episodes into Reverb,
    sampling the relay hierarchy with the shipped policy size) with 1 and 2 processes, against
-   raw environment steps/s (the same goal env stepped with random actions in this process,
-   measured in the same run). Targets: >= 0.9x with 1 process, >= 1.8x with 2 (on a box with
-   at least 2 free cores).
+   raw environment steps/s: the fleet's own episodes (same env seeds, same actions, recorded by
+   rerunning the deterministic-given-seed actors in this process) replayed open-loop in this
+   process, resets included, measured in the same run. Identical physics, so the ratio is the
+   cost of the policy, the adder and the process boundary. Random actions were the baseline
+   before: they change `mj_step`'s own cost (contacts), which made the ratio meaningless.
+   A third row, the same episodes acted in this process without Reverb, splits the gap into
+   the policy's share and the writes' share. Targets: >= 0.9x with 1 process, >= 1.8x with 2 (on
+   a box with at least 2 free cores).
 2. NPG update time per 10k on-policy decisions (the shipped low level: mixture head, 512x3,
    chunks of 10 executing 5, so one decision is 5 env steps): the jitted update (gradient, 10 CG
    iterations of KL-Hessian-vector products, step) after warm-up.
@@ -54,19 +59,48 @@ def _random_ril_model(root: str) -> str:
   return out
 
 
-def raw_env_steps_per_s(steps: int = 1000) -> float:
-  env = env_lib.GoalKitchenEnv(GOAL, max_episode_steps=HORIZON)
-  rng = np.random.default_rng(0)
-  env.reset()
-  start, n = time.perf_counter(), 0
-  while n < steps:
-    if env.step(rng.uniform(-1, 1, 9)).last():
-      env.reset()
-    n += 1
-  return n / (time.perf_counter() - start)
+def _env(model):
+  return env_lib.GoalKitchenEnv(GOAL, env_lib.default_goal_state(GOAL), HORIZON, seed=0, settings=model.env_settings)
 
 
-def fleet_env_steps_per_s(model_dir: str, processes: int, episodes_each: int = 3) -> float:
+def _episode_indices(processes: int, episodes_each: int):
+  """The (actor id, episode index) pairs a fleet run acts, as `run.run_actor` numbers them."""
+  return [(a, (a + 1) * (1 << 20) + d) for a in range(processes) for d in range(episodes_each + 1)]
+
+
+def record_fleet_episodes(model, processes: int, episodes_each: int = 6):
+  """The fleet's episodes acted in this process (untimed): [(env episode index, [steps, 9] actions)]."""
+  environment, out = _env(model), []
+  for actor_id, index in _episode_indices(processes, episodes_each):
+    actor = acting.fixed_actor(model, seed=actor_id)
+    out.append((index, acting.run_episode(environment, actor, index, 0, record=True)["actions"]))
+  return out
+
+
+def in_process_steps_per_s(model, episodes) -> float:
+  """The same episodes sampled by an in-process actor (policy + env, no Reverb)."""
+  environment, steps = _env(model), 0
+  actor = acting.fixed_actor(model)
+  start = time.perf_counter()
+  for index, _ in episodes:
+    steps += acting.run_episode(environment, actor, index, 0)["steps"]
+  return steps / (time.perf_counter() - start)
+
+
+def replay_steps_per_s(model, episodes) -> float:
+  """The same episodes' actions stepped open-loop from the same resets (the raw environment)."""
+  environment, steps = _env(model), 0
+  start = time.perf_counter()
+  for index, actions in episodes:
+    environment.episode_index = index
+    environment.reset()
+    for action in actions:
+      environment.step(action)
+    steps += len(actions)
+  return steps / (time.perf_counter() - start)
+
+
+def fleet_env_steps_per_s(model_dir: str, processes: int, episodes_each: int = 6) -> float:
   """Starts `processes` actors against a fresh server; times the episodes after each actor's
   first (start-up and compilation excluded) by the table's insert count."""
   model = policy_io.load_model(model_dir)
@@ -125,11 +159,15 @@ def npg_seconds_per_10k(model_dir: str, n: int = 10_000, repeats: int = 3) -> fl
 def main():
   with tempfile.TemporaryDirectory() as tmp:
     model_dir = _random_ril_model(tmp)
-    raw_before = raw_env_steps_per_s()
+    model = policy_io.load_model(model_dir)
+    episodes = record_fleet_episodes(model, 2)  # the 2-process fleet's episodes include the 1-process one's
+    raw_before = replay_steps_per_s(model, episodes)
+    local = in_process_steps_per_s(model, episodes)
     fleet = {k: fleet_env_steps_per_s(model_dir, k) for k in (1, 2)}
-    raw = (raw_before + raw_env_steps_per_s()) / 2  # before and after: load on the box drifts
-    report("actor fleet, 1 process", fleet[1], "raw env steps", raw, ">= 0.9x")
-    report("actor fleet, 2 processes", fleet[2], "raw env steps", raw, ">= 1.8x")
+    raw = (raw_before + replay_steps_per_s(model, episodes)) / 2  # before and after: load on the box drifts
+    report("in-process actor, no Reverb", local, "raw env steps (replayed fleet actions)", raw, "-")
+    report("actor fleet, 1 process", fleet[1], "raw env steps (replayed fleet actions)", raw, ">= 0.9x")
+    report("actor fleet, 2 processes", fleet[2], "raw env steps (replayed fleet actions)", raw, ">= 1.8x")
     print(f"NPG update (shipped low level, 10 CG iterations): {npg_seconds_per_10k(model_dir):.2f} s per 10k "
           f"decisions  (cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f})", flush=True)
 

@@ -35,16 +35,6 @@ class NothingToDistill(RelayError):
   """No rollout of any finetuned run qualified: a failed operation a user can cause (exit 1)."""
 
 
-class _FixedParams:
-  """A variable source that always returns one model's parameters (no learner: pure rollouts)."""
-
-  def __init__(self, model: policy_io.Model):
-    self._params = {n: level.params for n, level in model.levels.items()}
-
-  def get_variables(self, names):
-    return [self._params[n] for n in names]
-
-
 def _run_record(run_dir: str) -> Dict:
   try:
     with open(os.path.join(run_dir, "run.json")) as f:
@@ -58,15 +48,12 @@ def run_rollouts(run_dir: str, rollouts: int, seed: int = 0, progress: bool = Fa
   """`rollouts` sampled episodes of RUN/model toward RUN's goal, each as {"observation" [L, 59]
   (the env's own), "action" [L, 9] (what was executed; the last row zero, as RLDS has no action
   there), "elements_done": how many of the goal's elements the environment's test saw done}."""
-  from relay_agents import acme_compat  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  from acme.jax import variable_utils  # pylint: disable=import-outside-toplevel
   record = _run_record(run_dir)
   model = policy_io.load_model(os.path.join(run_dir, "model"))
   elements = record["run"]["elements"]
   environment = env_lib.GoalKitchenEnv(elements, np.asarray(record["goal_state"], np.float32),
                                        record["config"]["max_episode_steps"], seed=seed, settings=model.env_settings)
-  names = acting.variable_names(model)
-  actor = acting.FinetuneActor(model, variable_utils.VariableClient(_FixedParams(model), names), seed=seed)
+  actor = acting.fixed_actor(model, seed)
   out = []
   for i in tqdm(range(rollouts), desc=f"rollouts {os.path.basename(os.path.normpath(run_dir))}", unit="ep",
                 disable=not progress):
