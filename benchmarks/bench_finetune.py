@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from benchmarks.common import report
-from relay_agents.finetune import acting, env as env_lib, npg, policy_io, replay_io
+from relay_agents.finetune import acting, env as env_lib, npg, policy_io, replay_io, run as run_lib
 from relay_agents.finetune.builder import FinetuneBuilder
 from relay_agents.finetune.config import FinetuneConfig
 from relay_agents.gcbc.config import GoalBCConfig
@@ -64,8 +64,8 @@ def _env(model):
 
 
 def _episode_indices(processes: int, episodes_each: int):
-  """The (actor id, episode index) pairs a fleet run acts, as `run.run_actor` numbers them."""
-  return [(a, (a + 1) * (1 << 20) + d) for a in range(processes) for d in range(episodes_each + 1)]
+  """The (actor id, episode index) pairs a fleet run acts (its warm-up episodes included)."""
+  return [(a, run_lib.actor_episode_index(a, d)) for a in range(processes) for d in range(episodes_each + 1)]
 
 
 def record_fleet_episodes(model, processes: int, episodes_each: int = 6):

@@ -268,6 +268,12 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
     server.stop()
 
 
+def actor_episode_index(actor_id: int, done: int) -> int:
+  """The episode index (env and actor seeds) of the `done`-th episode of actor process `actor_id`:
+  (i + 1) * 2^20 + done, disjoint from the in-process actors' indices and from each other."""
+  return (actor_id + 1) * (1 << 20) + done
+
+
 def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
               model_dir: Optional[str] = None) -> int:
   """An actor process: reads the run's spec from the server at `address`, then acts episode after
@@ -294,10 +300,9 @@ def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
   environment = env_lib.GoalKitchenEnv(spec["elements"], np.asarray(spec["goal_state"], np.float32),
                                        config.max_episode_steps, seed=spec["seed"], settings=model.env_settings)
   done = 0
-  # Episode indices of actor i are i, i + 2^20, ...: disjoint from the in-process ones and each other.
   while episodes is None or done < episodes:
     try:
-      acting.run_episode(environment, actor, (actor_id + 1) * (1 << 20) + done, spec["seed"])
+      acting.run_episode(environment, actor, actor_episode_index(actor_id, done), spec["seed"])
     except (reverb.errors.DeadlineExceededError, reverb.errors.ReverbError, RuntimeError) as e:
       print(f"actor {actor_id}: server gone ({type(e).__name__}); stopping after {done} episodes")
       break
