@@ -1,7 +1,9 @@
-"""Diagnose which level of a relay agent fails: the low level's ceiling under oracle subgoals.
+"""Diagnose where an agent fails: the low level's ceiling under oracle subgoals, and why goal
+elements are missed in evaluation rollouts.
 
   relay diagnose oracle --model models/ril --play data/kitchen_play/n400_s0/2.0.0 --episodes 12
   relay diagnose oracle --model models/ril --play DIR --indexing progress --json oracle.json
+  relay diagnose failures --model models/gcbc --play DIR --goals 17 --rollouts 2 --json failures.json
 
 `oracle` runs the model's low-level policy from each demo's own initial state (reset with the
 demo's recorded seed) and feeds it the demo's own future states as subgoals every W_l steps, so
@@ -11,6 +13,12 @@ indexed by time (the demo's state at t + W_l; a low level slower than the demo f
 by progress (W_l steps past the demo state nearest to the rollout's: what a perfect high level
 re-planning from the current state would ask for). The model must fit the play data (goal
 space and environment settings); the kitchen is built with the model's settings.
+
+`failures` runs evaluation rollouts of any model (the same goals and seeds as `relay eval`) and
+sorts every goal element it did not finish: the hand never reached it, reached it but never moved
+it (contact acquisition), or moved it without completing it. "Reached" is measured against the
+play data: the hand-to-handle distance at which the demos start moving each element
+(relay_agents/failures.py has the exact definitions).
 """
 import argparse
 import os
@@ -34,8 +42,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   oracle.add_argument("--sample", action="store_true", help="sample actions instead of the likeliest mode")
   oracle.add_argument("--json", default=None, help="write per-demo results and the summary as JSON here")
 
+  fail = sub.add_parser("failures", help="why evaluation rollouts miss goal elements (not reached / not engaged / not done)",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  fail.add_argument("--model", required=True, help="a trained model directory (any agent)")
+  fail.add_argument("--play", required=True, help="play (RLDS) dataset: the goals, and the demos' reach radii")
+  fail.add_argument("--goals", type=int, default=17, help="most frequent demo goals (default 17, the paper's)")
+  fail.add_argument("--no-heldout", action="store_true", help="leave out the held-out goal sets")
+  fail.add_argument("--rollouts", type=int, default=2, help="rollouts per goal (default 2)")
+  fail.add_argument("--max-steps", type=int, default=400, help="rollout horizon (default 400)")
+  fail.add_argument("--seed", type=int, default=0, help="evaluation seed, as `relay eval --seed` (default 0)")
+  fail.add_argument("--demos", type=int, default=100, help="demos that set the reach radii (default the first 100)")
+  fail.add_argument("--json", default=None, help="write the radii, per-rollout outcomes and the summary as JSON here")
+
 
 def run(args: argparse.Namespace) -> int:
+  if args.diagnose_command == "failures":
+    return run_failures(args)
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from relay_agents import diagnostics, models  # pylint: disable=import-outside-toplevel
@@ -74,5 +96,38 @@ def run(args: argparse.Namespace) -> int:
         f"demos by subtasks done (0..4): {summary['counts']}")
   if args.json:
     atomic.write_json(args.json, {"summary": summary, "episodes": rows})
+    print(f"json: {args.json}")
+  return 0
+
+
+def run_failures(args: argparse.Namespace) -> int:
+  from relay_agents import evaluation, failures, models  # pylint: disable=import-outside-toplevel
+  from relay_data import rlds_io  # pylint: disable=import-outside-toplevel
+  if args.goals < 0 or args.rollouts <= 0 or args.max_steps <= 0 or args.demos <= 0:
+    raise UsageError("--rollouts, --max-steps and --demos must be positive, --goals non-negative")
+  if args.json:
+    paths.check_output(args.json, "--json", sources=[args.model, args.play], overwrite=True, kind="file")
+  record = models.read_record(args.model)
+  if not record.data_spec.observation.evaluable:
+    raise UsageError(f"--model {args.model} was trained on non-kitchen data; failures are measured in the kitchen")
+  play = rlds_io.resolve_dataset_dir(args.play)
+  rlds_io.require_episodes(play, "--play")
+  models.check_goal_source(record, args.model, play)
+  goals = evaluation.goal_sets(play, args.goals, include_heldout=not args.no_heldout)
+  if not goals:
+    raise UsageError(f"--play {args.play} has no four-element goals to evaluate")
+  geometry = failures.ElementGeometry()
+  radii, found = failures.demo_reach_radii(play, geometry, args.demos)
+  if not radii:
+    raise UsageError(f"--play {args.play}: no demo moved any element, so no reach radius can be set")
+  rows = failures.run_anatomy(args.model, goals, args.rollouts, args.max_steps, args.seed, geometry, radii)
+  summary = failures.summarize(rows)
+  print(f"{len(rows)} rollouts of {args.model} ({len(goals)} goals x {args.rollouts}, {args.max_steps} steps); "
+        f"goal elements by outcome:")
+  print(failures.format_summary(summary, radii))
+  if args.json:
+    atomic.write_json(args.json, {"model": args.model, "play": play, "seed": args.seed, "max_steps": args.max_steps,
+                                  "radii": radii, "demo_engagements": {e: len(d) for e, d in found.items()},
+                                  "summary": summary, "rollouts": [r.to_json() for r in rows]})
     print(f"json: {args.json}")
   return 0

@@ -86,6 +86,7 @@ class Rollout:
   steps: int
   frames: Optional[List[np.ndarray]] = None
   first_done: Dict[str, int] = dataclasses.field(default_factory=dict)  # element -> first step done
+  goal_states: Optional[np.ndarray] = None  # [steps + 1, 30] observed goal-space states (record_states)
 
 
 _ENVS: Dict[tuple, object] = {}
@@ -107,11 +108,12 @@ def _goal_env(goal: EvalGoal, max_steps: int, render: bool, render_size,
 
 def rollout(actor, goal: EvalGoal, max_steps: int, seed: int, render: bool = False,
             render_size=(160, 120), render_every: int = 1,
-            settings: Optional[kitchen.EnvSettings] = None) -> Rollout:
+            settings: Optional[kitchen.EnvSettings] = None, record_states: bool = False) -> Rollout:
   """One episode of `actor` toward `goal` in FrankaKitchen-v1 (ends when all four are done).
 
   The actor gets the environment's observation (it maps it to its own layout). With `render`,
-  every `render_every`-th step is rendered (~0.5 s a frame in software) under a progress bar."""
+  every `render_every`-th step is rendered (~0.5 s a frame in software) under a progress bar.
+  `record_states` keeps every observed goal-space state (as a demo stores them), for diagnostics."""
   import dm_env  # pylint: disable=import-outside-toplevel
   env = _goal_env(goal, max_steps, render, render_size, settings)
   obs, _ = env.reset(seed=seed)
@@ -119,6 +121,7 @@ def rollout(actor, goal: EvalGoal, max_steps: int, seed: int, render: bool = Fal
   actor.observe_first(dm_env.restart(obs["observation"]))
   frames = [env.render()] if render else None
   first_done: Dict[str, int] = {}
+  states = [kitchen.goal_state_from_observation(obs["observation"])] if record_states else None
   steps = 0
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   for steps in tqdm(range(1, max_steps + 1), desc="rendering video", unit="step", disable=not render, leave=False):
@@ -126,13 +129,16 @@ def rollout(actor, goal: EvalGoal, max_steps: int, seed: int, render: bool = Fal
     obs, reward, terminated, truncated, info = env.step(action)
     for e in info["episode_task_completions"]:  # the env mutates this list: read it now
       first_done.setdefault(e, steps)
+    if record_states:
+      states.append(kitchen.goal_state_from_observation(obs["observation"]))
     actor.observe(action, dm_env.transition(np.float32(reward), obs["observation"]))
     if render and steps % render_every == 0:
       frames.append(env.render())
     if terminated or truncated:
       break
   return Rollout(completed=[e for e in goal.elements if e in first_done], steps=steps, frames=frames,
-                 first_done={e: first_done[e] for e in goal.elements if e in first_done})
+                 first_done={e: first_done[e] for e in goal.elements if e in first_done},
+                 goal_states=np.stack(states) if record_states else None)
 
 
 @dataclasses.dataclass

@@ -313,6 +313,22 @@ def test_diagnose_oracle_cli(ril_model, kitchen_play_tiny, tmp_path, cli):
   assert bad.returncode == 2 and "--episodes" in bad.stderr
 
 
+def test_diagnose_failures_cli(ril_model, kitchen_play_tiny, tmp_path, cli):
+  out = str(tmp_path / "failures.json")
+  result = cli("diagnose", "failures", "--model", ril_model, "--play", kitchen_play_tiny, "--goals", "1",
+               "--no-heldout", "--rollouts", "1", "--max-steps", "10", "--demos", "2", "--json", out, check=True)
+  assert "goal elements by outcome" in result.stdout
+  with open(out) as f:
+    report = json.load(f)
+  (row,) = report["rollouts"]
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  assert set(row["outcomes"]) == set(goal.elements)  # a fresh kitchen has none of them done
+  assert all(o in ("done", "engaged, not done", "reached, not engaged", "not reached") for o in row["outcomes"].values())
+  assert sum(report["summary"]["outcomes"].values()) == 4 and set(goal.elements) <= set(report["radii"])
+  bad = cli("diagnose", "failures", "--model", ril_model, "--play", kitchen_play_tiny, "--rollouts", "0")
+  assert bad.returncode == 2 and "--rollouts" in bad.stderr
+
+
 def test_subgoal_trace_records_every_replan(ril_model, kitchen_play_tiny):
   from relay_agents import diagnostics
   goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
