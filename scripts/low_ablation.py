@@ -16,6 +16,9 @@ usage: python scripts/low_ablation.py PLAY HELDOUT NAME [key=value ...]
   hist=0|1                1: the previous executed action is an input
   ee=0|1                  1: the end-effector position (forward kinematics of the observed
                           joints) is appended to the observation and to the goal
+  rel=0|1                 1: the vector from the hand to each element's contact point (handle,
+                          knob, switch, ...; `relay_agents.failures.ElementGeometry`) is appended
+                          to the observation (21 values)
   noise=0.1               the kitchen's robot observation noise in the oracle rollouts
   sched=const|cosine      the learning-rate schedule (cosine: warm-up 1,000 steps, decay to 0)
   modes=mode,sample       oracle modes to run (mode, sample, track)   eval=12   out=low_ablation.jsonl
@@ -65,7 +68,18 @@ def ee_of(q):
   return out
 def add_ee(x):  # observation or goal-space rows -> rows ++ EE position
   return np.concatenate([x, ee_of(x[:, :9])], -1) if EE else x
-obs = [add_ee(with_prev(sel(e["observation"]).astype(np.float32), e["executed_action"].astype(np.float32))) for e in eps]
+REL = int(kw.get("rel", 0))
+_geo = []
+def add_rel(o, full):  # observation rows ++ (contact point - hand) per element, from the 59-d observation
+  if not REL:
+    return o
+  if not _geo:
+    from relay_agents import failures
+    _geo.append(failures.ElementGeometry())
+  hand, contacts = _geo[0](np.concatenate([full[:, 0:9], full[:, 18:39]], -1))
+  return np.concatenate([o] + [(contacts[e] - hand).astype(np.float32) for e in sorted(contacts)], -1)
+obs = [add_rel(add_ee(with_prev(sel(e["observation"]).astype(np.float32), e["executed_action"].astype(np.float32))),
+               e["observation"]) for e in eps]
 goal = [add_ee(e["goal_state"].astype(np.float32)) for e in eps]
 act = [(e["executed_action"] if label == "executed" else e["action"]).astype(np.float32) for e in eps]
 lens = np.array([len(a) for a in act]); off = np.r_[0, np.cumsum(lens)[:-1]]
@@ -111,7 +125,7 @@ def r2(path, n):
   es = []; ys = []
   for i, ep in enumerate(rlds_io.iter_episodes(path)):
     if i >= n: break
-    o, g, a = add_ee(with_prev(sel(ep["observation"]), ep["executed_action"])), add_ee(ep["goal_state"]), ep["action"]
+    o, g, a = add_rel(add_ee(with_prev(sel(ep["observation"]), ep["executed_action"])), ep["observation"]), add_ee(ep["goal_state"]), ep["action"]
     for j in (1, 15, 30):
       t = np.arange(0, len(a) - j)
       es.append(np.asarray(mean_fn(params, np.concatenate([o[t], g[t + j]], -1).astype(np.float32)))[:, :9] - a[t]); ys.append(a[t])
@@ -127,7 +141,8 @@ class Pol:
     if not self.queue:
       o = sel(np.asarray(observation))
       if HIST: o = np.concatenate([o, self.prev])
-      x = np.concatenate([add_ee(o[None])[0], add_ee(np.asarray(goal, np.float32)[None])[0]])[None].astype(np.float32)
+      x = np.concatenate([add_rel(add_ee(o[None]), np.asarray(observation)[None])[0],
+                          add_ee(np.asarray(goal, np.float32)[None])[0]])[None].astype(np.float32)
       if self.sample:
         self.key, k = jax.random.split(self.key)
         out = np.asarray(sample_fn(params, x, k))[0]
