@@ -47,9 +47,7 @@ def goal_sets(play_dir: str, num_frequent: int = 17, include_heldout: bool = Tru
   for ep in rlds_io.iter_episodes(play_dir):
     if first_state is None:
       first_state = ep["goal_state"][0]
-    done = frozenset(s for s in ep["subtask_order"].split(",") if s)
-    if not done and "completed_tasks" in ep:  # ingested data: what was completed at any time
-      done = frozenset(kitchen.ELEMENTS[i] for i in np.flatnonzero(ep["completed_tasks"].any(axis=0)))
+    done = frozenset(kitchen.episode_elements(ep))
     if len(done) != 4:
       continue
     counts[done] += 1

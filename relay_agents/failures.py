@@ -83,9 +83,10 @@ class ElementGeometry:
 
 def element_errors(goal_states: np.ndarray, elements: Sequence[str] = kitchen.ELEMENTS) -> Dict[str, np.ndarray]:
   """[T, 30] -> {element: [T] L2 distance of its qpos to its goal} (the env's completion measure)."""
-  goal_states = np.asarray(goal_states)
-  return {e: np.linalg.norm(goal_states[:, kitchen.ELEMENT_QPOS[e]] - kitchen.ELEMENT_GOALS[e], axis=-1)
-          for e in elements}
+  if not elements:  # e.g. a demo that completed nothing
+    return {}
+  distances = kitchen.element_distances(goal_states, elements)
+  return {e: distances[:, i] for i, e in enumerate(elements)}
 
 
 def engagement_step(errors: np.ndarray, fraction: float = ENGAGE_FRACTION, minimum: float = ENGAGE_MIN,
@@ -197,11 +198,8 @@ def demo_reach_radii(play_dir: str, geometry: ElementGeometry, episodes: int = 1
   found = collections.defaultdict(list)
   for ep in tqdm(rlds_io.iter_episodes(play_dir, 0, episodes), total=episodes, desc="demo reach",
                  unit="demo", disable=not progress, leave=False):
-    subtasks = [s for s in str(ep.get("subtask_order", "")).split(",") if s]
-    if not subtasks and "completed_tasks" in ep:  # ingested data: what it completed at any time
-      subtasks = [kitchen.ELEMENTS[i] for i in np.flatnonzero(np.asarray(ep["completed_tasks"]).any(axis=0))]
     states = ep["goal_state"]
-    for e, d in demo_engagement_distances(states, subtasks, geometry.distances(states)).items():
+    for e, d in demo_engagement_distances(states, kitchen.episode_elements(ep), geometry.distances(states)).items():
       found[e].append(d)
   return reach_radii(found), dict(found)
 

@@ -47,12 +47,26 @@ def goal_state_from_observation(observation: np.ndarray) -> np.ndarray:
   return np.concatenate([observation[..., 0:9], observation[..., 18:39]], axis=-1).astype(np.float32)
 
 
+def element_distances(goal_states: np.ndarray, elements: Sequence[str] = ELEMENTS) -> np.ndarray:
+  """[..., 30] goal-space states -> [..., len(elements)] L2 distance of each element's qpos to its
+  goal: the environment's completion measure (done below BONUS_THRESH)."""
+  goal_states = np.asarray(goal_states)
+  return np.stack([np.linalg.norm(goal_states[..., ELEMENT_QPOS[e]] - ELEMENT_GOALS[e], axis=-1)
+                   for e in elements], axis=-1)
+
+
 def completion_mask(goal_states: np.ndarray, elements: Sequence[str] = ELEMENTS) -> np.ndarray:
   """[..., 30] goal-space states -> [..., len(elements)] bool: element within BONUS_THRESH of its goal."""
-  goal_states = np.asarray(goal_states)
-  cols = [np.linalg.norm(goal_states[..., ELEMENT_QPOS[e]] - ELEMENT_GOALS[e], axis=-1) < BONUS_THRESH
-          for e in elements]
-  return np.stack(cols, axis=-1)
+  return element_distances(goal_states, elements) < BONUS_THRESH
+
+
+def episode_elements(episode: Mapping[str, Any]) -> List[str]:
+  """The elements an episode completed: its `subtask_order` (generated play), or for ingested
+  data without one, every element its `completed_tasks` mask marks at any step (kitchen order)."""
+  done = [s for s in str(episode.get("subtask_order", "")).split(",") if s]
+  if not done and "completed_tasks" in episode:
+    done = [ELEMENTS[i] for i in np.flatnonzero(np.asarray(episode["completed_tasks"]).any(axis=0))]
+  return done
 
 
 def set_goal_state(goal_state: np.ndarray, elements: Sequence[str]) -> np.ndarray:

@@ -47,6 +47,7 @@ def test_engagement_and_outcomes():
   assert failures.classify(errors, far, done=False, radius=0.05) == "engaged, not done"
   assert failures.classify(np.full(5, 1.0), near, done=False, radius=0.05) == "reached, not engaged"
   assert failures.classify(np.full(5, 1.0), far, done=False, radius=0.05) == "not reached"
+  assert failures.demo_engagement_distances(np.zeros((3, kitchen.GOAL_DIM)), [], {}) == {}  # a demo that did nothing
   radii = failures.reach_radii({"microwave": [0.04, 0.05, 0.06], "kettle": []})
   assert set(radii) == {"microwave"} and 0.06 + 0.01 < radii["microwave"] < 0.06 + failures.REACH_SLACK_M + 1e-9
 
