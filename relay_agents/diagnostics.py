@@ -74,7 +74,7 @@ def oracle_subgoal_rollout(low_policy, episode: Dict, window: int, max_steps: Op
     raise ValueError(f"indexing must be one of {', '.join(INDEXING)}, got {indexing!r}")
   goal_states = episode["goal_state"]
   length = len(goal_states)
-  order = [s for s in str(episode.get("subtask_order", "")).split(",") if s]
+  order = kitchen.episode_elements(episode)
   max_steps = length + 300 if max_steps is None else max_steps
   env = kitchen.make_env(tasks_to_complete=order or kitchen.ELEMENTS, max_episode_steps=max_steps,
                          terminate_on_tasks_completed=bool(order), settings=settings)

@@ -71,7 +71,7 @@ def named_goals(play_dir: str, goals: Sequence[str]) -> List[EvalGoal]:
   for ep in rlds_io.iter_episodes(play_dir):
     if first_state is None:
       first_state = ep["goal_state"][0]
-    counts[frozenset(s for s in ep["subtask_order"].split(",") if s)] += 1
+    counts[frozenset(kitchen.episode_elements(ep))] += 1
   if first_state is None:
     raise ValueError(f"{play_dir}: no episodes to take the initial state from")
   return [EvalGoal(sorted(e, key=kitchen.ELEMENTS.index), kitchen.set_goal_state(first_state, e),

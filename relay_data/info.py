@@ -34,7 +34,7 @@ def summarize_play(path: str) -> PlaySummary:
       for element, steps in pace.subtask_steps(ep["completed_tasks"]):
         steps_per_element[element].append(steps)
     else:
-      order = [s for s in ep["subtask_order"].split(",") if s]
+      order = kitchen.episode_elements(ep)
     coverage.update(order)
     orders[" > ".join(order) or "(none)"] += 1
   builder = rlds_io.load_builder(path)

@@ -278,6 +278,11 @@ def test_oracle_subgoal_rollout_starts_in_the_demos_state(ril_model, kitchen_pla
   assert result.arm_error[0] < 0.02  # reset with the recorded seed: the demo's own initial state
   # 11 steps complete nothing; whatever is reported comes from the env's own test of the demo's tasks.
   assert result.completed == []
+  # ingested data has no subtask_order: the demo's elements come from its completion mask (it used
+  # to report 0 of 0 subtasks for every ingested demo)
+  ingested = dict(episode, subtask_order="", seed=-1)
+  again = diagnostics.oracle_subgoal_rollout(low, ingested, window=5, max_steps=1)
+  assert sorted(again.demo_subtasks) == sorted(result.demo_subtasks)
 
 
 def test_progress_indexed_oracle_follows_the_rollouts_own_progress(ril_model, kitchen_play_tiny):
