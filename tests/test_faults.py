@@ -394,6 +394,41 @@ def test_interrupted_generate_reruns_cleanly(tmp_path, interruptible_children):
   assert rlds_io.read_metadata(str(config_dir / generator.GENERATOR_VERSION))["generation"]["kept"] == 3
 
 
+class _InterruptedWhileStarting:
+  """A spawn context whose pool gets a Ctrl-C inside its constructor, once its workers are started
+  (where a user's Ctrl-C lands when the box is busy: starting workers takes seconds)."""
+
+  def Pool(self, workers):  # pylint: disable=invalid-name
+    import multiprocessing.pool  # pylint: disable=import-outside-toplevel
+
+    class Pool(multiprocessing.pool.Pool):
+
+      def _repopulate_pool(self):
+        started = super()._repopulate_pool()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the handler runs on the main thread at its next bytecode: here
+        return started
+
+    return Pool(workers, context=multiprocessing.get_context("spawn"))
+
+
+def test_ctrl_c_while_the_worker_pool_starts_terminates_it(interruptible_children):
+  """A SIGINT inside Pool() used to leave its workers and maintenance thread without a finalizer
+  (at exit the thread respawned workers that died with a traceback on the user's terminal). It is
+  held until the pool is whole, then raised, with the pool already terminated and joined."""
+  import multiprocessing  # pylint: disable=import-outside-toplevel
+  with pytest.raises(KeyboardInterrupt):
+    generator._start_pool(2, context=_InterruptedWhileStarting())  # pylint: disable=protected-access
+  assert multiprocessing.active_children() == []
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+  pool = generator._start_pool(1)  # pylint: disable=protected-access
+  try:
+    assert pool.apply(os.getpid) != os.getpid()  # without an interrupt: a working pool
+  finally:
+    pool.terminate()
+    pool.join()
+
+
 def test_interrupted_relabel_exits_130_leaves_nothing_and_reruns_cleanly(tmp_path, interruptible_children):
   """Ctrl-C mid-pipeline (Beam's in-process runner busy with tasks): exit 130 with one line, no
   output, temp dir or lock left; the rerun succeeds and equals an uninterrupted run byte for byte."""

@@ -20,6 +20,8 @@ import dataclasses
 import hashlib
 import itertools
 import multiprocessing
+import signal
+import threading
 from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -221,6 +223,34 @@ def _worker(args):
   return generate_episode(config, index)
 
 
+def _start_pool(workers: int, context=None):
+  """A spawn pool of `workers` processes, started with Ctrl-C held back until it is whole.
+
+  Interrupted inside its constructor, `multiprocessing.Pool` leaves the workers it started and its
+  maintenance thread behind without a finalizer; at exit that thread respawns the workers the exit
+  handler kills, and the new ones die reading their start-up data ("EOFError: Ran out of input" on
+  the user's terminal, after `relay generate: interrupted`). So a SIGINT that arrives meanwhile is
+  held and delivered (to whatever handler was installed) once the pool can be terminated cleanly.
+  """
+  context = context or multiprocessing.get_context("spawn")
+  if threading.current_thread() is not threading.main_thread():
+    return context.Pool(workers)  # signals reach the main thread only
+  held = []
+  previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+  try:
+    pool = context.Pool(workers)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if held and callable(previous):
+    try:
+      previous(signal.SIGINT, held[0])  # Python's default handler raises KeyboardInterrupt here
+    except BaseException:
+      pool.terminate()
+      pool.join()
+      raise
+  return pool
+
+
 def generate(config: GeneratorConfig, episodes: int, workers: int = 1, progress: bool = True,
              max_tries_factor: float = 2.0) -> Iterator[EpisodeResult]:
   """Yields results (kept and dropped) in index order until `episodes` were kept.
@@ -235,7 +265,7 @@ def generate(config: GeneratorConfig, episodes: int, workers: int = 1, progress:
   pool = None
   try:
     if workers > 1:
-      pool = multiprocessing.get_context("spawn").Pool(workers)
+      pool = _start_pool(workers)
       results = pool.imap(_worker, indices, chunksize=1)
     else:
       results = map(_worker, indices)
@@ -252,3 +282,4 @@ def generate(config: GeneratorConfig, episodes: int, workers: int = 1, progress:
     bar.close()
     if pool is not None:
       pool.terminate()
+      pool.join()  # workers and the pool's threads gone before we return: nothing respawns at exit
