@@ -230,7 +230,8 @@ def _start_pool(workers: int, context=None):
   maintenance thread behind without a finalizer; at exit that thread respawns the workers the exit
   handler kills, and the new ones die reading their start-up data ("EOFError: Ran out of input" on
   the user's terminal, after `relay generate: interrupted`). So a SIGINT that arrives meanwhile is
-  held and delivered (to whatever handler was installed) once the pool can be terminated cleanly.
+  held and handed to the Python handler that was installed (the default one raises KeyboardInterrupt)
+  once the pool can be terminated cleanly; with SIGINT ignored it stays ignored.
   """
   context = context or multiprocessing.get_context("spawn")
   if threading.current_thread() is not threading.main_thread():
