@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--perturb", default="dart",
                       help="DART-style execution perturbation (labels stay the expert's clean action): "
                            "'dart' (default: correlated 0.1-0.3 rad bursts in free space, small arm noise, "
-                           "short detours after subtasks), 'none' (plain data, for the ablation), or a preset "
+                           "short detours after subtasks), 'dart-near' (also small bursts and early finger "
+                           "closings, labelled open, in the final approach onto a handle, knob or switch), "
+                           "'none' (plain data, for the ablation), or a preset "
                            "followed by overrides, e.g. 'dart,burst_rate=0.05,detour_prob=0'")
   parser.add_argument("--robot-noise", type=float, default=None,
                       help="robot observation noise ratio of FrankaKitchen-v1 (default 0.1 as in RPL's kitchen; "

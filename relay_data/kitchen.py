@@ -16,6 +16,7 @@ ACTION_DIM = 9
 GOAL_DIM = 30
 BONUS_THRESH = 0.3  # L2 distance of an element's qpos to its goal counted as done.
 ARM = slice(0, 7)  # the 7 arm joints: first in qpos, the observation and the goal space alike
+FINGERS = slice(7, 9)  # the two finger joints, right after the arm (qpos and action alike)
 
 ELEMENTS: List[str] = ["microwave", "kettle", "light switch", "slide cabinet", "hinge cabinet",
                        "bottom burner", "top burner"]

@@ -231,3 +231,40 @@ def test_a_burst_displaces_a_held_arm_by_the_learners_drift():
     deviation.append(np.linalg.norm(u.data.qpos[kitchen.ARM] - start))
   assert 0.1 <= max(deviation) <= 0.4
   assert deviation[-1] < 0.5 * max(deviation)
+
+
+def test_near_contact_perturbations_act_only_in_the_final_approach():
+  """`near_contact` bursts and finger slips act only in the final approach (never in contact,
+  nor when their rates are 0, so `dart` draws exactly what it did); a slip commands the fingers
+  closed while the label stays the expert's."""
+  label = np.full(kitchen.ACTION_DIM, 0.1, np.float32)
+  on = dataclasses.replace(perturb.NONE, near_burst_rate=1.0, slip_rate=1.0, slip_steps=(3, 3))
+  in_contact = perturb.Perturber(on, np.random.default_rng(0))
+  assert all(np.array_equal(in_contact.execute(label, free_space=False), label) for _ in range(20))
+  off = perturb.Perturber(dataclasses.replace(perturb.DART, white_noise=0.0, burst_rate=0.0),
+                          np.random.default_rng(0))
+  assert all(np.array_equal(off.execute(label, free_space=False, near_contact=True), label) for _ in range(20))
+  assert off.rng.random() == np.random.default_rng(0).random()  # no draws consumed
+  near = perturb.Perturber(on, np.random.default_rng(0))
+  sent = np.stack([near.execute(label, free_space=False, near_contact=True) for _ in range(3)])
+  np.testing.assert_allclose(sent[:, kitchen.FINGERS], 0.1 - perturb.GRIPPER_OPEN / perturb.ACTION_SCALE_DT)
+  assert np.abs(sent[:, kitchen.ARM] - 0.1).max() > 0  # a small burst is under way
+  small, _ = perturb.burst_profile(np.random.default_rng(0), on, near=True)
+  large, _ = perturb.burst_profile(np.random.default_rng(0), on)
+  drift = lambda offsets: np.linalg.norm(offsets.sum(0)) * perturb.ACTION_SCALE_DT
+  assert on.near_burst_drift[0] <= drift(small) <= on.near_burst_drift[1] < on.burst_drift[0] <= drift(large)
+
+
+def test_dart_near_episode_closes_the_fingers_early_with_open_labels():
+  """In a `dart-near` episode the fingers are sometimes closed during an approach (the observed
+  finger opening drops) while the stored label keeps them open; the episode still completes."""
+  config = dataclasses.replace(generator.GeneratorConfig(seed=5), perturb=perturb.PRESETS["dart-near"])
+  result = next(r for r in (generator.generate_episode(config, i) for i in range(6)) if r.ok)
+  ep = result.episode
+  diff = (ep["executed_action"] - ep["action"])[:-1, kitchen.FINGERS]
+  slipped = np.flatnonzero(diff[:, 0] < 0)
+  assert len(slipped) >= 3, "no finger slip in a whole episode"
+  np.testing.assert_allclose(diff[slipped], -perturb.GRIPPER_OPEN / perturb.ACTION_SCALE_DT, atol=1e-6)
+  assert (ep["action"][slipped][:, kitchen.FINGERS] > -0.05).all()  # the label: keep (or open) the hand
+  fingers = ep["observation"][slipped + 1][:, kitchen.FINGERS].mean(1)
+  assert fingers.min() < 0.75 * ep["observation"][0, kitchen.FINGERS].mean()  # they really closed

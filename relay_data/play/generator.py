@@ -171,7 +171,7 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
       label = arm.action(obs["observation"], pos, rot, grip)
       # Free space: re-homing, or heading for a point more than FREE_SPACE_M away with the hand open.
       free = pos is None or (grip > 0 and np.linalg.norm(arm.position - pos) > FREE_SPACE_M)
-      step(label, perturber.execute(label, free_space=free))
+      step(label, perturber.execute(label, free_space=free, near_contact=scene.final_approach))
     return True
 
   reason = "ok"

@@ -6,12 +6,18 @@ scripted expert can label any state, so the generator perturbs what is *executed
 stored label stays the expert's action from the state actually reached (Laskey et al., DART,
 2017): the data then holds corrective actions from off-path states.
 
-Two perturbations, both pure functions of a random stream:
+Perturbations, all pure functions of a random stream:
 - **bursts**: a smooth (half-sine) joint-velocity push in a random arm-joint direction, lasting
   tens of steps, that moves the arm `drift` rad (0.1-0.3 by default) while briefly overpowering
   the expert (see `burst_profile`; measured in tests/test_play_generator.py);
 - **detours**: after a subtask, the arm is sent for a few steps toward a random nearby point,
-  labelled with the expert's action toward its real next target.
+  labelled with the expert's action toward its real next target;
+- **near-contact bursts and finger slips** (off in `dart`, on in `dart-near`): the same bursts,
+  smaller (a few centimetres), while the open hand makes its final approach onto a handle, knob
+  or switch, and the fingers closed early for a few steps there while the label keeps them open.
+  Rollouts fail mostly in those last centimetres, closing on air beside the handle (docs/results.md,
+  "Where rollouts miss goal elements"), a region where the `dart` bursts never act: this data
+  shows the expert's corrections there.
 """
 import dataclasses
 from typing import Any, Dict, Optional, Tuple
@@ -21,6 +27,7 @@ import numpy as np
 from relay_data import kitchen
 
 ACTION_SCALE_DT = 2.0 * 0.08  # rad of joint-target motion per unit of action per step
+GRIPPER_OPEN = 0.04  # finger joint target of the open hand (m), = controller.GRIPPER_OPEN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +40,16 @@ class PerturbConfig:
   detour_prob: float = 0.0                  # chance of a detour after each subtask
   detour_steps: Tuple[int, int] = (4, 10)   # detour length range (steps)
   detour_dist: Tuple[float, float] = (0.08, 0.2)  # detour point distance from the hand (m)
+  near_burst_rate: float = 0.0              # per-step chance of a burst in the final approach
+  near_burst_steps: Tuple[int, int] = (4, 10)
+  near_burst_drift: Tuple[float, float] = (0.02, 0.06)  # rad (L2): a few centimetres at the hand
+  slip_rate: float = 0.0                    # per-step chance the fingers close early (final approach)
+  slip_steps: Tuple[int, int] = (3, 8)      # how long they are commanded closed
 
   @property
   def enabled(self) -> bool:
-    return self.white_noise > 0 or self.burst_rate > 0 or self.detour_prob > 0
+    return (self.white_noise > 0 or self.burst_rate > 0 or self.detour_prob > 0
+            or self.near_burst_rate > 0 or self.slip_rate > 0)
 
   def to_dict(self) -> Dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -48,7 +61,8 @@ class PerturbConfig:
 
 NONE = PerturbConfig()
 DART = PerturbConfig(white_noise=0.05, burst_rate=0.03, detour_prob=0.5)
-PRESETS: Dict[str, PerturbConfig] = {"none": NONE, "dart": DART}
+DART_NEAR = dataclasses.replace(DART, near_burst_rate=0.08, slip_rate=0.04)
+PRESETS: Dict[str, PerturbConfig] = {"none": NONE, "dart": DART, "dart-near": DART_NEAR}
 DEFAULT_PRESET = "dart"
 
 
@@ -78,7 +92,8 @@ def parse(spec: str) -> PerturbConfig:
   return PerturbConfig.from_dict(values)
 
 
-def burst_profile(rng: np.random.Generator, config: PerturbConfig) -> Tuple[np.ndarray, np.ndarray]:
+def burst_profile(rng: np.random.Generator, config: PerturbConfig,
+                  near: bool = False) -> Tuple[np.ndarray, np.ndarray]:
   """One burst: ([steps, ACTION_DIM] action offsets, [steps] expert authority taken away).
 
   The offsets are a half-sine in time along a random unit direction over the 7 arm joints
@@ -86,9 +101,12 @@ def burst_profile(rng: np.random.Generator, config: PerturbConfig) -> Tuple[np.n
   expert would cancel most of a mere offset (measured: a 0.3 rad offset moves a held arm by
   ~0.09 rad), so during the burst the executed arm action is `(1 - weight) * label + offset`, the
   weight following the same half-sine up to 1: like a push that overpowers the arm for a moment,
-  it realises about `drift` rad, after which the expert's labels bring the arm back."""
-  steps = int(rng.integers(config.burst_steps[0], config.burst_steps[1] + 1))
-  drift = rng.uniform(*config.burst_drift)
+  it realises about `drift` rad, after which the expert's labels bring the arm back. `near`: the
+  near-contact burst's length and drift."""
+  lengths, drifts = ((config.near_burst_steps, config.near_burst_drift) if near
+                     else (config.burst_steps, config.burst_drift))
+  steps = int(rng.integers(lengths[0], lengths[1] + 1))
+  drift = rng.uniform(*drifts)
   direction = np.zeros(kitchen.ACTION_DIM)
   arm = rng.normal(size=7)
   direction[kitchen.ARM] = arm / np.linalg.norm(arm)
@@ -104,13 +122,16 @@ class Perturber:
     self.config, self.rng = config, rng
     self._burst: Optional[Tuple[np.ndarray, np.ndarray]] = None
     self._k = 0
+    self._slip = 0  # steps the fingers stay commanded closed
 
-  def execute(self, label: np.ndarray, free_space: bool = True) -> np.ndarray:
+  def execute(self, label: np.ndarray, free_space: bool = True, near_contact: bool = False) -> np.ndarray:
     """The action sent to the environment for the expert's `label` this step.
 
-    Bursts run only while the hand moves in free space (`free_space`): one in the middle of a
+    Bursts run only while the hand moves in free space (`free_space`), or, smaller, while the
+    open hand makes its final approach onto a contact (`near_contact`): one in the middle of a
     grasp or a door's arc would mostly make the subtask fail, and failed demonstrations are
-    dropped, so they would teach nothing. An active burst ends when contact begins.
+    dropped, so they would teach nothing. An active burst ends when contact begins, and so does a
+    finger slip.
     """
     c = self.config
     if not c.enabled:
@@ -118,10 +139,16 @@ class Perturber:
     action = label.astype(np.float64)
     if c.white_noise > 0:  # arm joints only: finger noise would loosen every grasp
       action[kitchen.ARM] += self.rng.normal(0.0, c.white_noise, size=7)
-    if not free_space:
-      self._burst = None
-    elif self._burst is None and c.burst_rate > 0 and self.rng.random() < c.burst_rate:
-      self._burst, self._k = burst_profile(self.rng, c), 0
+    rate = c.burst_rate if free_space else c.near_burst_rate if near_contact else 0.0
+    if not (free_space or near_contact):
+      self._burst, self._slip = None, 0
+    elif self._burst is None and rate > 0 and self.rng.random() < rate:
+      self._burst, self._k = burst_profile(self.rng, c, near=not free_space), 0
+    if near_contact and not free_space and self._slip == 0 and c.slip_rate > 0 and self.rng.random() < c.slip_rate:
+      self._slip = int(self.rng.integers(c.slip_steps[0], c.slip_steps[1] + 1))
+    if self._slip > 0:  # finger targets moved from the expert's (open) to closed
+      action[kitchen.FINGERS] -= GRIPPER_OPEN / ACTION_SCALE_DT
+      self._slip -= 1
     if self._burst is not None:
       offsets, weight = self._burst
       action[kitchen.ARM] *= 1.0 - weight[self._k]

@@ -29,6 +29,9 @@ class Scene:
 
   def __init__(self, model, data, arm: ctl.ArmController):
     self.model, self.data, self.arm = model, data, arm
+    # True while the open hand makes its final approach onto a contact (set by the skills; the
+    # generator perturbs execution there with the `near_contact` perturbations).
+    self.final_approach = False
 
   def site(self, name: str) -> np.ndarray:
     return self.data.site_xpos[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, name)].copy()
@@ -108,7 +111,11 @@ def approach(scene: Scene, rng, contact: np.ndarray, rot=None, standoff=(0.08, 0
              tol=0.04, contact_steps=40) -> Iterator[Command]:
   """Straight to a point in front of (toward the robot from) `contact`, then onto it."""
   yield from move_to(scene, contact + [0.0, -rng.uniform(*standoff), 0.0], rot=rot, tol=tol)
-  yield from move_to(scene, contact, rot=rot, tol=0.015, max_steps=contact_steps)
+  scene.final_approach = True
+  try:
+    yield from move_to(scene, contact, rot=rot, tol=0.015, max_steps=contact_steps)
+  finally:
+    scene.final_approach = False
 
 
 def follow_arc(scene: Scene, element: str, joint: str, contact: np.ndarray, direction: float,
@@ -226,7 +233,11 @@ def kettle(scene: Scene, rng) -> Iterator[Command]:
 
   start = behind(standoff)
   yield from move_to(scene, start + [0, -0.06, 0.06], tol=0.04)
-  yield from move_to(scene, start, tol=0.03)
+  scene.final_approach = True
+  try:
+    yield from move_to(scene, start, tol=0.03)
+  finally:
+    scene.final_approach = False
   push, margin = rng.uniform(0.08, 0.11), done_margin(rng)
   for _ in range(40):
     if scene.element_error("kettle") < margin:
