@@ -53,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            f"{d.action_chunk}). 1: one action per step, the paper's. Default {d.action_chunk}")
   parser.add_argument("--execute-steps", type=int, default=None,
                       help="with --action-chunk k: actions executed per prediction (1..k; default ceil(k/2))")
+  parser.add_argument("--gripper-head", action="store_true",
+                      help="kitchen data: the fingers get their own binary close/open head (class-balanced) "
+                           "instead of two dims of the continuous head, which then models the arm alone "
+                           "(RIL: the low level; beyond the paper)")
   parser.add_argument("--paper", action="store_true",
                       help="the paper's plain policy: MLP 256x256, one action per step, no end-effector input "
                            "(sets --hidden 256,256 --action-chunk 1 --end-effector off unless given)")
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, max_replay_size=args.max_replay_size,
                           end_effector={"auto": None, "on": True, "off": False}[args.end_effector],
                           action_chunk=args.action_chunk,
-                          execute_steps=args.execute_steps)
+                          execute_steps=args.execute_steps, gripper_head=args.gripper_head)
     train_config = train.TrainConfig(steps=args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
                                      reverb_address=args.reverb_address)
   except ValueError as e:

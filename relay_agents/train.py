@@ -37,7 +37,8 @@ from relay_data.errors import DataError
 
 AGENTS = {
     # agent -> {level: (relabel level expected, GoalBCConfig overrides)}
-    "ril": {"low": ("low", {}), "high": ("high", {"target": "subgoal", "action_chunk": 1, "execute_steps": 1})},
+    "ril": {"low": ("low", {}), "high": ("high", {"target": "subgoal", "action_chunk": 1, "execute_steps": 1,
+                                                       "gripper_head": False})},
     "gcbc": {"policy": ("flat", {})},
     "gcbc-norelabel": {"policy": ("final-goal", {})},
     "bc": {"policy": ("bc", {"use_goal": False})},
@@ -93,7 +94,7 @@ def train_key(data_dir: str, config: GoalBCConfig, train: TrainConfig) -> str:
 
 # Policy options added after models were first trained: left out of the key at their defaults, so
 # a model trained before they existed still resumes (its weights depend on none of them).
-_LATER_OPTIONS = {"end_effector": False, "action_chunk": 1}
+_LATER_OPTIONS = {"end_effector": False, "action_chunk": 1, "gripper_head": False}
 
 
 def _config_identity(config: GoalBCConfig) -> Dict:
@@ -264,6 +265,15 @@ def resolve_end_effector(sources: Dict[str, Dict], config: GoalBCConfig) -> Goal
   return config
 
 
+def check_gripper_head(sources: Dict[str, Dict], config: GoalBCConfig) -> None:
+  """The gripper head reads the fingers at the kitchen's observation columns 7-8."""
+  for level, source in sorted(sources.items()):
+    if config.gripper_head and not _is_kitchen(source):
+      spec = goal_space.DataSpec.from_dict(source["spec"])
+      raise DataError(f"--gripper-head needs kitchen data (the fingers at observation columns 7-8), but the "
+                      f"{level} dataset has {spec.describe()}", path=source["path"])
+
+
 def check_dataset_level(agent: str, level: str, data_dir: str) -> None:
   expected = AGENTS[agent][level][0]
   lineage = relabeled.read_lineage(data_dir)
@@ -316,6 +326,7 @@ def train_agent(agent: str, data: Dict[str, str], out_dir: str, train: TrainConf
   sources = _sources(agent, data)
   check_sources_agree(sources)
   config = resolve_end_effector(sources, config)
+  check_gripper_head(sources, config)
   level_configs = {level: dataclasses.replace(config, **AGENTS[agent][level][1]) for level in data}
   if not overwrite:  # refuse before anything in out_dir changes
     for level, path in data.items():

@@ -17,6 +17,10 @@ GOAL_DIM = 30
 BONUS_THRESH = 0.3  # L2 distance of an element's qpos to its goal counted as done.
 ARM = slice(0, 7)  # the 7 arm joints: first in qpos, the observation and the goal space alike
 FINGERS = slice(7, 9)  # the two finger joints, right after the arm (qpos and action alike)
+# An action moves each joint's position target to the *measured* position + ACTION_SCALE_DT * action
+# (FrankaKitchen-v1 scales the action by 2 and integrates it over dt = 0.08 s).
+ACTION_SCALE_DT = 2.0 * 0.08
+GRIPPER_OPEN = 0.04    # finger joint target of the open hand (m); closed is 0
 
 ELEMENTS: List[str] = ["microwave", "kettle", "light switch", "slide cabinet", "hinge cabinet",
                        "bottom burner", "top burner"]

@@ -3,6 +3,7 @@
 Real components throughout: MuJoCo's own kinematics as the reference, the Beam relabel pipeline,
 training through a local Reverb server, rollouts in the kitchen.
 """
+import dataclasses
 import os
 import pickle
 
@@ -260,3 +261,108 @@ def test_cli_paper_preset_and_explicit_flags(datasets, tmp_path, cli):
   config = models.read_record(out).policy_configs["low"]
   # --paper sets one action per step and no end-effector input; an explicit --hidden wins.
   assert (config["action_chunk"], config["end_effector"], list(config["hidden_sizes"])) == (1, False, [8])
+
+
+def _gripper_networks(chunk=2, observation_dim=kitchen.OBS_DIM):
+  from relay_agents.gcbc import networks as gcbc_networks
+  config = GoalBCConfig(hidden_sizes=(16,), action_chunk=chunk, execute_steps=1, end_effector=False,
+                        gripper_head=True)
+  dim = observation_dim + kitchen.GOAL_DIM
+  out = chunk * kitchen.ACTION_DIM
+  norm = gcbc_networks.Normalization(np.zeros(dim, np.float32), np.ones(dim, np.float32),
+                                     np.zeros(out, np.float32), np.ones(out, np.float32))
+  return gcbc_networks, gcbc_networks.make_networks(dim, out, config, norm, observation_dim=observation_dim), config
+
+
+def test_gripper_head_acts_the_class_it_predicts_from_the_observed_fingers():
+  """The fingers of every chunk step get the action that commands the predicted class (0 or
+  GRIPPER_OPEN) from the observed fingers; the continuous head keeps the arm dims; the
+  likelihood is the arm's marginal density + the log-probability of the class the label commands."""
+  lib, nets, _ = _gripper_networks(chunk=2)
+  params = nets.policy.init(jax.random.PRNGKey(0))
+  inputs = np.random.default_rng(0).normal(size=(6, nets.input_dim)).astype(np.float32)
+  inputs[:, kitchen.FINGERS] = np.array([0.04, 0.03, 0.01, 0.0, 0.02, 0.035])[:, None]
+  output = nets.policy.apply(params, inputs)
+  rest, logit, fingers = output[:-2], output[-2], output[-1]
+  np.testing.assert_array_equal(fingers, inputs[:, kitchen.FINGERS])
+  action = np.asarray(nets.mean(output))
+  target = np.where(np.asarray(logit) > 0, 0.0, kitchen.GRIPPER_OPEN)[:, None]
+  expected = np.clip((target - inputs[:, kitchen.FINGERS]) / kitchen.ACTION_SCALE_DT, -1, 1)
+  for j in range(2):
+    np.testing.assert_allclose(action[:, j * 9 + 7: j * 9 + 9], expected, atol=1e-6)
+  arm = [c for c in range(18) if c % 9 < 7]
+  rest_mode = np.asarray(jax.jit(lambda o: nets.mean(o))(output))
+  np.testing.assert_allclose(rest_mode[:, arm], action[:, arm])
+  # Labels: the first step commands the closed hand exactly when fingers + 0.16 * a < 0.02.
+  label = np.asarray(action).copy()
+  label[:, 7:9] = (np.array([0, 0.04, 0, 0.04, 0, 0.04])[:, None] - inputs[:, kitchen.FINGERS]) / 0.16
+  closes = np.array([True, False, True, False, True, False])
+  np.testing.assert_array_equal(lib.gripper_closes(label[:, 7], inputs[:, 7]), closes)
+  lp = np.asarray(nets.log_prob(output, jnp.asarray(label)))
+  grip = np.where(closes, jax.nn.log_sigmoid(logit), jax.nn.log_sigmoid(-logit))
+  label_arm_only = label.copy()
+  label_arm_only[:, [7, 8, 16, 17]] = np.nan
+  from relay_agents.gcbc import networks as gcbc_networks
+  plain = gcbc_networks.make_networks(nets.input_dim, 18, GoalBCConfig(hidden_sizes=(16,), action_chunk=2,
+                                      execute_steps=1, end_effector=False), nets.normalization)
+  arm_lp = np.asarray(plain.marginal_log_prob(rest, jnp.asarray(label_arm_only)))
+  np.testing.assert_allclose(lp, arm_lp + grip, rtol=1e-5)
+  # Behaviour cloning weighs the two classes equally: here 3 closes and 3 opens, weight 1 each.
+  np.testing.assert_allclose(nets.bc_log_prob(output, jnp.asarray(label)), lp, rtol=1e-5)
+  assert nets.marginal_log_prob is None
+
+
+def test_gripper_head_learns_rare_closings_with_the_bc_learner():
+  """Through Acme's BC learner, the balanced head learns a close that is 5 % of the examples (a
+  threshold on one input), on both classes."""
+  from acme import types
+  from relay_agents.gcbc import learning as gcbc_learning
+  _, nets, config = _gripper_networks(chunk=1)
+  rng = np.random.default_rng(0)
+
+  def batches():
+    while True:
+      x = rng.normal(size=(64, nets.input_dim)).astype(np.float32)
+      x[:, kitchen.FINGERS] = kitchen.GRIPPER_OPEN
+      closes = x[:, 20] > 1.645  # ~5 %
+      a = rng.normal(size=(64, 9)).astype(np.float32) * 0.1
+      a[:, 7:9] = np.where(closes, -kitchen.GRIPPER_OPEN, 0.0)[:, None] / kitchen.ACTION_SCALE_DT
+      yield types.Transition(x, a, np.zeros(64, np.float32), np.zeros(64, np.float32), x)
+
+  learner = gcbc_learning.make_learner(nets, batches(), dataclasses.replace(config, learning_rate=3e-3),
+                                       jax.random.PRNGKey(0))
+  for _ in range(400):
+    learner.step()
+  params = gcbc_learning.params_of(learner)
+  x = rng.normal(size=(2000, nets.input_dim)).astype(np.float32)
+  x[:, kitchen.FINGERS] = kitchen.GRIPPER_OPEN
+  truth = x[:, 20] > 1.645
+  closed = np.asarray(nets.mean(nets.policy.apply(params, x)))[:, 7] < -0.1
+  assert truth.sum() >= 20 and closed[truth].mean() > 0.85 and (~closed[~truth]).mean() > 0.85
+
+
+def test_gripper_head_ril_trains_acts_and_is_checked(datasets, kitchen_play_tiny, tmp_path, cli):
+  """`--gripper-head` through the real pipeline: the RIL low level gets it (the high level, which
+  predicts subgoals, does not), the actor acts in the kitchen with finger actions that command
+  open or closed; non-kitchen data and finetuning refuse it with one line."""
+  out = str(tmp_path / "grip")
+  cli("train-il", "--agent", "ril", "--low", datasets["low_c3"], "--high", datasets["high"], "--out", out,
+      "--action-chunk", "3", "--hidden", "16", "--steps", "20", "--batch-size", "16", "--gripper-head", check=True)
+  configs = models.read_record(out).policy_configs
+  assert configs["low"]["gripper_head"] is True and configs["high"]["gripper_head"] is False
+  actor = models.make_actor(out)
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  result = evaluation.rollout(actor, goal, max_steps=6, seed=0)
+  assert result.steps == 6
+  obs, _ = kitchen.make_env(max_episode_steps=10).reset(seed=0)
+  fingers = np.float32(obs["observation"][kitchen.FINGERS])
+  action = actor.low_policy(obs["observation"].astype(np.float32), goal.goal_state, jax.random.PRNGKey(0))
+  commanded = fingers + action[kitchen.FINGERS] * kitchen.ACTION_SCALE_DT
+  assert np.allclose(commanded, 0.0, atol=1e-5) or np.allclose(commanded, kitchen.GRIPPER_OPEN, atol=1e-5)
+  custom = {"low": {"spec": goal_space.custom_spec(4, 2).to_dict(), "path": "x"}}
+  with pytest.raises(DataError, match="--gripper-head needs kitchen data"):
+    train.check_gripper_head(custom, GoalBCConfig(gripper_head=True))
+  with pytest.raises(ValueError, match="gripper head is not supported"):
+    policy_io.load_model(out)
+  with pytest.raises(ValueError, match="gripper_head needs an action policy"):
+    GoalBCConfig(target="subgoal", gripper_head=True)

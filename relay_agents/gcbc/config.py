@@ -34,6 +34,16 @@ class GoalBCConfig:
     targets, 1 for subgoals. Why: predicting a short open-loop plan keeps the policy from
     stalling on states where one step's action is ambiguous.
   execute_steps: m, actions executed per prediction (1 <= m <= k); None: ceil(k / 2).
+  gripper_head: kitchen action policies only. The fingers get their own binary head (close or
+    open, from the hidden layer) instead of two dims of the continuous head, which then models
+    the 7 arm joints alone. The class is the finger target the label commands (measured finger +
+    ACTION_SCALE_DT * action: 0 or `kitchen.GRIPPER_OPEN`), learnt with class-balanced
+    cross-entropy; the actor turns the predicted class into the finger action that commands it
+    from the observed fingers, for every executed step of a chunk (the class of the chunk's first
+    step: a close starts at the next prediction at the latest). Why: on its own demos a trained
+    policy's continuous finger dims call a close 2-8 steps early in ~15 % of states and miss it
+    in ~25 % of those that close (docs/results.md); a close decided by the arm's mixture
+    component, two dims among 90, is not what that mode is fitted for.
 
   Defaults are what measured best (docs/results.md, "Policy options in the agent"): a 512x3 MLP,
   chunks of 10 actions executing 5, the end-effector input. The paper's plain MLP is
@@ -56,9 +66,10 @@ class GoalBCConfig:
   end_effector: Optional[bool] = None
   action_chunk: Optional[int] = None
   execute_steps: Optional[int] = None
+  gripper_head: bool = False
 
   # What a config pickled before an option existed behaved as (see __setstate__).
-  _LEGACY = {"end_effector": False, "action_chunk": 1, "execute_steps": 1}
+  _LEGACY = {"end_effector": False, "action_chunk": 1, "execute_steps": 1, "gripper_head": False}
 
   def __setstate__(self, state):
     """Unpickling a policy saved before an option existed gives it the value it was trained with."""
@@ -85,6 +96,8 @@ class GoalBCConfig:
       raise ValueError(f"target must be 'action' or 'subgoal', got {self.target!r}")
     if self.head not in HEADS:
       raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+    if self.gripper_head and (self.target != "action" or self.head == "mse"):
+      raise ValueError("gripper_head needs an action policy with a likelihood head (mixture or gaussian)")
     if self.num_components <= 0:
       raise ValueError(f"num_components must be positive, got {self.num_components}")
     if self.batch_size <= 0 or self.learning_rate <= 0 or self.examples_per_item <= 0:

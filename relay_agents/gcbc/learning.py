@@ -18,7 +18,7 @@ from relay_agents.gcbc.networks import GoalBCNetworks
 
 def make_loss(networks: GoalBCNetworks, config: GoalBCConfig):
   if config.head in ("gaussian", "mixture"):
-    return bc.logp(networks.log_prob)
+    return bc.logp(networks.bc_log_prob or networks.log_prob)
   return bc.mse(lambda output, key: networks.mean(output))
 
 

@@ -11,6 +11,9 @@ The network's input features are the policy input [s, g] itself, or, with
 `config.end_effector`, [s, g] with the end-effector positions of s and of g appended
 (`input_features`): computed inside the network from the joint columns, so callers still pass
 [s, g] and the saved policy needs nothing else to act.
+
+With `config.gripper_head` (kitchen actions), the fingers are a binary close/open head of their
+own (`with_gripper_head`); the continuous head then models the arm dims alone.
 """
 import dataclasses
 from typing import Callable, Dict, Iterable, Optional
@@ -23,7 +26,7 @@ import numpy as np
 from relay_agents import acme_compat  # noqa: F401
 from acme.jax import networks as networks_lib  # pylint: disable=g-bad-import-order
 from relay_agents.gcbc.config import GoalBCConfig
-from relay_data import kinematics
+from relay_data import kinematics, kitchen
 
 
 INPUT_CLIP = 10.0  # normalized inputs beyond +-10 std carry no extra signal, only instability
@@ -65,6 +68,9 @@ class GoalBCNetworks:
   # dims alone (the marginal; both heads are diagonal, so it drops the others' factors). Finetuning
   # a chunked policy scores the m executed actions of a predicted chunk of k with it.
   marginal_log_prob: Optional[Callable] = None
+  # (output, target) -> [B]: what behaviour cloning maximises, when it is not `log_prob` (the
+  # gripper head weights its two classes to balance them).
+  bc_log_prob: Optional[Callable] = None
 
 
 def input_features(config: GoalBCConfig, observation_dim: Optional[int]) -> Callable:
@@ -95,9 +101,7 @@ def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
   out_mean, out_log_std = norm["output_mean"], jnp.log(norm["output_std"])
   k = config.num_components
 
-  def forward(inputs):
-    x = jnp.clip((features(inputs) - norm["input_mean"]) / norm["input_std"], -INPUT_CLIP, INPUT_CLIP)
-    h = hk.nets.MLP(list(config.hidden_sizes), activate_final=True, name="torso")(x)
+  def continuous_head(h):
     if config.head == "mixture":  # (logits [B,k], means [B,k,d], log_stds [B,k,d])
       logits = hk.Linear(k, name="logits")(h)
       mean = hk.Linear(k * output_dim, name="mean")(h).reshape(-1, k, output_dim)
@@ -109,6 +113,13 @@ def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
     log_std = jnp.clip(log_std, config.min_log_std, config.max_log_std)
     # Back to raw units: predictions are made in normalized target space.
     return mean * norm["output_std"] + out_mean, log_std + out_log_std
+
+  def forward(inputs):
+    x = jnp.clip((features(inputs) - norm["input_mean"]) / norm["input_std"], -INPUT_CLIP, INPUT_CLIP)
+    h = hk.nets.MLP(list(config.hidden_sizes), activate_final=True, name="torso")(x)
+    if config.gripper_head:  # + (close logit [B], the observed fingers [B, 2] the action is relative to)
+      return continuous_head(h) + (hk.Linear(1, name="gripper")(h)[:, 0], inputs[:, kitchen.FINGERS])
+    return continuous_head(h)
 
   transformed = hk.without_apply_rng(hk.transform(forward))
   dummy = jnp.zeros((1, input_dim), jnp.float32)
@@ -164,9 +175,70 @@ def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
       mean, log_std = output
       return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
 
-  return GoalBCNetworks(policy=policy, log_prob=log_prob, mean=mode, sample=sample,
-                        input_dim=input_dim, output_dim=output_dim, normalization=normalization,
-                        marginal_log_prob=marginal_log_prob)
+  networks = GoalBCNetworks(policy=policy, log_prob=log_prob, mean=mode, sample=sample,
+                            input_dim=input_dim, output_dim=output_dim, normalization=normalization,
+                            marginal_log_prob=marginal_log_prob)
+  return with_gripper_head(networks, config) if config.gripper_head else networks
+
+
+def gripper_closes(finger_action, fingers):
+  """Whether a kitchen finger action commands the closed hand: its target (the measured fingers +
+  ACTION_SCALE_DT * action) is nearer 0 than `kitchen.GRIPPER_OPEN`. Exact for the scripted
+  expert's labels, whose targets are 0 or GRIPPER_OPEN."""
+  return fingers + finger_action * kitchen.ACTION_SCALE_DT < 0.5 * kitchen.GRIPPER_OPEN
+
+
+def with_gripper_head(base: GoalBCNetworks, config: GoalBCConfig) -> GoalBCNetworks:
+  """`base`'s functions for an output with the gripper head's (close logit, fingers) appended:
+  the continuous head scores and acts the arm dims only; the fingers of every chunk step follow
+  the binary head, scored on the class that the first step's label commands."""
+  action_dim = base.output_dim // config.action_chunk
+  if action_dim != kitchen.ACTION_DIM:
+    raise ValueError(f"gripper_head needs {kitchen.ACTION_DIM}-d kitchen actions, got {action_dim}")
+  finger_cols = np.concatenate([np.arange(action_dim)[kitchen.FINGERS] + j * action_dim
+                                for j in range(config.action_chunk)])
+  first = kitchen.FINGERS.start  # label of the chunk's first step, relative to the observed fingers
+
+  def split(output):
+    return output[:-2], output[-2], output[-1]
+
+  def class_log_prob(logit, closes):
+    return jnp.where(closes, jax.nn.log_sigmoid(logit), jax.nn.log_sigmoid(-logit))
+
+  def scores(output, target):
+    """(arm log-density, log-probability of the commanded finger class, the class) per example."""
+    rest, logit, fingers = split(output)
+    closes = gripper_closes(target[:, first], fingers[:, 0])
+    arm = base.marginal_log_prob(rest, target.at[:, finger_cols].set(jnp.nan))
+    return arm, class_log_prob(logit, closes), closes
+
+  def log_prob(output, target):
+    arm, grip, _ = scores(output, target)
+    return arm + grip
+
+  def bc_log_prob(output, target):
+    """Both classes weigh half of the batch's gripper term, however rare closing is in it."""
+    arm, grip, closes = scores(output, target)
+    frac = jnp.clip(jnp.mean(closes), 1e-3, 1 - 1e-3)
+    return arm + jnp.where(closes, 0.5 / frac, 0.5 / (1 - frac)) * grip
+
+  def act(rest_action, close, fingers):
+    target = jnp.where(close, 0.0, kitchen.GRIPPER_OPEN)[:, None]
+    finger_action = jnp.clip((target - fingers) / kitchen.ACTION_SCALE_DT, -1.0, 1.0)
+    return rest_action.at[:, finger_cols].set(jnp.tile(finger_action, (1, config.action_chunk)))
+
+  def mode(output):
+    rest, logit, fingers = split(output)
+    return act(base.mean(rest), logit > 0, fingers)
+
+  def sample(output, key):
+    rest, logit, fingers = split(output)
+    k1, k2 = jax.random.split(key)
+    return act(base.sample(rest, k1), jax.random.bernoulli(k2, jax.nn.sigmoid(logit)), fingers)
+
+  # No marginal: finetuning scores executed chunks, which the finger class is not defined over.
+  return dataclasses.replace(base, log_prob=log_prob, mean=mode, sample=sample, marginal_log_prob=None,
+                             bc_log_prob=bc_log_prob)
 
 
 def policy_inputs(observation, goal, use_goal: bool, concat=np.concatenate):

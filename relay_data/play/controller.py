@@ -26,7 +26,7 @@ from relay_data import kitchen
 ARM = kitchen.ARM
 DT = 0.08
 ACTION_SCALE = 2.0
-GRIPPER_OPEN = 0.04
+GRIPPER_OPEN = kitchen.GRIPPER_OPEN
 GRIPPER_CLOSED = 0.0
 
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from relay_data import kitchen
 
-ACTION_SCALE_DT = 2.0 * 0.08  # rad of joint-target motion per unit of action per step
-GRIPPER_OPEN = 0.04  # finger joint target of the open hand (m), = controller.GRIPPER_OPEN
+ACTION_SCALE_DT = kitchen.ACTION_SCALE_DT  # rad of joint-target motion per unit of action per step
+GRIPPER_OPEN = kitchen.GRIPPER_OPEN
 
 
 @dataclasses.dataclass(frozen=True)
