@@ -40,11 +40,11 @@ class GoalBCConfig:
     ACTION_SCALE_DT * action: 0 or `kitchen.GRIPPER_OPEN`), learnt with class-balanced
     cross-entropy; the actor turns the predicted class into the finger action that commands it
     from the observed fingers, for every executed step of a chunk (the class of the chunk's first
-    step: a close starts at the next prediction at the latest). Why: on its own training demos a
-    policy with the default head calls a close in 11-24 % of the 8 states before the demo's, and
-    misses it in 20-36 % of the 4 states from it on (docs/results.md, session 13); with the
-    fingers two dims among 90 of the arm's mixture components, the close is decided by whichever
-    component fits the arm best.
+    step: a close starts at the next prediction at the latest). Why: rollouts close the hand
+    early, beside the handle; with the fingers two dims among 90 of the arm's mixture components,
+    the close is decided by whichever component fits the arm best. Measured (docs/results.md,
+    session 13): on the training demos' own states it closes 1-2 steps early a little less often
+    (14-22 % vs 24-30 %), and rollouts do no better.
 
   Defaults are what measured best (docs/results.md, "Policy options in the agent"): a 512x3 MLP,
   chunks of 10 actions executing 5, the end-effector input. The paper's plain MLP is
