@@ -24,8 +24,6 @@ import numpy as np
 from relay_data import kitchen
 
 ARM = kitchen.ARM
-DT = 0.08
-ACTION_SCALE = 2.0
 GRIPPER_OPEN = kitchen.GRIPPER_OPEN
 GRIPPER_CLOSED = 0.0
 
@@ -123,7 +121,7 @@ class ArmController:
     else:
       self.q_cmd = np.clip(np.clip(self.q_cmd + dq, q - lead, q + lead), self.lo, self.hi)
     target = np.concatenate([self.q_cmd, [gripper, gripper]])
-    act = (target - measured_qpos[:9]) / (ACTION_SCALE * DT)
+    act = (target - measured_qpos[:9]) / kitchen.ACTION_SCALE_DT
     return np.clip(act, -1.0, 1.0).astype(np.float32)
 
 
