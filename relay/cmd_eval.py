@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="ril models: the high level picks a new subgoal every N steps (default: every W_l, the "
                            "paper's); flat models are unaffected. Beyond the paper: re-planning more often than W_l "
                            "keeps the subgoal ahead of the low level (docs/results.md)")
+  parser.add_argument("--sequential", action="store_true",
+                      help="give each model the compound goal one element at a time: the current state with the "
+                           "elements done so far and the next one set to done, the next asked for once the "
+                           "observation shows it done; the order is the play data's most frequent one for that "
+                           "set (else by which element demos did first). Beyond the paper (docs/results.md)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--plot", default=None, help="PNG bar chart of the methods")
   parser.add_argument("--video", default=None,
@@ -93,13 +98,17 @@ def run(args: argparse.Namespace) -> int:
   if not goals:
     raise UsageError(f"no 4-element goal sets found in {args.play}")
   play_fingerprint = relabeled.fingerprint(args.play)
+  order = None
+  if args.sequential:
+    from relay_agents import sequencing  # pylint: disable=import-outside-toplevel
+    order = sequencing.element_order(args.play)
   by_method, out = {}, {}
   for model, name in zip(args.model, method_names(args.model)):
     replan = args.replan if records[model].agent == "ril" else None
     key = evaluation.log_key(models.fingerprint(model), goals, play_fingerprint, args.max_steps, args.seed,
-                             args.sample, replan)
+                             args.sample, replan, sequential=args.sequential)
     results = evaluation.evaluate(functools.partial(models.make_actor, model, deterministic=not args.sample,
-                                                    replan=replan),
+                                                    replan=replan, sequential=order),
                                   goals, args.rollouts, args.max_steps, args.seed, workers=args.workers,
                                   log=evaluation.RolloutLog(args.resume_log, key),
                                   settings=models.env_settings(records[model]))
@@ -112,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
   if args.video:
     model = args.model[0]
     replan = args.replan if records[model].agent == "ril" else None
-    r = evaluation.rollout(models.make_actor(model, args.seed, replan=replan), goals[0], args.max_steps, seed=args.seed,
+    r = evaluation.rollout(models.make_actor(model, args.seed, replan=replan, sequential=order), goals[0], args.max_steps, seed=args.seed,
                            render=True, render_every=args.video_every, settings=models.env_settings(records[model]))
     print(f"video: {evaluation.write_video(r.frames, args.video)} ({len(r.completed)} of 4 done)")
   if args.json:

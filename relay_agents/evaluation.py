@@ -187,10 +187,11 @@ def _rollout_task(task):
 
 
 def log_key(model_fingerprint: str, goals: Sequence[EvalGoal], play_fingerprint: str, max_steps: int,
-            seed: int, sample: bool, replan: Optional[int] = None) -> str:
+            seed: int, sample: bool, replan: Optional[int] = None, sequential: bool = False) -> str:
   """What a logged rollout depends on: the model's fingerprint, the goal vectors (and names), the
-  play dataset's fingerprint, the horizon, the seed, the action mode and a re-plan interval other
-  than the model's W_l (absent from the key when not set, so earlier logs still match)."""
+  play dataset's fingerprint, the horizon, the seed, the action mode, a re-plan interval other
+  than the model's W_l and one-element-at-a-time goals (the last two absent from the key when not
+  set, so earlier logs still match)."""
   import hashlib  # pylint: disable=import-outside-toplevel
   h = hashlib.sha256()
   for g in goals:
@@ -199,6 +200,8 @@ def log_key(model_fingerprint: str, goals: Sequence[EvalGoal], play_fingerprint:
          "max_steps": max_steps, "seed": seed, "sample": sample}
   if replan is not None:
     key["replan"] = replan
+  if sequential:
+    key["sequential"] = True
   return json.dumps(key, sort_keys=True)
 
 

@@ -213,14 +213,20 @@ def observation_fn(record: ModelRecord):
   return None if spec.layout == "franka-kitchen-v1" else spec.from_env
 
 
-def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True, replan: Optional[int] = None):
+def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True, replan: Optional[int] = None,
+               sequential=None):
   """The acting policy of a model, made by its builder: hierarchical for ril, flat otherwise.
 
   It takes the environment's observation (mapped to the model's layout inside the actor).
   `replan`: a ril model's high level picks a new subgoal every `replan` steps instead of every W_l
   (the paper's, and the default); the low level still acts toward one subgoal at a time. Beyond
   the paper: re-planning more often keeps the subgoal W_l steps ahead of where the low level is.
+  `sequential`: a `sequencing.ElementOrder`; the policy is then given a compound goal one element
+  at a time, in that order (`sequencing.SequentialGoalActor`; beyond the paper).
   """
+  if sequential is not None:
+    from relay_agents import sequencing  # pylint: disable=import-outside-toplevel
+    return sequencing.SequentialGoalActor(make_actor(model_dir, seed, deterministic, replan), sequential)
   from relay_agents.gcbc import builder as gcbc_builder  # pylint: disable=import-outside-toplevel
   record = read_record(model_dir)
   obs_fn = observation_fn(record)

@@ -376,3 +376,76 @@ def test_replan_interval_overrides_the_window_for_ril_only(ril_model, kitchen_pl
     [result] = json.load(f).values()
   [named] = result["per_goal"]  # the named goal instead of the goal sets
   assert named["goal"] == "microwave+kettle+light switch+slide cabinet" and len(named["completions"]) == 1
+
+
+def test_element_order_takes_the_demos_order_then_precedence(kitchen_play_tiny):
+  from relay_agents import sequencing
+  order = sequencing.ElementOrder.from_orders([
+      ["kettle", "microwave", "light switch"], ["kettle", "microwave", "light switch"],
+      ["microwave", "kettle", "light switch"], ["light switch", "top burner"], []])
+  # A set some demos did: their most frequent order, whatever order the goal lists it in.
+  assert order(["light switch", "microwave", "kettle"]) == ["kettle", "microwave", "light switch"]
+  # An unseen set: ranked by how often each element came before each other one (kettle before
+  # microwave 2:1, both before the switch, the switch before the burner); ties in kitchen order.
+  assert order(["top burner", "microwave", "kettle", "light switch"]) == ["kettle", "microwave", "light switch",
+                                                                         "top burner"]
+  assert order(["hinge cabinet", "slide cabinet"]) == ["slide cabinet", "hinge cabinet"]
+  # From a real play dataset: each demo's own set comes back in that demo's order.
+  learned = sequencing.element_order(kitchen_play_tiny)
+  for ep in rlds_io.iter_episodes(kitchen_play_tiny):
+    done = kitchen.episode_elements(ep)
+    assert learned(sorted(done)) == done
+
+
+def test_sequential_actor_asks_for_one_element_at_a_time_in_the_kitchen(ril_model, kitchen_play_tiny):
+  import dm_env
+  import mujoco
+  from relay_agents import sequencing
+  plan = ["microwave", "kettle", "light switch", "slide cabinet"]
+  actor = models.make_actor(ril_model, sequential=sequencing.ElementOrder.from_orders([plan]))
+  assert isinstance(actor, sequencing.SequentialGoalActor) and isinstance(actor.actor, acting.HierarchicalActor)
+  start = evaluation.named_goals(kitchen_play_tiny, ["kettle"])[0].goal_state
+  goal = evaluation.EvalGoal(sorted(plan, key=kitchen.ELEMENTS.index), kitchen.set_goal_state(start, plan))
+  assert sequencing.goal_elements(goal.goal_state) == goal.elements
+  env = evaluation._goal_env(goal, 50, False, None, kitchen.DEFAULT_SETTINGS)  # pylint: disable=protected-access
+  obs, _ = env.reset(seed=0)
+  actor.set_goal(goal.goal_state)
+  actor.observe_first(dm_env.restart(obs["observation"]))
+  # The first goal is the current state with only the microwave done: the arm is asked to stay.
+  first = actor.actor.goal
+  state = kitchen.goal_state_from_observation(obs["observation"])
+  assert kitchen.completion_mask(first).tolist() == [e == "microwave" for e in kitchen.ELEMENTS]
+  np.testing.assert_allclose(first[:9], state[:9])
+  u = env.unwrapped
+  for step in range(12):
+    if step == 7:  # the microwave is opened (by hand, in the simulation): the next observation shows it
+      u.data.qpos[kitchen.ELEMENT_QPOS["microwave"]] = kitchen.ELEMENT_GOALS["microwave"]
+      mujoco.mj_forward(u.model, u.data)
+    obs, *_ = env.step(actor.select_action(obs["observation"].astype(np.float32)))
+    actor.observe(None, dm_env.transition(0.0, obs["observation"]))
+  assert actor.subgoals == [("microwave",), ("microwave", "kettle")] and actor.done == ["microwave"]
+  second = actor.actor.goal
+  assert kitchen.completion_mask(second).tolist() == [e in ("microwave", "kettle") for e in kitchen.ELEMENTS]
+  # The hierarchical policy was restarted at the switch (step 8) and re-planned at once: without
+  # the restart it would have re-planned at steps 0, 5 and 10.
+  assert actor.actor.replans == [0] and actor.actor.steps == 4
+
+
+def test_eval_sequential_flag_runs_and_keeps_its_own_rollout_log(ril_model, kitchen_play_tiny, cli, tmp_path):
+  log, out = str(tmp_path / "seq.jsonl"), str(tmp_path / "seq.json")
+  args = ("eval", "--model", ril_model, "--play", kitchen_play_tiny, "--goals", "1", "--no-heldout", "--rollouts", "2",
+          "--max-steps", "4", "--sequential", "--resume-log", log, "--json", out)
+  cli(*args, check=True)
+  with open(log) as f:
+    records = [json.loads(line) for line in f]
+  assert len(records) == 2 and all(json.loads(r["key"])["sequential"] is True for r in records)
+  with open(out) as f:
+    [result] = json.load(f).values()
+  assert len(result["per_goal"]) == 1 and len(result["per_goal"][0]["completions"]) == 2
+  cli(*args, check=True)  # a rerun reuses the log: nothing appended
+  with open(log) as f:
+    assert len(f.readlines()) == 2
+  # Without the flag the same evaluation is a different key: it does not reuse these rollouts.
+  cli(*args[:-5], "--resume-log", log, check=True)
+  with open(log) as f:
+    assert len(f.readlines()) == 4
