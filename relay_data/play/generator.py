@@ -2,19 +2,22 @@
 
 Each episode picks four of the seven kitchen elements in a random order (never one of the
 held-out compound goals), runs the closed-loop skill of each in turn, retries a subtask whose
-skill ended without completing it, and keeps the episode only if the environment's own
-completion test reports all four done and no held-out set got completed along the way. Episodes
-are deterministic functions of (seed, index), so the parallel generator returns the same dataset
-for any number of workers.
+skill ended without it done (or with it undone again as the hand let go), and keeps the episode
+only if the environment's own completion test reports all four done, all four are still done at
+its end, and no held-out set got completed along the way. Episodes are deterministic functions
+of (seed, index), so the parallel generator returns the same dataset for any number of workers.
 
-Version 2.0.0 (this one) plays at the pace of human kitchen play (~60 steps per subtask, the
+Version 2.0.0 plays at the pace of human kitchen play (~60 steps per subtask, the
 paper's W_l = 30 spans about half a subtask), in an environment with RPL's observation noise
 (`kitchen.EnvSettings`), and stores clean labels: a step's `action` is the demonstrator's
 intended action from the state it observed, and `executed_action` what was actually sent to the
 environment after DART-style perturbations (`relay_data.play.perturb`), so the data holds
 corrective actions from off-path states. A step's `reward` is the env reward of that step's
 action (RLDS alignment). Versions 1.x were ~3.7x slower than human play and stored the executed,
-noise-corrupted action as the label.
+noise-corrupted action as the label. Version 2.1.0 keeps completed subtasks done: in 2.0.0 a
+handle slipping in the fingers let a door sag, the skill's command followed it and the hand shut
+the door again (52 % of microwave openings, 34 % of hinge-cabinet ones were undone by the
+episode's end), so the demos taught opening and re-closing.
 """
 import dataclasses
 import hashlib
@@ -29,7 +32,7 @@ import numpy as np
 from relay_data import kitchen
 from relay_data.play import perturb as perturb_lib
 
-GENERATOR_VERSION = "2.0.0"  # = the kitchen_play TFDS version; bump when episodes change
+GENERATOR_VERSION = "2.1.0"  # = the kitchen_play TFDS version; bump when episodes change
 ALL_SETS: List[FrozenSet[str]] = [frozenset(c) for c in itertools.combinations(kitchen.ELEMENTS, 4)]
 
 
@@ -186,7 +189,9 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
       if not run(commands, detour):
         reason = f"step limit ({config.max_steps}) reached during {element}"
         break
-      if element in completions:
+      # Done = the env's test held, and still holds once the hand has let go (as a person leaves
+      # a door open): an element undone by its own release is retried, not recorded as done.
+      if element in completions and kitchen.completion_mask(u.data.qpos[:30])[kitchen.ELEMENTS.index(element)]:
         done = True
         break
     if not done:
@@ -198,6 +203,11 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
   leaked = [s for s in config.holdout if s <= ever]
   if reason == "ok" and leaked:
     reason = f"completed held-out set {format_set(leaked[0])}"
+  # Human play ends with its subtasks done; one undone later (a door bumped shut on the way to the
+  # next element) would make the episode's final state, a relabeled goal, contradict its order.
+  undone = [e for e, m in zip(kitchen.ELEMENTS, masks[-1]) if e in order and not m]
+  if reason == "ok" and undone:
+    reason = f"{undone[0]} undone by the end of the episode"
   ok = reason == "ok"
   result = EpisodeResult(index=index, ok=ok, reason=reason, order=order, attempts=attempts,
                          completed=[e for e in order if e in completions], steps=len(actions),

@@ -129,7 +129,7 @@ def follow_arc(scene: Scene, element: str, joint: str, contact: np.ndarray, dire
   start = scene.joint(joint)
   radial = contact - pivot
   rot0 = scene.arm.rotation
-  last, still = start, 0
+  last, still, ahead = start, 0, 0.0
   for _ in range(max_steps):
     angle = scene.joint(joint)
     if scene.element_error(element) < margin:
@@ -138,7 +138,11 @@ def follow_arc(scene: Scene, element: str, joint: str, contact: np.ndarray, dire
     if still >= 6:  # the part no longer follows (slipped off, or against a stop)
       return
     last = angle
-    target = pivot + ctl.rot_z(angle + direction * lead - start) @ radial
+    # A ratchet: the command never swings back. Following the part's angle alone, a handle slipping
+    # in the fingers let the door sag, the command followed it and the hand shut the door again
+    # (half the microwave openings of generator 2.0.0 were undone within 30 steps).
+    ahead = max(ahead, direction * (angle - start) + lead)
+    target = pivot + ctl.rot_z(direction * ahead) @ radial
     rot = ctl.rot_z(rotate_gripper * (angle - start)) @ rot0 if rotate_gripper else None
     yield target, rot, grip
 
