@@ -48,7 +48,8 @@ class KitchenPlay(rlds_io.QuietBuilderMixin, tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version(generator.GENERATOR_VERSION)
   RELEASE_NOTES = {
       "2.1.0": "Completed subtasks stay done: a hinge is driven by a ratchet (the command never swings back "
-               "when the handle slips), a subtask undone by its own release is retried, and an episode is "
+               "when the handle slips), the kettle push stops once pushing on makes it worse, a subtask "
+               "undone by its own release is retried, and an episode is "
                "kept only if every subtask is still done at its end (2.0.0 left half its microwave "
                "openings closed again).",
       "2.0.0": "Human-paced skills (~60 steps per subtask); clean labels (`action` is the expert's "

@@ -243,9 +243,14 @@ def kettle(scene: Scene, rng) -> Iterator[Command]:
   finally:
     scene.final_approach = False
   push, margin = rng.uniform(0.08, 0.11), done_margin(rng)
+  best = np.inf
   for _ in range(40):
-    if scene.element_error("kettle") < margin:
+    err = scene.element_error("kettle")
+    # Stop at the margin, or once pushing on only makes it worse (the kettle past its spot or
+    # turning on the burner): pushing on used to carry it back out of the completion threshold.
+    if err < margin or (err < kitchen.BONUS_THRESH and err > best + 0.01):
       break
+    best = min(best, err)
     yield behind(standoff - push), None, ctl.GRIPPER_OPEN
   yield from retreat(scene, rng)
 
