@@ -16,7 +16,7 @@ corrective actions from off-path states. A step's `reward` is the env reward of 
 action (RLDS alignment). Versions 1.x were ~3.7x slower than human play and stored the executed,
 noise-corrupted action as the label. Version 2.1.0 keeps completed subtasks done: in 2.0.0 a
 handle slipping in the fingers let a door sag, the skill's command followed it and the hand shut
-the door again (52 % of microwave openings, 34 % of hinge-cabinet ones were undone by the
+the door again (52 % of microwave openings, 30 % of hinge-cabinet ones were undone by the
 episode's end), so the demos taught opening and re-closing; and the kettle, pushed on after it
 had reached its spot, was carried back out of it (done at the end of 5 of 12 kettle skills
 traced from reset; 24 of 24 now).
