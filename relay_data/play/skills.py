@@ -1,4 +1,4 @@
-"""Closed-loop scripted skills, one per kitchen element, at the pace of human play (generator 2.0.0).
+"""Closed-loop scripted skills, one per kitchen element, at the pace of human play (generator 2.x).
 
 A skill is a generator that yields one end-effector command (position, rotation, gripper) per
 env step and reads the live simulation between yields, so it reacts to where the handle, door
