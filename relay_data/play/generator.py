@@ -193,7 +193,7 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
         break
       # Done = the env's test held, and still holds once the hand has let go (as a person leaves
       # a door open): an element undone by its own release is retried, not recorded as done.
-      if element in completions and kitchen.completion_mask(u.data.qpos[:30])[kitchen.ELEMENTS.index(element)]:
+      if element in completions and masks[-1][kitchen.ELEMENTS.index(element)]:
         done = True
         break
     if not done:
