@@ -94,7 +94,7 @@ def train_key(data_dir: str, config: GoalBCConfig, train: TrainConfig) -> str:
 
 # Policy options added after models were first trained: left out of the key at their defaults, so
 # a model trained before they existed still resumes (its weights depend on none of them).
-_LATER_OPTIONS = {"end_effector": False, "action_chunk": 1, "gripper_head": False}
+_LATER_OPTIONS = {"end_effector": False, "action_chunk": 1, "gripper_head": False, "goal_delta": False}
 
 
 def _config_identity(config: GoalBCConfig) -> Dict:
@@ -265,13 +265,15 @@ def resolve_end_effector(sources: Dict[str, Dict], config: GoalBCConfig) -> Goal
   return config
 
 
-def check_gripper_head(sources: Dict[str, Dict], config: GoalBCConfig) -> None:
-  """The gripper head reads the fingers at the kitchen's observation columns 7-8."""
+def check_kitchen_options(sources: Dict[str, Dict], config: GoalBCConfig) -> None:
+  """The gripper head reads the fingers at the kitchen's observation columns 7-8; the goal delta
+  subtracts the observation's kitchen goal-space dims from the goal."""
+  options = [flag for flag, on in (("--gripper-head", config.gripper_head), ("--goal-delta", config.goal_delta)) if on]
   for level, source in sorted(sources.items()):
-    if config.gripper_head and not _is_kitchen(source):
+    if options and not _is_kitchen(source):
       spec = goal_space.DataSpec.from_dict(source["spec"])
-      raise DataError(f"--gripper-head needs kitchen data (the fingers at observation columns 7-8), but the "
-                      f"{level} dataset has {spec.describe()}", path=source["path"])
+      raise DataError(f"{' and '.join(options)} need{'s' if len(options) == 1 else ''} kitchen data (robot joints and fingers first, the goal-space "
+                      f"dims in the observation), but the {level} dataset has {spec.describe()}", path=source["path"])
 
 
 def check_dataset_level(agent: str, level: str, data_dir: str) -> None:
@@ -326,7 +328,7 @@ def train_agent(agent: str, data: Dict[str, str], out_dir: str, train: TrainConf
   sources = _sources(agent, data)
   check_sources_agree(sources)
   config = resolve_end_effector(sources, config)
-  check_gripper_head(sources, config)
+  check_kitchen_options(sources, config)
   level_configs = {level: dataclasses.replace(config, **AGENTS[agent][level][1]) for level in data}
   if not overwrite:  # refuse before anything in out_dir changes
     for level, path in data.items():

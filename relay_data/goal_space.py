@@ -37,6 +37,16 @@ KITCHEN_LAYOUTS: Dict[str, Tuple[int, ...]] = {   # layout -> indices into the e
 }
 
 
+def kitchen_goal_indices(obs_dim: int) -> Tuple[int, ...]:
+  """The goal-space dims of a kitchen observation, told by its width (each layout has its own)."""
+  for layout in KITCHEN_LAYOUTS.values():
+    if len(layout) == obs_dim:
+      index = {e: i for i, e in enumerate(layout)}
+      return tuple(index[e] for e in _GOAL_IN_ENV_OBS)
+  widths = ", ".join(f"{name} {len(l)}" for name, l in KITCHEN_LAYOUTS.items())
+  raise ValueError(f"a {obs_dim}-d observation is no kitchen layout ({widths})")
+
+
 @dataclasses.dataclass(frozen=True)
 class GoalSpace:
   """The goal vectors' space: `kitchen-qpos` (30-d, with a per-element completion test) or `custom`."""

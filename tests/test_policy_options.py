@@ -361,8 +361,50 @@ def test_gripper_head_ril_trains_acts_and_is_checked(datasets, kitchen_play_tiny
   assert np.allclose(commanded, 0.0, atol=1e-5) or np.allclose(commanded, kitchen.GRIPPER_OPEN, atol=1e-5)
   custom = {"low": {"spec": goal_space.custom_spec(4, 2).to_dict(), "path": "x"}}
   with pytest.raises(DataError, match="--gripper-head needs kitchen data"):
-    train.check_gripper_head(custom, GoalBCConfig(gripper_head=True))
+    train.check_kitchen_options(custom, GoalBCConfig(gripper_head=True))
   with pytest.raises(ValueError, match="gripper head is not supported"):
     policy_io.load_model(out)
   with pytest.raises(ValueError, match="gripper_head needs an action policy"):
     GoalBCConfig(target="subgoal", gripper_head=True)
+
+
+def test_goal_delta_features_are_the_displacement_to_the_goal():
+  """`goal_delta` appends g - s (the observation's goal-space dims) and ee(g) - ee(s), for both
+  kitchen layouts; other widths and goal-free policies refuse it."""
+  rng = np.random.default_rng(0)
+  obs, goal = rng.normal(size=(4, kitchen.OBS_DIM)).astype(np.float32), rng.normal(size=(4, 30)).astype(np.float32)
+  config = GoalBCConfig(end_effector=True, goal_delta=True)
+  from relay_agents.gcbc import networks as gcbc_networks  # pylint: disable=import-outside-toplevel
+  features = gcbc_networks.input_features(config, kitchen.OBS_DIM)(np.concatenate([obs, goal], -1))
+  ee_s, ee_g = kinematics.kitchen_end_effector(obs[:, :9]), kinematics.kitchen_end_effector(goal[:, :9])
+  base = kitchen.OBS_DIM + 30 + 6
+  assert features.shape == (4, base + 30 + 3)
+  np.testing.assert_allclose(features[:, base:base + 30], goal - kitchen.goal_state_from_observation(obs), atol=1e-6)
+  np.testing.assert_allclose(features[:, base + 30:], ee_g - ee_s, atol=1e-5)
+  jitted = jax.jit(gcbc_networks.input_features(config, kitchen.OBS_DIM))(jnp.concatenate([obs, goal], -1))
+  np.testing.assert_allclose(np.asarray(jitted), features, atol=1e-5)
+  d4rl = gcbc_networks.input_features(GoalBCConfig(end_effector=False, goal_delta=True), 30)(
+      np.concatenate([goal[::-1], goal], -1))
+  np.testing.assert_allclose(d4rl[:, 60:], goal - goal[::-1])
+  with pytest.raises(ValueError, match="no kitchen layout"):
+    gcbc_networks.input_features(config, 12)
+  with pytest.raises(ValueError, match="goal_delta needs a goal-conditioned policy"):
+    GoalBCConfig(use_goal=False, goal_delta=True)
+
+
+def test_goal_delta_trains_acts_and_is_checked(datasets, kitchen_play_tiny, tmp_path, cli):
+  """`--goal-delta` through the real pipeline: both RIL levels get it and the actor acts in the
+  kitchen; non-kitchen data refuses it with one line."""
+  out = str(tmp_path / "delta")
+  cli("train-il", "--agent", "ril", "--low", datasets["low_c3"], "--high", datasets["high"], "--out", out,
+      "--action-chunk", "3", "--hidden", "16", "--steps", "20", "--batch-size", "16", "--goal-delta", check=True)
+  configs = models.read_record(out).policy_configs
+  assert configs["low"]["goal_delta"] is True and configs["high"]["goal_delta"] is True
+  networks, _, _, _ = models.load_networks(os.path.join(out, "low"))
+  assert networks.normalization.input_mean.shape == (59 + 30 + 6 + 30 + 3,)  # the features are normalized too
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  result = evaluation.rollout(models.make_actor(out), goal, max_steps=6, seed=0)
+  assert result.steps == 6
+  custom = {"low": {"spec": goal_space.custom_spec(4, 2).to_dict(), "path": "x"}}
+  with pytest.raises(DataError, match="--goal-delta needs kitchen data"):
+    train.check_kitchen_options(custom, GoalBCConfig(goal_delta=True))

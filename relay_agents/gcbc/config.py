@@ -46,6 +46,13 @@ class GoalBCConfig:
     session 13): on the training demos' own states it closes 1-2 steps early a little less often
     (14-22 % vs 24-30 %), and rollouts do no better.
 
+  goal_delta: goal-conditioned kitchen policies only. Appends the goal minus the observation's
+    goal-space part (g - s, the 30 robot and object positions) to the network's input, and with
+    `end_effector` the end-effector displacement to the goal's (ee(g) - ee(s)). Why: [s, g] are
+    normalized over the whole dataset, so the few centimetres between a state and a subgoal 30
+    steps ahead are a small difference of two large inputs; given explicitly, with a
+    normalization of its own, the displacement is on the scale of the action it calls for.
+
   Defaults are what measured best (docs/results.md, "Policy options in the agent"): a 512x3 MLP,
   chunks of 10 actions executing 5, the end-effector input. The paper's plain MLP is
   `GoalBCConfig(hidden_sizes=(256, 256), action_chunk=1, end_effector=False)`.
@@ -68,9 +75,10 @@ class GoalBCConfig:
   action_chunk: Optional[int] = None
   execute_steps: Optional[int] = None
   gripper_head: bool = False
+  goal_delta: bool = False
 
   # What a config pickled before an option existed behaved as (see __setstate__).
-  _LEGACY = {"end_effector": False, "action_chunk": 1, "execute_steps": 1, "gripper_head": False}
+  _LEGACY = {"end_effector": False, "action_chunk": 1, "execute_steps": 1, "gripper_head": False, "goal_delta": False}
 
   def __setstate__(self, state):
     """Unpickling a policy saved before an option existed gives it the value it was trained with."""
@@ -99,6 +107,8 @@ class GoalBCConfig:
       raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
     if self.gripper_head and (self.target != "action" or self.head == "mse"):
       raise ValueError("gripper_head needs an action policy with a likelihood head (mixture or gaussian)")
+    if self.goal_delta and not self.use_goal:
+      raise ValueError("goal_delta needs a goal-conditioned policy (use_goal)")
     if self.num_components <= 0:
       raise ValueError(f"num_components must be positive, got {self.num_components}")
     if self.batch_size <= 0 or self.learning_rate <= 0 or self.examples_per_item <= 0:

@@ -26,7 +26,7 @@ import numpy as np
 from relay_agents import acme_compat  # noqa: F401
 from acme.jax import networks as networks_lib  # pylint: disable=g-bad-import-order
 from relay_agents.gcbc.config import GoalBCConfig
-from relay_data import kinematics, kitchen
+from relay_data import goal_space, kinematics, kitchen
 
 
 INPUT_CLIP = 10.0  # normalized inputs beyond +-10 std carry no extra signal, only instability
@@ -78,17 +78,27 @@ def input_features(config: GoalBCConfig, observation_dim: Optional[int]) -> Call
 
   With `config.end_effector`, appends the end-effector position of the observation (its first 9
   columns are the robot joints) and, for goal-conditioned policies, of the goal (the goal space's
-  first 9 columns are too): the kitchen's layouts (`relay_data.kitchen`)."""
-  if not config.end_effector:
+  first 9 columns are too): the kitchen's layouts (`relay_data.kitchen`). With `config.goal_delta`,
+  then appends g - s (the observation's goal-space dims, `goal_space.kitchen_goal_indices`) and,
+  with the end effector, ee(g) - ee(s)."""
+  if not config.end_effector and not config.goal_delta:
     return lambda inputs: inputs
   if observation_dim is None:
-    raise ValueError("end_effector features need the observation width (observation_dim)")
+    raise ValueError("end_effector and goal_delta features need the observation width (observation_dim)")
   starts = [0] + ([observation_dim] if config.use_goal else [])
+  goal_dims = list(goal_space.kitchen_goal_indices(observation_dim)) if config.goal_delta else None
 
   def features(inputs):
     xp = np if isinstance(inputs, np.ndarray) else jnp
-    ee = [kinematics.kitchen_end_effector(inputs[..., s:s + kinematics.ROBOT_JOINTS], xp) for s in starts]
-    return xp.concatenate([inputs] + ee, axis=-1)
+    parts = [inputs]
+    if config.end_effector:
+      ee = [kinematics.kitchen_end_effector(inputs[..., s:s + kinematics.ROBOT_JOINTS], xp) for s in starts]
+      parts += ee
+    if goal_dims is not None:
+      parts.append(inputs[..., observation_dim:] - inputs[..., goal_dims])
+      if config.end_effector:
+        parts.append(ee[1] - ee[0])
+    return xp.concatenate(parts, axis=-1)
   return features
 
 
