@@ -37,7 +37,7 @@ from relay_data.errors import DataError
 
 AGENTS = {
     # agent -> {level: (relabel level expected, GoalBCConfig overrides)}
-    "ril": {"low": ("low", {}), "high": ("high", {"target": "subgoal", "action_chunk": 1, "execute_steps": 1,
+    "ril": {"low": ("low", {"subgoal_residual": False}), "high": ("high", {"target": "subgoal", "action_chunk": 1, "execute_steps": 1,
                                                        "gripper_head": False})},
     "gcbc": {"policy": ("flat", {})},
     "gcbc-norelabel": {"policy": ("final-goal", {})},
@@ -94,7 +94,8 @@ def train_key(data_dir: str, config: GoalBCConfig, train: TrainConfig) -> str:
 
 # Policy options added after models were first trained: left out of the key at their defaults, so
 # a model trained before they existed still resumes (its weights depend on none of them).
-_LATER_OPTIONS = {"end_effector": False, "action_chunk": 1, "gripper_head": False, "goal_delta": False}
+_LATER_OPTIONS = {"end_effector": False, "action_chunk": 1, "gripper_head": False, "goal_delta": False,
+                  "subgoal_residual": False}
 
 
 def _config_identity(config: GoalBCConfig) -> Dict:
@@ -268,7 +269,8 @@ def resolve_end_effector(sources: Dict[str, Dict], config: GoalBCConfig) -> Goal
 def check_kitchen_options(sources: Dict[str, Dict], config: GoalBCConfig) -> None:
   """The gripper head reads the fingers at the kitchen's observation columns 7-8; the goal delta
   subtracts the observation's kitchen goal-space dims from the goal."""
-  options = [flag for flag, on in (("--gripper-head", config.gripper_head), ("--goal-delta", config.goal_delta)) if on]
+  options = [flag for flag, on in (("--gripper-head", config.gripper_head), ("--goal-delta", config.goal_delta),
+                                   ("--subgoal-residual", config.subgoal_residual)) if on]
   for level, source in sorted(sources.items()):
     if options and not _is_kitchen(source):
       spec = goal_space.DataSpec.from_dict(source["spec"])
@@ -325,6 +327,8 @@ def train_agent(agent: str, data: Dict[str, str], out_dir: str, train: TrainConf
     raise ValueError(f"unknown agent {agent!r}; known: {', '.join(AGENTS)}")
   if set(data) != set(AGENTS[agent]):
     raise ValueError(f"{agent} needs datasets for {sorted(AGENTS[agent])}, got {sorted(data)}")
+  if config.subgoal_residual and agent != "ril":
+    raise ValueError(f"subgoal_residual applies to the ril high level (it predicts subgoals), not to {agent}")
   sources = _sources(agent, data)
   check_sources_agree(sources)
   config = resolve_end_effector(sources, config)

@@ -408,3 +408,43 @@ def test_goal_delta_trains_acts_and_is_checked(datasets, kitchen_play_tiny, tmp_
   custom = {"low": {"spec": goal_space.custom_spec(4, 2).to_dict(), "path": "x"}}
   with pytest.raises(DataError, match="--goal-delta needs kitchen data"):
     train.check_kitchen_options(custom, GoalBCConfig(goal_delta=True))
+
+
+def test_subgoal_residual_predicts_a_displacement_from_the_state():
+  """With `subgoal_residual` the high level's subgoal is s + a residual: with the mean layer
+  zeroed, every component's mean is the observation's goal-space state + the residuals' mean, and
+  the likelihood is scored on the absolute subgoal. Action policies refuse it."""
+  rng = np.random.default_rng(1)
+  obs = rng.normal(size=(64, kitchen.OBS_DIM)).astype(np.float32)
+  goal = rng.normal(size=(64, 30)).astype(np.float32)
+  subgoal = kitchen.goal_state_from_observation(obs) + 0.1 * rng.normal(size=(64, 30)).astype(np.float32)
+  from relay_agents.gcbc import networks as gcbc_networks  # pylint: disable=import-outside-toplevel
+  config = GoalBCConfig(target="subgoal", hidden_sizes=(8,), end_effector=False, subgoal_residual=True)
+  norm = gcbc_networks.stats_from_examples([{"observation": obs, "goal": goal, "subgoal": subgoal}], config)
+  residual = subgoal - kitchen.goal_state_from_observation(obs)
+  np.testing.assert_allclose(norm.output_mean, residual.mean(0), atol=1e-5)
+  nets = gcbc_networks.make_networks(kitchen.OBS_DIM + 30, 30, config, norm, observation_dim=kitchen.OBS_DIM)
+  params = nets.policy.init(jax.random.PRNGKey(0))
+  params = {k: ({n: jnp.zeros_like(v) for n, v in p.items()} if k.endswith("mean") else p) for k, p in params.items()}
+  inputs = jnp.asarray(np.concatenate([obs, goal], -1))
+  output = nets.policy.apply(params, inputs)
+  expected = kitchen.goal_state_from_observation(obs) + norm.output_mean
+  np.testing.assert_allclose(np.asarray(nets.mean(output)), expected, atol=1e-5)
+  assert np.all(np.isfinite(np.asarray(nets.log_prob(output, jnp.asarray(subgoal)))))
+  with pytest.raises(ValueError, match="needs a subgoal-predicting policy"):
+    gcbc_networks.make_networks(kitchen.OBS_DIM + 30, 9, GoalBCConfig(subgoal_residual=True, end_effector=False),
+                                norm, observation_dim=kitchen.OBS_DIM)
+
+
+def test_subgoal_residual_goes_to_the_ril_high_level_only(datasets, kitchen_play_tiny, tmp_path, cli):
+  out = str(tmp_path / "res")
+  cli("train-il", "--agent", "ril", "--low", datasets["low_c3"], "--high", datasets["high"], "--out", out,
+      "--action-chunk", "3", "--hidden", "16", "--steps", "20", "--batch-size", "16", "--subgoal-residual", check=True)
+  configs = models.read_record(out).policy_configs
+  assert configs["high"]["subgoal_residual"] is True and configs["low"]["subgoal_residual"] is False
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  actor = models.make_actor(out)
+  assert evaluation.rollout(actor, goal, max_steps=6, seed=0).steps == 6
+  assert actor.subgoal.shape == (30,) and np.all(np.isfinite(actor.subgoal))
+  bad = cli("train-il", "--agent", "gcbc", "--data", datasets["low"], "--out", str(tmp_path / "g"), "--subgoal-residual")
+  assert bad.returncode == 2 and "applies to the ril high level" in bad.stderr and not os.path.exists(tmp_path / "g" / "agent.json")

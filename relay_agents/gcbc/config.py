@@ -52,6 +52,12 @@ class GoalBCConfig:
     normalized over the whole dataset, so the few centimetres between a state and a subgoal 30
     steps ahead are a small difference of two large inputs; given explicitly, with a
     normalization of its own, the displacement is on the scale of the action it calls for.
+  subgoal_residual: the RIL high level (target "subgoal", kitchen data) predicts the subgoal as a
+    displacement from the observation's goal-space state (its mean is s + the predicted residual;
+    normalized by the residuals' own statistics). Why: an absolute 30-d subgoal normalized over
+    the whole dataset's range is predicted ~6 cm off at a handle (docs/results.md, session 16),
+    and the dims the next 30 steps leave alone (most objects) must be reproduced exactly; a
+    residual is zero there and small elsewhere.
 
   Defaults are what measured best (docs/results.md, "Policy options in the agent"): a 512x3 MLP,
   chunks of 10 actions executing 5, the end-effector input. The paper's plain MLP is
@@ -76,9 +82,11 @@ class GoalBCConfig:
   execute_steps: Optional[int] = None
   gripper_head: bool = False
   goal_delta: bool = False
+  subgoal_residual: bool = False
 
   # What a config pickled before an option existed behaved as (see __setstate__).
-  _LEGACY = {"end_effector": False, "action_chunk": 1, "execute_steps": 1, "gripper_head": False, "goal_delta": False}
+  _LEGACY = {"end_effector": False, "action_chunk": 1, "execute_steps": 1, "gripper_head": False, "goal_delta": False,
+             "subgoal_residual": False}
 
   def __setstate__(self, state):
     """Unpickling a policy saved before an option existed gives it the value it was trained with."""

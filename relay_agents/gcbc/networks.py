@@ -102,6 +102,19 @@ def input_features(config: GoalBCConfig, observation_dim: Optional[int]) -> Call
   return features
 
 
+def subgoal_residual_base(config: GoalBCConfig, observation_dim: Optional[int]) -> Optional[Callable]:
+  """With `config.subgoal_residual`: [B, input_dim] policy inputs -> [B, goal dim] the observation's
+  goal-space state, which the predicted subgoal is a displacement from (None without it)."""
+  if not config.subgoal_residual:
+    return None
+  if config.target != "subgoal":
+    raise ValueError(f"subgoal_residual needs a subgoal-predicting policy, not target {config.target!r}")
+  if observation_dim is None:
+    raise ValueError("subgoal_residual needs the observation width (observation_dim)")
+  dims = np.asarray(goal_space.kitchen_goal_indices(observation_dim))
+  return lambda inputs: inputs[..., dims]
+
+
 def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
                   normalization: Normalization, observation_dim: Optional[int] = None) -> GoalBCNetworks:
   """`observation_dim` (the width of s in [s, g]) is needed by `config.end_effector` only."""
@@ -110,26 +123,30 @@ def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
 
   out_mean, out_log_std = norm["output_mean"], jnp.log(norm["output_std"])
   k = config.num_components
+  residual_of = subgoal_residual_base(config, observation_dim)
 
-  def continuous_head(h):
+  def continuous_head(h, base):
     if config.head == "mixture":  # (logits [B,k], means [B,k,d], log_stds [B,k,d])
       logits = hk.Linear(k, name="logits")(h)
       mean = hk.Linear(k * output_dim, name="mean")(h).reshape(-1, k, output_dim)
       log_std = hk.Linear(k * output_dim, name="log_std")(h).reshape(-1, k, output_dim)
       log_std = jnp.clip(log_std, config.min_log_std, config.max_log_std)
-      return logits, mean * norm["output_std"] + out_mean, log_std + out_log_std
+      mean = mean * norm["output_std"] + out_mean
+      return logits, mean if base is None else mean + base[:, None, :], log_std + out_log_std
     mean = hk.Linear(output_dim, name="mean")(h)
     log_std = hk.Linear(output_dim, name="log_std")(h)
     log_std = jnp.clip(log_std, config.min_log_std, config.max_log_std)
     # Back to raw units: predictions are made in normalized target space.
-    return mean * norm["output_std"] + out_mean, log_std + out_log_std
+    mean = mean * norm["output_std"] + out_mean
+    return mean if base is None else mean + base, log_std + out_log_std
 
   def forward(inputs):
     x = jnp.clip((features(inputs) - norm["input_mean"]) / norm["input_std"], -INPUT_CLIP, INPUT_CLIP)
     h = hk.nets.MLP(list(config.hidden_sizes), activate_final=True, name="torso")(x)
+    base = residual_of(inputs) if residual_of is not None else None
     if config.gripper_head:  # + (close logit [B], the observed fingers [B, 2] the action is relative to)
-      return continuous_head(h) + (hk.Linear(1, name="gripper")(h)[:, 0], inputs[:, kitchen.FINGERS])
-    return continuous_head(h)
+      return continuous_head(h, base) + (hk.Linear(1, name="gripper")(h)[:, 0], inputs[:, kitchen.FINGERS])
+    return continuous_head(h, base)
 
   transformed = hk.without_apply_rng(hk.transform(forward))
   dummy = jnp.zeros((1, input_dim), jnp.float32)
@@ -264,7 +281,8 @@ def stats_from_examples(examples: Iterable[Dict[str, np.ndarray]], config: GoalB
   for ex in examples:
     features = input_features(config, ex["observation"].shape[-1])
     inputs.append(features(policy_inputs(ex["observation"], ex.get("goal"), config.use_goal)))
-    outputs.append(ex[config.target_field])
+    base = subgoal_residual_base(config, ex["observation"].shape[-1])
+    outputs.append(ex[config.target_field] - (base(ex["observation"]) if base is not None else 0.0))
     n += len(outputs[-1])
     if n >= max_examples:
       break
