@@ -37,8 +37,8 @@ from relay_data.errors import DataError
 
 AGENTS = {
     # agent -> {level: (relabel level expected, GoalBCConfig overrides)}
-    "ril": {"low": ("low", {"subgoal_residual": False}), "high": ("high", {"target": "subgoal", "action_chunk": 1, "execute_steps": 1,
-                                                       "gripper_head": False})},
+    "ril": {"low": ("low", {"subgoal_residual": False}),
+            "high": ("high", {"target": "subgoal", "action_chunk": 1, "execute_steps": 1, "gripper_head": False})},
     "gcbc": {"policy": ("flat", {})},
     "gcbc-norelabel": {"policy": ("final-goal", {})},
     "bc": {"policy": ("bc", {"use_goal": False})},
@@ -274,7 +274,8 @@ def check_kitchen_options(sources: Dict[str, Dict], config: GoalBCConfig) -> Non
   for level, source in sorted(sources.items()):
     if options and not _is_kitchen(source):
       spec = goal_space.DataSpec.from_dict(source["spec"])
-      raise DataError(f"{' and '.join(options)} need{'s' if len(options) == 1 else ''} kitchen data (robot joints and fingers first, the goal-space "
+      verb = "needs" if len(options) == 1 else "need"
+      raise DataError(f"{' and '.join(options)} {verb} kitchen data (robot joints and fingers first, the goal-space "
                       f"dims in the observation), but the {level} dataset has {spec.describe()}", path=source["path"])
 
 

@@ -85,8 +85,8 @@ class GoalBCConfig:
   subgoal_residual: bool = False
 
   # What a config pickled before an option existed behaved as (see __setstate__).
-  _LEGACY = {"end_effector": False, "action_chunk": 1, "execute_steps": 1, "gripper_head": False, "goal_delta": False,
-             "subgoal_residual": False}
+  _LEGACY = {"end_effector": False, "action_chunk": 1, "execute_steps": 1, "gripper_head": False,
+             "goal_delta": False, "subgoal_residual": False}
 
   def __setstate__(self, state):
     """Unpickling a policy saved before an option existed gives it the value it was trained with."""

@@ -117,7 +117,8 @@ def subgoal_residual_base(config: GoalBCConfig, observation_dim: Optional[int]) 
 
 def make_networks(input_dim: int, output_dim: int, config: GoalBCConfig,
                   normalization: Normalization, observation_dim: Optional[int] = None) -> GoalBCNetworks:
-  """`observation_dim` (the width of s in [s, g]) is needed by `config.end_effector` only."""
+  """`observation_dim` (the width of s in [s, g]) is needed by `config.end_effector`,
+  `config.goal_delta` and `config.subgoal_residual` only."""
   norm = jax.tree_util.tree_map(jnp.asarray, normalization.to_dict())
   features = input_features(config, observation_dim)
 
