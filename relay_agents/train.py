@@ -268,7 +268,7 @@ def resolve_end_effector(sources: Dict[str, Dict], config: GoalBCConfig) -> Goal
 
 def check_kitchen_options(sources: Dict[str, Dict], config: GoalBCConfig) -> None:
   """The gripper head reads the fingers at the kitchen's observation columns 7-8; the goal delta
-  subtracts the observation's kitchen goal-space dims from the goal."""
+  and the subgoal residual use the observation's kitchen goal-space dims."""
   options = [flag for flag, on in (("--gripper-head", config.gripper_head), ("--goal-delta", config.goal_delta),
                                    ("--subgoal-residual", config.subgoal_residual)) if on]
   for level, source in sorted(sources.items()):
