@@ -454,10 +454,9 @@ def test_subgoal_residual_goes_to_the_ril_high_level_only(datasets, kitchen_play
 
 
 def test_goal_delta_and_subgoal_residual_models_are_finetuned_on_both_levels(datasets, tmp_path, cli):
-  """`relay finetune --finetune both` on a RIL model trained with both options: each level's NPG
-  step keeps the KL at its bound (so the residual high level's likelihood is that of the
-  subgoals its actor sampled), both levels change, and the finetuned model keeps its options and
-  acts in the kitchen."""
+  """`relay finetune --finetune both` on a RIL model trained with both options: each level takes a
+  KL-bounded NPG step (its analytic KL bound at the target, as for the plain networks), both
+  levels change, and the finetuned model keeps its options and acts in the kitchen."""
   src = str(tmp_path / "opts")
   cli("train-il", "--agent", "ril", "--low", datasets["low_c3"], "--high", datasets["high"], "--out", src,
       "--action-chunk", "3", "--hidden", "16", "--steps", "20", "--batch-size", "16", "--goal-delta",
@@ -472,6 +471,7 @@ def test_goal_delta_and_subgoal_residual_models_are_finetuned_on_both_levels(dat
   for record in records:
     for level in ("low", "high"):
       assert record[f"{level}/quadratic_kl"] == pytest.approx(0.01, rel=1e-3)
+      assert record[f"{level}/kl_bound"] == pytest.approx(0.01, rel=0.3)
       assert np.isfinite(record[f"{level}/surrogate_after"])
   original, finetuned = policy_io.load_model(src), policy_io.load_model(os.path.join(run, "model"))
   for level in ("low", "high"):
@@ -480,6 +480,5 @@ def test_goal_delta_and_subgoal_residual_models_are_finetuned_on_both_levels(dat
     assert any(not np.array_equal(a, b) for a, b in zip(before, after)), level
   configs = models.read_record(os.path.join(run, "model")).policy_configs
   assert configs["high"]["subgoal_residual"] and configs["high"]["goal_delta"] and configs["low"]["goal_delta"]
-  goal = ft_env.GoalKitchenEnv(["microwave", "kettle"], max_episode_steps=6)
-  out = ft_acting.run_episode(goal, ft_acting.fixed_actor(finetuned), 0, seed=0)
-  assert out["steps"] == 6
+  environment = ft_env.GoalKitchenEnv(["microwave", "kettle"], max_episode_steps=6)
+  assert ft_acting.run_episode(environment, ft_acting.fixed_actor(finetuned), 0, seed=0)["steps"] == 6
