@@ -46,8 +46,8 @@ What these figures mean: this demo trains on {episodes} play episodes for {steps
 per level and evaluates {rollouts} rollout(s) of {max_steps} steps per goal, so success rates of
 0% are expected: they show that every stage runs end to end, not how well relay IL works.
 Full-scale results (400 episodes, 30,000 learner steps per policy, 17 demo goals + 3 held-out,
-RIL against GCBC and BC baselines; so far one seed at 5 rollouts per goal, with what is still
-missing) are in docs/results.md; `bash scripts/results.sh` reproduces and extends them."""
+RIL against GCBC and BC baselines, three seeds at 20 rollouts per goal, RL finetuning, and the
+targets still missed) are in docs/results.md; `bash scripts/results.sh` reproduces them."""
 
 
 def run(args: argparse.Namespace) -> int:
