@@ -94,8 +94,8 @@ def _door_skill_done(env, element: str, trial: int) -> bool:
   perturber = perturb.Perturber(perturb.DART, np.random.default_rng([trial, 8]))
   for pos, rot, grip in skills.SKILLS[element](scene, np.random.default_rng([trial, 7])):
     label = arm.action(obs["observation"], pos, rot, grip)
-    free = pos is None or (grip > 0 and np.linalg.norm(arm.position - pos) > generator.FREE_SPACE_M)
-    obs, *_ = env.step(perturber.execute(label, free_space=free, near_contact=scene.final_approach))
+    obs, *_ = env.step(perturber.execute(label, free_space=generator.in_free_space(arm.position, pos, grip),
+                                         near_contact=scene.final_approach))
   return scene.element_error(element) < kitchen.BONUS_THRESH
 
 

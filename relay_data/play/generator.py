@@ -112,6 +112,12 @@ def sample_order(rng: np.random.Generator, subtasks: int, holdout: Sequence[Froz
 FREE_SPACE_M = 0.1  # hand farther than this from its target, gripper open: no contact expected
 
 
+def in_free_space(hand: np.ndarray, target: Optional[np.ndarray], grip: float) -> bool:
+  """Free space (where the `dart` bursts act): re-homing (no target), or heading for a point more
+  than FREE_SPACE_M away with the hand open."""
+  return target is None or (grip > 0 and np.linalg.norm(hand - target) > FREE_SPACE_M)
+
+
 class _Env:
   """One kitchen env per process and settings (MuJoCo models are not picklable)."""
   _instances: Dict[kitchen.EnvSettings, object] = {}
@@ -177,9 +183,8 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
       if len(actions) >= config.max_steps:
         return False
       label = arm.action(obs["observation"], pos, rot, grip)
-      # Free space: re-homing, or heading for a point more than FREE_SPACE_M away with the hand open.
-      free = pos is None or (grip > 0 and np.linalg.norm(arm.position - pos) > FREE_SPACE_M)
-      step(label, perturber.execute(label, free_space=free, near_contact=scene.final_approach))
+      step(label, perturber.execute(label, free_space=in_free_space(arm.position, pos, grip),
+                                    near_contact=scene.final_approach))
     return True
 
   reason = "ok"
