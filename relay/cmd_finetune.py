@@ -53,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--lambda0", type=float, default=d.lambda0, help=f"DAPG demo weight (default {d.lambda0:g})")
   parser.add_argument("--lambda1", type=float, default=d.lambda1,
                       help=f"DAPG decay per iteration (default {d.lambda1:g})")
+  parser.add_argument("--explore-std", type=float, default=d.explore_std,
+                      help="scale of the policy's Gaussian stds while finetuning: actors sample and NPG scores the "
+                           "narrowed policy; below 1 explores near the likeliest mode, which deterministic evaluation "
+                           f"runs (default {d.explore_std:g}: the behaviour-cloned spread)")
+  parser.add_argument("--explore-temperature", type=float, default=d.explore_temperature,
+                      help="temperature of a mixture policy's component weights while finetuning; below 1 draws the "
+                           f"likeliest component more often (default {d.explore_temperature:g})")
   parser.add_argument("--demos", default=None,
                       help="relabeled low-level dataset for dapg/iril and eps (default: the one the model was trained on)")
   parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
@@ -75,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     config = FinetuneConfig(variant=args.variant, finetune=args.finetune, reward=args.reward, eps=args.eps,
                             eps_quantile=args.eps_quantile, episodes_per_iteration=args.episodes_per_iteration,
                             max_episode_steps=args.max_episode_steps, kl_delta=args.kl, lambda0=args.lambda0,
-                            lambda1=args.lambda1)
+                            lambda1=args.lambda1, explore_std=args.explore_std,
+                            explore_temperature=args.explore_temperature)
     summary = run_lib.finetune(
         run_lib.RunConfig(args.model, elements, args.out, args.env_steps, actors=args.actors,
                           actor_processes=args.actor_processes, seed=args.seed, demos=args.demos,

@@ -249,6 +249,47 @@ def test_marginal_log_prob_scores_only_the_executed_dims():
     assert all(np.isfinite(np.asarray(g)).all() for g in grads)
 
 
+def test_exploration_settings_narrow_the_sampled_policy_and_score_what_they_sample(ril_model):
+  """`with_exploration` scales every std and sharpens the component weights; sample, log_prob
+  and the likeliest mode all describe that one narrowed distribution, and finetuning loads it."""
+  rng = np.random.default_rng(0)
+  inputs = rng.normal(size=(4, 5)).astype(np.float32)
+  targets = rng.normal(size=(64, 3)).astype(np.float32)
+  config = GoalBCConfig(action_chunk=1, hidden_sizes=(16,), head="mixture", num_components=3)
+  base = gcbc_networks.make_networks(5, 3, config, gcbc_networks.Normalization.from_arrays(
+      rng.normal(size=(64, 5)).astype(np.float32), targets))
+  params = base.policy.init(jax.random.PRNGKey(0))
+  narrow = gcbc_networks.with_exploration(base, std_scale=0.25, temperature=0.5)
+  assert gcbc_networks.with_exploration(base) is base
+  out, out_n = base.policy.apply(params, inputs), narrow.policy.apply(params, inputs)
+  np.testing.assert_allclose(out_n[0], out[0] / 0.5, rtol=1e-6)
+  np.testing.assert_allclose(np.exp(out_n[2]), 0.25 * np.exp(out[2]), rtol=1e-5)
+  np.testing.assert_array_equal(narrow.mean(out_n), base.mean(out))  # deterministic acting unchanged
+  # log_prob is the narrowed mixture's density, written out here in numpy.
+  action = np.asarray(narrow.sample(out_n, jax.random.PRNGKey(3)))
+  logits, means, stds = np.asarray(out[0]) / 0.5, np.asarray(out[1]), 0.25 * np.exp(np.asarray(out[2]))
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  dens = np.prod(np.exp(-0.5 * ((action[:, None] - means) / stds) ** 2) / (np.sqrt(2 * np.pi) * stds), -1)
+  np.testing.assert_allclose(narrow.log_prob(out_n, action), np.log((weights * dens).sum(-1)), rtol=1e-4)
+  # Samples: with the components nearly fixed (temperature -> 0), they spread a quarter as far.
+  sharp = gcbc_networks.with_exploration(base, std_scale=0.25, temperature=1e-3)
+  keys = jax.random.split(jax.random.PRNGKey(4), 2000)
+  spread = lambda nets: float(np.std(np.stack([nets.sample(nets.policy.apply(params, inputs), k) for k in keys[:1000]])
+                                     - np.asarray(nets.mean(nets.policy.apply(params, inputs)))))
+  top = gcbc_networks.with_exploration(base, std_scale=1.0, temperature=1e-3)
+  assert spread(sharp) == pytest.approx(0.25 * spread(top), rel=0.1)
+  with pytest.raises(ValueError, match="must be positive"):
+    gcbc_networks.with_exploration(base, std_scale=0.0)
+  with pytest.raises(ValueError, match="explore_std must be positive"):
+    FinetuneConfig(explore_std=-1.0)
+  # Finetuning loads the model's levels with the settings (the actors sample from them).
+  low, low_n = (policy_io.load_model(ril_model, *s).levels["low"] for s in ((1.0, 1.0), (0.5, 0.2)))
+  x = np.zeros((1, low.networks.input_dim), np.float32)
+  plain, narrowed = low.networks.policy.apply(low.params, x), low_n.networks.policy.apply(low.params, x)
+  np.testing.assert_allclose(np.exp(narrowed[-1]), 0.5 * np.exp(plain[-1]), rtol=1e-5)
+
+
 def test_chunked_transitions_are_decisions_of_the_executed_actions():
   """semi_mdp.to_decisions against a literal walk of the actor's schedule: segments of 7 steps
   (W_l), chunks of k = 4 executing m = 3, an episode that ends mid-decision."""

@@ -22,6 +22,11 @@ class FinetuneConfig:
     quadratic KL estimate 0.5 * x^T F x equals it (mjrl's normalized step is 2 * kl_delta).
   fisher_samples: actions drawn per state from the old policy to measure a mixture step's KL
     (Monte Carlo; the step itself uses an analytic KL bound, see `npg`).
+  explore_std, explore_temperature: the finetuned policy's distribution is the trained one with
+    every std times `explore_std` and its mixture logits divided by `explore_temperature`
+    (`gcbc.networks.with_exploration`): actors sample from it and NPG, KL and DAPG score it. 1, 1
+    is the behaviour-cloned spread; smaller explores near the likeliest mode, which is what
+    deterministic evaluation runs. The finetuned weights are evaluated without it.
   """
   variant: str = "dapg"
   finetune: str = "low"
@@ -36,6 +41,8 @@ class FinetuneConfig:
   cg_iters: int = 10
   cg_damping: float = 1e-4
   fisher_samples: int = 4
+  explore_std: float = 1.0
+  explore_temperature: float = 1.0
   lambda0: float = 0.1
   lambda1: float = 0.95
   demo_batch_size: int = 256
@@ -55,7 +62,8 @@ class FinetuneConfig:
       if getattr(self, name) not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
     for name in ("episodes_per_iteration", "max_episode_steps", "cg_iters", "fisher_samples",
-                 "demo_batch_size", "value_epochs", "value_batch_size", "iril_goals_per_step", "kl_delta"):
+                 "demo_batch_size", "value_epochs", "value_batch_size", "iril_goals_per_step", "kl_delta",
+                 "explore_std", "explore_temperature"):
       if not getattr(self, name) > 0:  # `not > 0`, not `<= 0`: a NaN kl_delta is refused too
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
     if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):

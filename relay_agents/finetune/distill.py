@@ -49,7 +49,8 @@ def run_rollouts(run_dir: str, rollouts: int, seed: int = 0, progress: bool = Fa
   (the env's own), "action" [L, 9] (what was executed; the last row zero, as RLDS has no action
   there), "elements_done": how many of the goal's elements the environment's test saw done}."""
   record = _run_record(run_dir)
-  model = policy_io.load_model(os.path.join(run_dir, "model"))
+  model = policy_io.load_model(os.path.join(run_dir, "model"), record["config"].get("explore_std", 1.0),
+                               record["config"].get("explore_temperature", 1.0))  # the policy it finetuned
   elements = record["run"]["elements"]
   environment = env_lib.GoalKitchenEnv(elements, np.asarray(record["goal_state"], np.float32),
                                        record["config"]["max_episode_steps"], seed=seed, settings=model.env_settings)

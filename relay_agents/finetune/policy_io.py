@@ -96,12 +96,14 @@ class Model:
     return np.asarray(env_observation if fn is None else fn(env_observation), np.float32)
 
 
-def _load_level(model_dir: str, record: models.ModelRecord, name: str) -> Level:
+def _load_level(model_dir: str, record: models.ModelRecord, name: str, explore_std: float = 1.0,
+                explore_temperature: float = 1.0) -> Level:
   level_dir = os.path.join(model_dir, name)
   networks, params, config, dims = models.load_networks(level_dir)
   if getattr(config, "gripper_head", False):
     raise ValueError(f"{level_dir}: finetuning a policy with a gripper head is not supported (its policy "
                      "gradient would need the finger class's probability of each executed action)")
+  networks = gcbc_networks.with_exploration(networks, explore_std, explore_temperature)
   saved = {k: v for k, v in models.load_policy(level_dir).items() if k != "params"}
   width = record.data_spec.observation.dim
   if dims.get("observation") != width:
@@ -110,9 +112,11 @@ def _load_level(model_dir: str, record: models.ModelRecord, name: str) -> Level:
   return Level(networks, params, config, dict(dims), saved, dict(record.sources.get(name) or {}))
 
 
-def load_model(model_dir: str) -> Model:
+def load_model(model_dir: str, explore_std: float = 1.0, explore_temperature: float = 1.0) -> Model:
   """The model in `model_dir`; a one-line DataError for a broken directory or a model that cannot
-  act in the finetuning environment, a ValueError for one that cannot be finetuned toward a goal."""
+  act in the finetuning environment, a ValueError for one that cannot be finetuned toward a goal.
+  Its levels' networks act and score with the exploration settings (`FinetuneConfig.explore_std`,
+  `explore_temperature`; `gcbc.networks.with_exploration`)."""
   record = models.read_record(model_dir)
   models.check_fits(record, model_dir, ENV_SPEC, record.env_settings, ENV_NAME)
   names = ("low", "high") if record.agent == "ril" else ("policy",)
@@ -121,7 +125,7 @@ def load_model(model_dir: str) -> Model:
                     path=os.path.join(model_dir, models.RECORD))
   if record.agent == "ril" and not record.window:
     raise DataError("ril model without a window (W_l)", path=os.path.join(model_dir, models.RECORD))
-  levels = {n: _load_level(model_dir, record, n) for n in names}
+  levels = {n: _load_level(model_dir, record, n, explore_std, explore_temperature) for n in names}
   if "policy" in levels and not levels["policy"].config.use_goal:
     raise ValueError(f"{model_dir}: a goal-free BC policy cannot be finetuned toward a goal")
   return Model(record, levels, os.path.abspath(model_dir), models.fingerprint(model_dir))

@@ -136,7 +136,8 @@ def actor_spec(run: RunConfig, config: FinetuneConfig, goal_state: np.ndarray, m
           "elements": list(run.elements),
           "goal_state": np.asarray(goal_state, float).tolist(), "seed": run.seed,
           "max_episode_steps": config.max_episode_steps, "episodes_per_iteration": config.episodes_per_iteration,
-          "trajectory_table": config.trajectory_table, "variables_table": config.variables_table}
+          "trajectory_table": config.trajectory_table, "variables_table": config.variables_table,
+          "explore_std": config.explore_std, "explore_temperature": config.explore_temperature}
 
 
 def start_actor_processes(address: str, count: int, log_dir: str) -> List[subprocess.Popen]:
@@ -167,9 +168,10 @@ def _check_same_run(path: str, record: Dict) -> None:
     raise ValueError(f"{path}: the checkpointed run finetuned model {old.get('model_fingerprint')}, "
                      f"{record['run']['model_dir']} is now {record['model_fingerprint']} (retrained?); use another "
                      "--out or delete that run to start over")
+  defaults = {"run": {}, "config": dataclasses.asdict(FinetuneConfig())}  # settings added since that run
   for section, keys in (("run", ("model_dir", "elements", "seed", "demos")), ("config", None)):
     for key in keys or sorted(set(old.get(section, {})) | set(record[section])):
-      if old.get(section, {}).get(key) != record[section].get(key):
+      if old.get(section, {}).get(key, defaults[section].get(key)) != record[section].get(key):
         raise ValueError(f"{path}: the checkpointed run used {key}={old.get(section, {}).get(key)!r}, this one "
                          f"{record[section].get(key)!r}; use another --out or delete that run to start over")
 
@@ -178,7 +180,7 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
   """Runs (or resumes) finetuning until `run.env_steps` env steps; returns a summary."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   elements = env_lib.parse_goal(",".join(run.elements))
-  model = policy_io.load_model(run.model_dir)
+  model = policy_io.load_model(run.model_dir, config.explore_std, config.explore_temperature)
   builder = FinetuneBuilder(config, model)
   calibrate = config.eps is None and model.hierarchical and config.reward != "euclidean"
   demo_dir = None  # what DAPG/IRIL imitate and eps is calibrated from (checked against the model)
@@ -283,7 +285,8 @@ def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
   from acme.jax import variable_utils  # pylint: disable=import-outside-toplevel
   client = replay_io.connect(address)
   spec = acting.read_spec(address, FinetuneConfig.spec_table)
-  model = policy_io.load_model(model_dir or spec["model"])
+  model = policy_io.load_model(model_dir or spec["model"], spec.get("explore_std", 1.0),
+                               spec.get("explore_temperature", 1.0))
   if spec.get("model_fingerprint") not in (None, model.fingerprint):
     raise ValueError(f"model {model.path} is {model.fingerprint}, the run at {address} finetunes "
                      f"{spec['model_fingerprint']}: point --model at the run's model")
