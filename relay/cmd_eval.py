@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"episode horizon (default {DEFAULT_MAX_STEPS}); results are also reported at the "
                            f"env's own {ENV_HORIZON}-step limit")
   parser.add_argument("--sample", action="store_true", help="sample actions instead of taking the mean")
+  parser.add_argument("--sample-std", type=float, default=1.0,
+                      help="--sample: scale every Gaussian std of the policy by this (default 1: the trained "
+                           "spread); as `relay finetune --explore-std`, to evaluate the policy a finetune sampled")
+  parser.add_argument("--sample-temperature", type=float, default=1.0,
+                      help="--sample: temperature of a mixture's component weights (default 1; as "
+                           "`relay finetune --explore-temperature`)")
   parser.add_argument("--replan", type=int, default=None,
                       help="ril models: the high level picks a new subgoal every N steps (default: every W_l, the "
                            "paper's); flat models are unaffected. Beyond the paper: re-planning more often than W_l "
@@ -75,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
       or (args.replan is not None and args.replan <= 0):
     raise UsageError("--rollouts, --max-steps, --workers, --video-every and --replan must be positive, --goals "
                      "non-negative")
+  if not (args.sample_std > 0 and args.sample_temperature > 0):  # `not > 0`: NaN is refused too
+    raise UsageError("--sample-std and --sample-temperature must be positive")
+  exploration = (args.sample_std, args.sample_temperature)
+  if exploration != (1.0, 1.0) and not args.sample:
+    raise UsageError("--sample-std and --sample-temperature shape sampled actions: add --sample")
   for text in args.goal or []:  # a typo fails before any model is read
     try:
       kitchen.parse_goal(text)
@@ -106,9 +117,9 @@ def run(args: argparse.Namespace) -> int:
   for model, name in zip(args.model, method_names(args.model)):
     replan = args.replan if records[model].agent == "ril" else None
     key = evaluation.log_key(models.fingerprint(model), goals, play_fingerprint, args.max_steps, args.seed,
-                             args.sample, replan, sequential=args.sequential)
+                             args.sample, replan, sequential=args.sequential, exploration=exploration)
     results = evaluation.evaluate(functools.partial(models.make_actor, model, deterministic=not args.sample,
-                                                    replan=replan, sequential=order),
+                                                    replan=replan, sequential=order, exploration=exploration),
                                   goals, args.rollouts, args.max_steps, args.seed, workers=args.workers,
                                   log=evaluation.RolloutLog(args.resume_log, key),
                                   settings=models.env_settings(records[model]))

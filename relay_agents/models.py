@@ -150,32 +150,38 @@ def load_policy(level_dir: str) -> Dict:
   return saved
 
 
-def load_networks(level_dir: str):
+# (std scale, component temperature) of a sampled policy (`gcbc.networks.with_exploration`):
+# (1, 1) samples the behaviour-cloned distribution itself.
+PLAIN = (1.0, 1.0)
+
+
+def load_networks(level_dir: str, exploration=PLAIN):
   """(GoalBCNetworks, params, GoalBCConfig, example dims) of one level's saved policy: what a
-  learner needs to continue from it (e.g. finetuning) and what `make_policy` needs to act."""
+  learner needs to continue from it (e.g. finetuning) and what `make_policy` needs to act.
+  `exploration`: (std scale, temperature) its samples are drawn with."""
   from relay_agents.gcbc import networks as gcbc_networks  # pylint: disable=import-outside-toplevel
   saved = load_policy(level_dir)
   config = saved["config"]
   networks = gcbc_networks.make_networks(saved["input_dim"], saved["dims"][config.target_field], config,
                                          saved["normalization"], observation_dim=saved["dims"]["observation"])
-  return networks, saved["params"], config, saved["dims"]
+  return gcbc_networks.with_exploration(networks, *exploration), saved["params"], config, saved["dims"]
 
 
 @functools.lru_cache(maxsize=32)
-def _policy_fn(path: str, mtime_ns: int, size: int, deterministic: bool):  # pylint: disable=unused-argument
+def _policy_fn(path: str, mtime_ns: int, size: int, deterministic: bool, exploration):  # pylint: disable=unused-argument
   """(jitted GoalPolicyFn, params) of a policy file version: built and compiled once per process,
   so an evaluation that makes an actor per rollout does not re-compile."""
   from relay_agents.gcbc import builder as gcbc_builder  # pylint: disable=import-outside-toplevel
-  networks, params, config, dims = load_networks(os.path.dirname(path))
+  networks, params, config, dims = load_networks(os.path.dirname(path), exploration)
   return gcbc_builder.GoalBCBuilder(config, dims).make_policy(networks, evaluation=deterministic), params
 
 
-def policy_fn(level_dir: str, deterministic: bool = True):
+def policy_fn(level_dir: str, deterministic: bool = True, exploration=PLAIN):
   path = os.path.abspath(os.path.join(level_dir, POLICY))
   if not os.path.isfile(path):
     raise DataError("missing (trained policy)", path=path)
   stat = os.stat(path)
-  return _policy_fn(path, stat.st_mtime_ns, stat.st_size, deterministic)
+  return _policy_fn(path, stat.st_mtime_ns, stat.st_size, deterministic, tuple(map(float, exploration)))
 
 
 def load_goal_policy(level_dir: str, deterministic: bool = True):
@@ -214,7 +220,7 @@ def observation_fn(record: ModelRecord):
 
 
 def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True, replan: Optional[int] = None,
-               sequential=None):
+               sequential=None, exploration=PLAIN):
   """The acting policy of a model, made by its builder: hierarchical for ril, flat otherwise.
 
   It takes the environment's observation (mapped to the model's layout inside the actor).
@@ -223,17 +229,20 @@ def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True, replan
   the paper: re-planning more often keeps the subgoal W_l steps ahead of where the low level is.
   `sequential`: a `sequencing.ElementOrder`; the policy is then given a compound goal one element
   at a time, in that order (`sequencing.SequentialGoalActor`; beyond the paper).
+  `exploration`: (std scale, temperature) a sampling actor (not `deterministic`) draws with, as
+  finetuning's `--explore-std`/`--explore-temperature` do.
   """
   if sequential is not None:
     from relay_agents import sequencing  # pylint: disable=import-outside-toplevel
-    return sequencing.SequentialGoalActor(make_actor(model_dir, seed, deterministic, replan), sequential)
+    return sequencing.SequentialGoalActor(make_actor(model_dir, seed, deterministic, replan, exploration=exploration),
+                                          sequential)
   from relay_agents.gcbc import builder as gcbc_builder  # pylint: disable=import-outside-toplevel
   record = read_record(model_dir)
   obs_fn = observation_fn(record)
   key = (0, seed)  # an Acme random_key stand-in: the actor seeds its numpy stream with the last entry
   builders, policies, sources = {}, {}, {}
   for level in record.levels:
-    fn, params = policy_fn(os.path.join(model_dir, level), deterministic)
+    fn, params = policy_fn(os.path.join(model_dir, level), deterministic, exploration)
     builders[level] = gcbc_builder.GoalBCBuilder(fn.config, observation_fn=obs_fn)
     policies[level], sources[level] = fn, SavedVariables(params)
   if record.agent == "ril":

@@ -449,3 +449,41 @@ def test_eval_sequential_flag_runs_and_keeps_its_own_rollout_log(ril_model, kitc
   cli(*args[:-5], "--resume-log", log, check=True)
   with open(log) as f:
     assert len(f.readlines()) == 4
+
+
+def test_eval_samples_the_narrowed_policy_finetuning_explores_with(ril_model, kitchen_play_tiny, cli, tmp_path):
+  """`--sample-std/--sample-temperature` sample the policy as `relay finetune --explore-*` does:
+  narrowed toward nothing, the sampling actor acts as the deterministic one; the rollouts of a
+  narrowed policy get their own log key."""
+  import dm_env
+  goal = evaluation.named_goals(kitchen_play_tiny, ["kettle"])[0]
+  env = evaluation._goal_env(goal, 20, False, None, kitchen.DEFAULT_SETTINGS)  # pylint: disable=protected-access
+
+  def actions(**kwargs):
+    actor = models.make_actor(ril_model, seed=3, **kwargs)
+    obs, _ = env.reset(seed=0)
+    actor.set_goal(goal.goal_state)
+    actor.observe_first(dm_env.restart(obs["observation"]))
+    out = []
+    for _ in range(8):
+      out.append(actor.select_action(obs["observation"].astype(np.float32)))
+      obs, *_ = env.step(out[-1])
+      actor.observe(None, dm_env.transition(0.0, obs["observation"]))
+    return np.stack(out)
+
+  mode = actions()
+  np.testing.assert_allclose(actions(deterministic=False, exploration=(1e-6, 1e-6)), mode, atol=1e-4)
+  assert np.abs(actions(deterministic=False) - mode).max() > 1e-2  # the trained spread: visibly off the mode
+  log = str(tmp_path / "sampled.jsonl")
+  args = ("eval", "--model", ril_model, "--play", kitchen_play_tiny, "--goals", "1", "--no-heldout", "--rollouts", "1",
+          "--max-steps", "4", "--sample", "--resume-log", log)
+  cli(*args, "--sample-std", "0.2", "--sample-temperature", "0.1", check=True)
+  cli(*args, check=True)
+  with open(log) as f:
+    keys = [json.loads(json.loads(line)["key"]) for line in f]
+  assert [k.get("exploration") for k in keys] == [[0.2, 0.1], None]
+  for bad in (("--sample-std", "0"), ("--sample-temperature", "nan")):
+    proc = cli(*args, *bad)
+    assert proc.returncode == 2 and "must be positive" in proc.stderr
+  proc = cli(*args[:-3], "--sample-std", "0.5")  # without --sample
+  assert proc.returncode == 2 and "add --sample" in proc.stderr

@@ -281,22 +281,25 @@ def with_exploration(base: GoalBCNetworks, std_scale: float = 1.0, temperature: 
   likewise explores with a std of its own choosing, not a fitted one. The transform acts on the
   head's output, so `sample`, `log_prob`, `marginal_log_prob` (and hence NPG's KL and the DAPG
   term) all describe the one narrowed distribution; the likeliest mode (`mean`) is unchanged,
-  and the parameters are the same, so a finetuned model evaluates with the plain networks.
+  and the parameters are the same, so a finetuned model evaluates with the plain networks. A
+  gripper head's finger class is left as it is.
   """
   if not (std_scale > 0 and temperature > 0):
     raise ValueError(f"std_scale and temperature must be positive, got {std_scale}, {temperature}")
   if std_scale == 1.0 and temperature == 1.0:
     return base
-  if base.bc_log_prob is not None:
-    raise ValueError("exploration settings for a policy with a gripper head are not supported")
   log_scale = float(np.log(std_scale))
 
   def narrow(output):
-    if len(output) == 3:  # mixture: (logits, means, log_stds)
-      logits, mean, log_std = output
-      return logits / temperature, mean, log_std + log_scale
-    mean, log_std = output
-    return mean, log_std + log_scale
+    # Heads: mixture (logits, means, log_stds), Gaussian (mean, log_std), either + a gripper
+    # head's (close logit, fingers), which are kept as they are.
+    cut = len(output) - 2 if len(output) >= 4 else len(output)
+    head, rest = output[:cut], output[cut:]
+    if len(head) == 3:  # mixture: (logits, means, log_stds)
+      logits, mean, log_std = head
+      return (logits / temperature, mean, log_std + log_scale) + tuple(rest)
+    mean, log_std = head
+    return (mean, log_std + log_scale) + tuple(rest)
 
   apply = base.policy.apply
   policy = networks_lib.FeedForwardNetwork(
