@@ -99,11 +99,10 @@ class Model:
 def _load_level(model_dir: str, record: models.ModelRecord, name: str, explore_std: float = 1.0,
                 explore_temperature: float = 1.0) -> Level:
   level_dir = os.path.join(model_dir, name)
-  networks, params, config, dims = models.load_networks(level_dir)
+  networks, params, config, dims = models.load_networks(level_dir, (explore_std, explore_temperature))
   if getattr(config, "gripper_head", False):
     raise ValueError(f"{level_dir}: finetuning a policy with a gripper head is not supported (its policy "
                      "gradient would need the finger class's probability of each executed action)")
-  networks = gcbc_networks.with_exploration(networks, explore_std, explore_temperature)
   saved = {k: v for k, v in models.load_policy(level_dir).items() if k != "params"}
   width = record.data_spec.observation.dim
   if dims.get("observation") != width:
