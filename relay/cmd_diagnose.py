@@ -1,7 +1,7 @@
 """Diagnose where an agent fails: the low level's ceiling under oracle subgoals, and why goal
 elements are missed in evaluation rollouts.
 
-  relay diagnose oracle --model models/ril --play data/kitchen_play/n400_s0/2.1.0 --episodes 12
+  relay diagnose oracle --model models/ril --play data/kitchen_play/n400_s0/VERSION --episodes 12
   relay diagnose oracle --model models/ril --play DIR --indexing progress --json oracle.json
   relay diagnose failures --model models/gcbc --play DIR --goals 17 --rollouts 2 --json failures.json
 

@@ -1,6 +1,6 @@
 """Distill per-goal finetuned policies into one relay policy for every goal (the paper's last step).
 
-  relay distill --run runs/dapg_mkls --run runs/dapg_goal2 --play data/kitchen_play/n400_s0/2.1.0 --out models/distilled
+  relay distill --run runs/dapg_mkls --run runs/dapg_goal2 --play data/kitchen_play/n400_s0/VERSION --out models/distilled
 
 Rolls out each finetuned run's model toward its goal (sampling, --rollouts per run), keeps the
 successful episodes (or, with --min-elements N, those that did N of the goal's elements), writes

@@ -7,7 +7,7 @@ closed-loop scripted expert at the pace of human play (~60-70 steps per subtask)
 DART-style perturbation (--perturb). Episodes whose subtasks fail after retries are dropped; the
 held-out 4-element sets are never completed together in any kept episode.
 
-  relay generate --episodes 400 --data-dir data            # -> data/kitchen_play/n400_s0/2.1.0
+  relay generate --episodes 400 --data-dir data            # -> data/kitchen_play/n400_s0/<generator version>
   relay generate --config tiny --data-dir data             # named TFDS config (tiny/small/default)
 """
 import argparse

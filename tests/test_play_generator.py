@@ -114,6 +114,22 @@ def test_door_skills_hold_the_handle_without_turning_the_hand(monkeypatch):
   assert sum(map(sum, turning.values())) <= 2, turning  # the turning hand loses most of them
 
 
+def test_hinge_fingers_close_only_on_the_handle(monkeypatch):
+  """Generator 2.3.0: the hinge skill closes its fingers once the hand is within 2 cm of the handle,
+  approaching again otherwise. In episode 12 (seed 0) 2.2.0's single approach stopped short and
+  the fingers closed on air, three tries running, so the episode was dropped; approaching again
+  opens the door on the first try. Episode 2 reached the handle at once: it is the same action
+  for action either way (the extra approach only exists where it is needed)."""
+  cfg = generator.GeneratorConfig()
+  regrasp, reached = generator.generate_episode(cfg, 12), generator.generate_episode(cfg, 2)
+  monkeypatch.setattr(skills, "GRASP_APPROACHES", 1)  # generator 2.2.0's grasp
+  once, reached_once = generator.generate_episode(cfg, 12), generator.generate_episode(cfg, 2)
+  assert regrasp.ok and regrasp.attempts["hinge cabinet"] == 1, regrasp.reason
+  assert not once.ok and once.attempts["hinge cabinet"] == 3 and "hinge cabinet" in once.reason
+  assert "hinge cabinet" in reached.order and reached.attempts["hinge cabinet"] == 1
+  np.testing.assert_array_equal(reached.episode["action"], reached_once.episode["action"])
+
+
 def test_tfds_builder_builds_and_loads(kitchen_play_tiny):
   path = kitchen_play_tiny
   builder = tfds.builder_from_directory(path)

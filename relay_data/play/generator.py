@@ -22,7 +22,9 @@ had reached its spot, was carried back out of it (done at the end of 5 of 12 ket
 traced from reset; 24 of 24 now). Version 2.2.0 pulls a door open with the hand keeping its
 orientation instead of turning with the door, which let the handle slip out of the fingers in
 about 4 of 10 door skills; the retries that followed were what kept the pace above ~70 steps per
-subtask (skills.DOOR_GRIPPER_TURN).
+subtask (skills.DOOR_GRIPPER_TURN). Version 2.3.0 closes the fingers on the hinge cabinet's
+handle only once the hand is within 2 cm of it, approaching again otherwise (skills.grasp): 2.2.0
+closed them wherever its final approach had stopped, on air in most of its failed hinge tries.
 """
 import dataclasses
 import hashlib
@@ -37,7 +39,7 @@ import numpy as np
 from relay_data import kitchen
 from relay_data.play import perturb as perturb_lib
 
-GENERATOR_VERSION = "2.2.0"  # = the kitchen_play TFDS version; bump when episodes change
+GENERATOR_VERSION = "2.3.0"  # = the kitchen_play TFDS version; bump when episodes change
 ALL_SETS: List[FrozenSet[str]] = [frozenset(c) for c in itertools.combinations(kitchen.ELEMENTS, 4)]
 
 
