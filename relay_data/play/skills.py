@@ -193,7 +193,7 @@ DOOR_GRIPPER_TURN = 0.0
 # approaches it makes to get there. Generator 2.2.0 closed them wherever the final approach ended
 # (its step limit, or a stall against the door): 6 of the 7 failed hinge tries in 40 of its
 # episodes closed 4.6-32 cm from the handle, on air, while every try that opened the door closed
-# within 1.5 cm. Each failure cost a whole retry of the subtask, most of the episode-length tail
+# within 1.5 cm. Each failure cost a whole retry of the subtask, much of the episode-length tail
 # (generator 2.3.0).
 GRASP_REACH = 0.02
 GRASP_APPROACHES = 3
