@@ -63,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--subgoal-residual", action="store_true",
                       help="ril, kitchen data: the high level predicts its subgoal as a displacement from the "
                            "current state instead of an absolute state (beyond the paper)")
+  parser.add_argument("--goal-noise", type=float, default=0.0, metavar="STD",
+                      help="goal-conditioned kitchen action policies (ril: the low level): add N(0, STD^2) rad "
+                           "to the goal's 7 arm joints in every training batch, so the low level learns to act "
+                           "toward the high level's imprecise subgoals (default 0: exact goals; beyond the paper)")
   parser.add_argument("--paper", action="store_true",
                       help="the paper's plain policy: MLP 256x256, one action per step, no end-effector input "
                            "(sets --hidden 256,256 --action-chunk 1 --end-effector off unless given)")
@@ -118,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
                           end_effector={"auto": None, "on": True, "off": False}[args.end_effector],
                           action_chunk=args.action_chunk,
                           execute_steps=args.execute_steps, gripper_head=args.gripper_head,
-                          goal_delta=args.goal_delta, subgoal_residual=args.subgoal_residual)
+                          goal_delta=args.goal_delta, subgoal_residual=args.subgoal_residual,
+                          goal_noise=args.goal_noise)
     train_config = train.TrainConfig(steps=args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
                                      reverb_address=args.reverb_address)
   except ValueError as e:

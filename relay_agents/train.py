@@ -38,7 +38,8 @@ from relay_data.errors import DataError
 AGENTS = {
     # agent -> {level: (relabel level expected, GoalBCConfig overrides)}
     "ril": {"low": ("low", {"subgoal_residual": False}),
-            "high": ("high", {"target": "subgoal", "action_chunk": 1, "execute_steps": 1, "gripper_head": False})},
+            "high": ("high", {"target": "subgoal", "action_chunk": 1, "execute_steps": 1, "gripper_head": False,
+                              "goal_noise": 0.0})},
     "gcbc": {"policy": ("flat", {})},
     "gcbc-norelabel": {"policy": ("final-goal", {})},
     "bc": {"policy": ("bc", {"use_goal": False})},
@@ -95,7 +96,7 @@ def train_key(data_dir: str, config: GoalBCConfig, train: TrainConfig) -> str:
 # Policy options added after models were first trained: left out of the key at their defaults, so
 # a model trained before they existed still resumes (its weights depend on none of them).
 _LATER_OPTIONS = {"end_effector": False, "action_chunk": 1, "gripper_head": False, "goal_delta": False,
-                  "subgoal_residual": False}
+                  "subgoal_residual": False, "goal_noise": 0.0}
 
 
 def _config_identity(config: GoalBCConfig) -> Dict:
@@ -268,9 +269,11 @@ def resolve_end_effector(sources: Dict[str, Dict], config: GoalBCConfig) -> Goal
 
 def check_kitchen_options(sources: Dict[str, Dict], config: GoalBCConfig) -> None:
   """The gripper head reads the fingers at the kitchen's observation columns 7-8; the goal delta
-  and the subgoal residual use the observation's kitchen goal-space dims."""
+  and the subgoal residual use the observation's kitchen goal-space dims; goal noise perturbs the
+  goal's kitchen arm joints."""
   options = [flag for flag, on in (("--gripper-head", config.gripper_head), ("--goal-delta", config.goal_delta),
-                                   ("--subgoal-residual", config.subgoal_residual)) if on]
+                                   ("--subgoal-residual", config.subgoal_residual),
+                                   ("--goal-noise", config.goal_noise > 0)) if on]
   for level, source in sorted(sources.items()):
     if options and not _is_kitchen(source):
       spec = goal_space.DataSpec.from_dict(source["spec"])
@@ -330,6 +333,8 @@ def train_agent(agent: str, data: Dict[str, str], out_dir: str, train: TrainConf
     raise ValueError(f"{agent} needs datasets for {sorted(AGENTS[agent])}, got {sorted(data)}")
   if config.subgoal_residual and agent != "ril":
     raise ValueError(f"subgoal_residual applies to the ril high level (it predicts subgoals), not to {agent}")
+  if config.goal_noise and agent == "bc":
+    raise ValueError("goal_noise applies to goal-conditioned policies; bc has no goal")
   sources = _sources(agent, data)
   check_sources_agree(sources)
   config = resolve_end_effector(sources, config)

@@ -14,13 +14,14 @@ import mujoco
 import numpy as np
 import pytest
 import reverb
+import tensorflow as tf
 
 from pipelines import relabel as relabel_pipeline
-from relay_agents import evaluation, models, train
+from relay_agents import evaluation, models, replay, train
 from relay_agents.finetune import acting as ft_acting, builder as ft_builder, env as ft_env, learning, policy_io
 from relay_agents.finetune import semi_mdp
 from relay_agents.finetune.config import FinetuneConfig
-from relay_agents.gcbc import acting
+from relay_agents.gcbc import acting, data as gcbc_data
 from relay_agents.gcbc.config import GoalBCConfig
 from relay_data import goal_space, kinematics, kitchen, relabel, relabeled, rlds_io
 from relay_data.errors import DataError
@@ -482,3 +483,53 @@ def test_goal_delta_and_subgoal_residual_models_are_finetuned_on_both_levels(dat
   assert configs["high"]["subgoal_residual"] and configs["high"]["goal_delta"] and configs["low"]["goal_delta"]
   environment = ft_env.GoalKitchenEnv(["microwave", "kettle"], max_episode_steps=6)
   assert ft_acting.run_episode(environment, ft_acting.fixed_actor(finetuned), 0, seed=0)["steps"] == 6
+
+
+def test_goal_noise_perturbs_the_arm_joints_of_goals_only():
+  """`with_goal_noise` adds N(0, std^2) to the goal's 7 arm joints and nothing else, in the graph
+  (tf.random.normal, as the Reverb feed applies it) and in numpy; std 0 is the identity."""
+  goal = np.random.default_rng(0).normal(size=(4000, 30)).astype(np.float32)
+  batch = {"goal": goal, "observation": np.zeros((4000, 59), np.float32)}
+  rng = np.random.default_rng(1)
+  for noisy in (gcbc_data.with_goal_noise({**batch, "goal": tf.constant(goal)}, 0.1, tf.random.normal),
+                gcbc_data.with_goal_noise(batch, 0.1, lambda shape: rng.standard_normal(shape, np.float32))):
+    delta = np.asarray(noisy["goal"]) - goal
+    np.testing.assert_array_equal(delta[:, 7:], 0.0)
+    np.testing.assert_allclose(delta[:, :7].std(0), 0.1, rtol=0.1)
+    assert abs(delta[:, :7].mean()) < 0.01 and noisy["observation"] is batch["observation"]
+  assert gcbc_data.with_goal_noise(batch, 0.0, None) is batch
+  with pytest.raises(ValueError, match="goal_noise applies to goal-conditioned action policies"):
+    GoalBCConfig(use_goal=False, goal_noise=0.1)
+  with pytest.raises(ValueError, match="goal_noise must be >= 0"):
+    GoalBCConfig(goal_noise=-1.0)
+
+
+def test_goal_noise_reaches_the_ril_low_level_through_reverb(datasets, kitchen_play_tiny, tmp_path, cli):
+  """Batches a learner draws from a real Reverb table carry the noise on the goal's arm joints
+  only; `relay train-il --goal-noise` gives it to the RIL low level (its high level's goal is the
+  task's), the model acts in the kitchen, and a goal-less BC refuses the flag."""
+  config = GoalBCConfig(batch_size=256, action_chunk=1, goal_noise=100.0)
+  dims = replay.ExampleDims.of(datasets["low"])
+  server = reverb.Server([replay.make_table(config.table_name, dims.dims, 100_000, config.examples_per_item)])
+  try:
+    address = f"localhost:{server.port}"
+    replay.feed(address, config.table_name, relabeled.load(datasets["low"]), dims.keys, config.examples_per_item,
+                progress=False)
+    goals = next(gcbc_data.reverb_iterator(address, config)).observation[:, kitchen.OBS_DIM:]
+  finally:
+    server.stop()
+  fed = relabeled.read_arrays(datasets["low"])["goal"]
+  assert goals.shape == (256, 30) and np.all(goals[:, :7].std(0) > 50)  # the arm: noise of std 100
+  assert np.all(goals[:, 7:].std(0) <= fed[:, 7:].std(0) * 1.5 + 1e-6)  # the rest: as fed
+
+  out = str(tmp_path / "noisy")
+  cli("train-il", "--agent", "ril", "--low", datasets["low_c3"], "--high", datasets["high"], "--out", out,
+      "--action-chunk", "3", "--hidden", "16", "--steps", "20", "--batch-size", "16", "--goal-noise", "0.1",
+      check=True)
+  configs = models.read_record(out).policy_configs
+  assert configs["low"]["goal_noise"] == 0.1 and configs["high"]["goal_noise"] == 0.0
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  assert evaluation.rollout(models.make_actor(out), goal, max_steps=6, seed=0).steps == 6
+  bad = cli("train-il", "--agent", "bc", "--data", datasets["low"], "--out", str(tmp_path / "b"), "--goal-noise", "0.1")
+  assert bad.returncode == 2 and "bc has no goal" in bad.stderr
+  assert not os.path.exists(tmp_path / "b" / "agent.json")

@@ -58,6 +58,13 @@ class GoalBCConfig:
     the whole dataset's range is predicted ~6 cm off at a handle (docs/results.md, session 16),
     and the dims the next 30 steps leave alone (most objects) must be reproduced exactly; a
     residual is zero there and small elsewhere.
+  goal_noise: goal-conditioned action policies on kitchen data (the RIL low level; GCBC as an
+    ablation). The std (rad) of Gaussian noise added to the goal's 7 arm joints in every
+    imitation training batch (`data.goal_noise`), fresh each batch; evaluation and the DAPG demo
+    term see exact goals. Why: the RIL low level is trained on exact future states as goals, but
+    acts on the high level's predictions, which are off by 0.11-0.19 rad per arm joint (about 5 cm
+    at the hand, median; teacher-forced, docs/results.md session 20); noisy goals teach it to act
+    toward a subgoal it can only approximately reach, as the relay hierarchy needs.
 
   Defaults are what measured best (docs/results.md, "Policy options in the agent"): a 512x3 MLP,
   chunks of 10 actions executing 5, the end-effector input. The paper's plain MLP is
@@ -83,10 +90,11 @@ class GoalBCConfig:
   gripper_head: bool = False
   goal_delta: bool = False
   subgoal_residual: bool = False
+  goal_noise: float = 0.0
 
   # What a config pickled before an option existed behaved as (see __setstate__).
   _LEGACY = {"end_effector": False, "action_chunk": 1, "execute_steps": 1, "gripper_head": False,
-             "goal_delta": False, "subgoal_residual": False}
+             "goal_delta": False, "subgoal_residual": False, "goal_noise": 0.0}
 
   def __setstate__(self, state):
     """Unpickling a policy saved before an option existed gives it the value it was trained with."""
@@ -115,6 +123,10 @@ class GoalBCConfig:
       raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
     if self.gripper_head and (self.target != "action" or self.head == "mse"):
       raise ValueError("gripper_head needs an action policy with a likelihood head (mixture or gaussian)")
+    if not self.goal_noise >= 0:
+      raise ValueError(f"goal_noise must be >= 0, got {self.goal_noise}")
+    if self.goal_noise and (not self.use_goal or self.target != "action"):
+      raise ValueError("goal_noise applies to goal-conditioned action policies (the RIL low level, GCBC)")
     if self.goal_delta and not self.use_goal:
       raise ValueError("goal_delta needs a goal-conditioned policy (use_goal)")
     if self.num_components <= 0:
