@@ -60,7 +60,7 @@ class GoalBCConfig:
     residual is zero there and small elsewhere.
   goal_noise: goal-conditioned action policies on kitchen data (the RIL low level; GCBC as an
     ablation). The std (rad) of Gaussian noise added to the goal's 7 arm joints in every
-    imitation training batch (`data.goal_noise`), fresh each batch; evaluation and the DAPG demo
+    imitation training batch (`data.with_goal_noise`), fresh each batch; evaluation and the DAPG demo
     term see exact goals. Why: the RIL low level is trained on exact future states as goals, but
     acts on the high level's predictions, which are off by 0.11-0.19 rad per arm joint (about 5 cm
     at the hand, median; teacher-forced, docs/results.md session 20); noisy goals teach it to act
