@@ -3,7 +3,10 @@
 # baselines, train every method for several seeds, evaluate on the kitchen goals.
 #
 # Usage: [OUT=results] [SEEDS="0 1 2"] [STAGES="5 20"] [STEPS=30000] [HEAD=mixture] [WORKERS=2] \
-#        [PAPER=0] [HIDDEN=] [CHUNK=] [EXECUTE=] [EE=auto|on|off] bash scripts/results.sh
+#        [PAPER=0] [HIDDEN=] [CHUNK=] [EXECUTE=] [EE=auto|on|off] [VERSION=] bash scripts/results.sh
+#
+# VERSION is the play generator's version (default: the installed generator's); set it to finish or
+# extend a table on a dataset an older generator made in $OUT.
 #
 # Policy options (applied to every method alike, so the comparison stays fair). Unset, they are
 # `relay train-il`'s defaults (MLP 512x512x512, chunks of 10 actions executing 5, end-effector
@@ -35,10 +38,17 @@ OPTS+=(--action-chunk "$CHUNK")
 [ -n "${EE:-}" ] && OPTS+=(--end-effector "$EE")
 HORIZON=${HORIZON:-400}   # eval horizon for 4-element goals at human pace (the env's own limit is 280)
 R=".venv/bin/relay"
-VERSION=$(.venv/bin/python -c "from relay_data.play import generator; print(generator.GENERATOR_VERSION)")
+INSTALLED=$(.venv/bin/python -c "from relay_data.play import generator; print(generator.GENERATOR_VERSION)")
+VERSION=${VERSION:-$INSTALLED}
 PLAY="$OUT/data/kitchen_play/n${EPISODES}_s0/$VERSION"
 
-[ -f "$PLAY/dataset_info.json" ] || $R generate --episodes "$EPISODES" --data-dir "$OUT/data" --workers "$WORKERS"
+if [ ! -f "$PLAY/dataset_info.json" ]; then
+  if [ "$VERSION" != "$INSTALLED" ]; then
+    echo "results.sh: $PLAY does not exist, and the installed generator ($INSTALLED) cannot make version $VERSION" >&2
+    exit 2
+  fi
+  $R generate --episodes "$EPISODES" --data-dir "$OUT/data" --workers "$WORKERS"
+fi
 [ -f "$OUT/play_info.png" ] || $R data info "$PLAY" --plot "$OUT/play_info.png"
 relabel() { compgen -G "$OUT/relabeled/$1/*/*/metadata.json" >/dev/null || $R relabel --source "$PLAY" --level "$2" "${@:3}" --output "$OUT/relabeled/$1" --overwrite; }
 relabel low low --window 30 --goals-per-step "$K" --action-chunk "$CHUNK"

@@ -119,7 +119,10 @@ def test_hinge_fingers_close_only_on_the_handle(monkeypatch):
   approaching again otherwise. In episode 12 (seed 0) 2.2.0's single approach stopped short and
   the fingers closed on air, three tries running, so the episode was dropped; approaching again
   opens the door on the first try. Episode 2 reached the handle at once: it is the same action
-  for action either way (the extra approach only exists where it is needed)."""
+  for action either way (the extra approach only exists where it is needed). Episode 12 pushes
+  the kettle before the hinge cabinet, so the kettle skill is 2.3.0's here (2.4.0 moves the arm
+  home before it, and the hinge skill starts elsewhere)."""
+  monkeypatch.setattr(skills, "KETTLE_POSTURE_TOL", np.inf)
   cfg = generator.GeneratorConfig()
   regrasp, reached = generator.generate_episode(cfg, 12), generator.generate_episode(cfg, 2)
   monkeypatch.setattr(skills, "GRASP_APPROACHES", 1)  # generator 2.2.0's grasp
@@ -128,6 +131,39 @@ def test_hinge_fingers_close_only_on_the_handle(monkeypatch):
   assert not once.ok and once.attempts["hinge cabinet"] == 3 and "hinge cabinet" in once.reason
   assert "hinge cabinet" in reached.order and reached.attempts["hinge cabinet"] == 1
   np.testing.assert_array_equal(reached.episode["action"], reached_once.episode["action"])
+
+
+def test_kettle_push_starts_from_the_home_posture(monkeypatch):
+  """Generator 2.4.0: the kettle skill first moves the arm to within 0.08 rad of home. In episode
+  365 (seed 0) the re-home after the slide cabinet left it ~1.4 rad off in the elbow; from there
+  2.3.0's push moved the kettle 5 cm and stalled, and it took three tries (a 595-step episode).
+  From an arm already at home the settling adds nothing."""
+  env = kitchen.make_env(max_episode_steps=400, settings=kitchen.DEFAULT_SETTINGS, terminate_on_tasks_completed=False)
+  env.reset(seed=0)
+  arm = ctl.ArmController(env.unwrapped.model, env.unwrapped.data)
+  arm.reset()
+  scene = skills.Scene(env.unwrapped.model, env.unwrapped.data, arm)
+  assert list(skills.settle_posture(scene, skills.KETTLE_POSTURE_TOL, skills.KETTLE_POSTURE_STEPS)) == []
+  env.close()
+  cfg = generator.GeneratorConfig()
+  settled = generator.generate_episode(cfg, 365)
+  monkeypatch.setattr(skills, "KETTLE_POSTURE_TOL", np.inf)  # generator 2.3.0's kettle
+  loose = generator.generate_episode(cfg, 365)
+  assert settled.ok and settled.attempts["kettle"] == 1, settled.attempts
+  assert loose.attempts["kettle"] == 3 and loose.steps > settled.steps + 200, (loose.attempts, loose.steps)
+
+
+def test_knob_fingers_close_only_near_the_knob(monkeypatch):
+  """Generator 2.4.0: a knob is grasped like the hinge handle, the fingers closing once the hand is
+  within 6 cm of the knob and the hand approaching again otherwise. In episode 370 (seed 0) 2.3.0's
+  20-step final approach toward the top burner's knob stopped short, the fingers closed on air and
+  the subtask was tried twice."""
+  cfg = generator.GeneratorConfig()
+  regrasp = generator.generate_episode(cfg, 370)
+  monkeypatch.setattr(skills, "KNOB_REACH", np.inf)  # close wherever the approach ends, as 2.3.0
+  once = generator.generate_episode(cfg, 370)
+  assert regrasp.ok and regrasp.attempts["top burner"] == 1, regrasp.attempts
+  assert once.attempts["top burner"] == 2, once.attempts
 
 
 def test_tfds_builder_builds_and_loads(kitchen_play_tiny):

@@ -79,7 +79,22 @@ def rehome(scene: Scene, rng, max_steps: int = 15) -> Iterator[Command]:
   """Between subtasks: a short joint-space move toward the home posture, until within a random
   (loose) tolerance of it. It keeps the arm out of awkward redundant configurations that the
   next skill's straight-line approach could not leave; it ends on the state, never on a timer."""
-  tol = rng.uniform(0.25, 0.4)
+  yield from settle_posture(scene, rng.uniform(0.25, 0.4), max_steps)
+
+
+# How near the home posture (largest joint error, rad) the arm must be before the kettle skill
+# starts, and the most steps it may take to get there. The loose re-home between subtasks ends
+# after 15 steps wherever the arm is, which after a high element (a cabinet, the light switch, a
+# knob) is often 0.6-1.9 rad off in the shoulder, elbow or wrist. From there the push, low and close
+# to the robot's base, moved the kettle 4-10 cm and stalled: three tries, and 490-600-step episodes
+# (4 of 4 traced). Started from home, each did the kettle on its first try (generator 2.4.0).
+KETTLE_POSTURE_TOL = 0.08
+KETTLE_POSTURE_STEPS = 40
+
+
+def settle_posture(scene: Scene, tol: float, max_steps: int) -> Iterator[Command]:
+  """Joint-space move to the home posture until every arm joint is within `tol` of it (at most
+  `max_steps`); nothing at all when it already is, as at the start of an episode."""
   for _ in range(max_steps):
     if np.abs(scene.data.qpos[ctl.ARM] - scene.arm.home).max() < tol:
       return
@@ -199,13 +214,14 @@ GRASP_REACH = 0.02
 GRASP_APPROACHES = 3
 
 
-def grasp(scene: Scene, rng, handle: np.ndarray, reach: float, approaches: int) -> Iterator[Command]:
+def grasp(scene: Scene, rng, handle: np.ndarray, reach: float, approaches: int,
+          **approach_options) -> Iterator[Command]:
   """Approach `handle` and close the fingers on it once the hand is within `reach` of it; a hand
   that ended farther away (stalled against the door, or out of steps) backs off to a standoff and
   approaches again, at most `approaches` times in all. Ends on the observable hand-to-handle
-  distance, as every phase does."""
+  distance, as every phase does. `approach_options` go to `approach`."""
   for _ in range(approaches):
-    yield from approach(scene, rng, handle)
+    yield from approach(scene, rng, handle, **approach_options)
     if np.linalg.norm(scene.arm.position - handle) < reach:
       break
   yield from actuate_gripper(scene, ctl.GRIPPER_CLOSED)
@@ -221,12 +237,19 @@ def hinge_cabinet(scene: Scene, rng) -> Iterator[Command]:
   yield from retreat(scene, rng)
 
 
+# How near a stove knob the hand must be before its fingers close (the knob's body keeps a hand that
+# reached it 3.5-4.5 cm from its site). Generator 2.3.0 closed them wherever the 20-step final
+# approach ended; the failed knob turns traced (top burner, 2 of 2) had closed on air 9-13 cm short,
+# from a slow, awkward arm posture, and the retry cost 100-120 steps (generator 2.4.0).
+KNOB_REACH = 0.06
+
+
 def turn_knob(scene: Scene, rng, element: str, site: str, joint: str) -> Iterator[Command]:
   """Grasp a stove knob from the front and turn it by rotating the gripper about the knob axis."""
   knob = scene.site(site)
   hold = knob + rng.uniform(-0.005, 0.005, size=3)
-  yield from approach(scene, rng, hold, standoff=(0.08, 0.12), tol=0.02, contact_steps=20)
-  yield from actuate_gripper(scene, ctl.GRIPPER_CLOSED)
+  yield from grasp(scene, rng, hold, KNOB_REACH, GRASP_APPROACHES, standoff=(0.08, 0.12), tol=0.02,
+                   contact_steps=20)
   axis = np.array([0.0, -1.0, 0.0])  # Knob joint axis in the world frame (points at the robot).
   rot0, start = scene.arm.rotation, scene.joint(joint)
   lead, margin = rng.uniform(0.3, 0.4), done_margin(rng)
@@ -252,7 +275,9 @@ KETTLE_GOAL_XY = kitchen.ELEMENT_GOALS["kettle"][:2]
 
 
 def kettle(scene: Scene, rng) -> Iterator[Command]:
-  """Push the kettle from behind onto the back burner, steering toward its goal (closed loop)."""
+  """Push the kettle from behind onto the back burner, steering toward its goal (closed loop),
+  starting from the home posture (KETTLE_POSTURE_TOL)."""
+  yield from settle_posture(scene, KETTLE_POSTURE_TOL, KETTLE_POSTURE_STEPS)
   goal = KETTLE_GOAL_XY + rng.uniform(-0.02, 0.02, size=2)
   z = scene.body_pos("kettle")[2] + rng.uniform(0.04, 0.06)
   standoff = 0.122 + 0.04  # kettle half-width + finger clearance
