@@ -238,7 +238,7 @@ def hinge_cabinet(scene: Scene, rng) -> Iterator[Command]:
 
 
 # How near a stove knob the hand must be before its fingers close (the knob's body keeps a hand that
-# reached it 3.5-4.5 cm from its site). Generator 2.3.0 closed them wherever the 20-step final
+# reached it 3.8-4.9 cm from its site). Generator 2.3.0 closed them wherever the 20-step final
 # approach ended; the failed knob turns traced (top burner, 2 of 2) had closed on air 9-13 cm short,
 # from a slow, awkward arm posture, and the retry cost 100-120 steps (generator 2.4.0).
 KNOB_REACH = 0.06
