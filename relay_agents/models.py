@@ -170,10 +170,14 @@ def load_networks(level_dir: str, exploration=PLAIN):
 @functools.lru_cache(maxsize=32)
 def _policy_fn(path: str, mtime_ns: int, size: int, deterministic: bool, exploration):  # pylint: disable=unused-argument
   """(jitted GoalPolicyFn, params) of a policy file version: built and compiled once per process,
-  so an evaluation that makes an actor per rollout does not re-compile."""
+  so an evaluation that makes an actor per rollout does not re-compile. The params are put on the
+  device once: numpy leaves would be copied in by every policy call (4 MB for the shipped low
+  level)."""
+  import jax  # pylint: disable=import-outside-toplevel
   from relay_agents.gcbc import builder as gcbc_builder  # pylint: disable=import-outside-toplevel
   networks, params, config, dims = load_networks(os.path.dirname(path), exploration)
-  return gcbc_builder.GoalBCBuilder(config, dims).make_policy(networks, evaluation=deterministic), params
+  fn = gcbc_builder.GoalBCBuilder(config, dims).make_policy(networks, evaluation=deterministic)
+  return fn, jax.device_put(params)
 
 
 def policy_fn(level_dir: str, deterministic: bool = True, exploration=PLAIN):

@@ -13,7 +13,8 @@ trajectory keeps the environment's own, from which rewards and relabeling read g
 
 Parameters come through Acme's `VariableClient`, from the learner itself in-process, or from a
 `ReverbVariableSource` in a separate process: the learner publishes its variables into a
-one-item Reverb table (`publish_variables`), so an actor needs nothing but the server address.
+one-item Reverb table and their version into another (`publish_variables`), so an actor needs
+nothing but the server address, and re-reads the variables only when their version changed.
 """
 import json
 from typing import Dict, List, Optional, Sequence
@@ -96,10 +97,11 @@ class FinetuneActor(core.Actor):
 
 
 class FixedVariableSource:
-  """A variable source that always returns one model's parameters (no learner: pure rollouts)."""
+  """A variable source that always returns one model's parameters (no learner: pure rollouts),
+  put on the device once (numpy leaves would be copied in by every policy call)."""
 
   def __init__(self, model: policy_io.Model):
-    self._params = {n: level.params for n, level in model.levels.items()}
+    self._params = {n: jax.device_put(level.params) for n, level in model.levels.items()}
 
   def get_variables(self, names):
     return [self._params[n] for n in names]
@@ -145,32 +147,49 @@ def run_episode(environment, actor: FinetuneActor, episode_index: int, seed: int
 
 # --- variables and the run's spec through Reverb (for actors in other processes) ----------------
 
+def version_table(table: str) -> str:
+  """The one-item table beside the variables `table` that holds only their version."""
+  return f"{table}_version"
+
+
 def publish_variables(client: reverb.Client, table: str, version: int, params: Sequence) -> None:
-  """Writes the newest variables (a list of param trees) as the single item of `table`."""
+  """Writes the newest variables (a list of param trees) as the single item of `table`, then
+  their version into `version_table(table)`: a reader that sees version v there finds variables
+  at least as new as v in `table`."""
   leaves = jax.tree_util.tree_leaves(jax.device_get(list(params)))
   client.insert([np.int64(version)] + [np.asarray(x) for x in leaves], {table: 1.0})
+  client.insert([np.int64(version)], {version_table(table): 1.0})
 
 
 class ReverbVariableSource(core.VariableSource):
-  """An Acme variable source reading what `publish_variables` wrote (blocks until it exists)."""
+  """An Acme variable source reading what `publish_variables` wrote (blocks until it exists).
+
+  Each call first reads the published version (one integer, ~0.4 ms across processes) and fetches
+  the variables themselves (~7 MB for the shipped hierarchy: 10-60 ms, a quarter of an 80-step
+  episode when fetched before every episode) only when that version is newer than the one held."""
 
   def __init__(self, address: str, table: str, template: Sequence):
     self._client, self._table = reverb.Client(address), table
     self._treedef = jax.tree_util.tree_structure(list(template))
     self._names: Optional[List[str]] = None
+    self._params: Optional[List] = None
     self.version = -1
 
   def bind_names(self, names: Sequence[str]) -> None:
     self._names = list(names)
 
+  def _sample(self, table: str) -> List[np.ndarray]:
+    sample = next(self._client.sample(table, 1, emit_timesteps=False))
+    return [np.asarray(x)[0] for x in sample.data]
+
   def get_variables(self, names: Sequence[str]) -> List:
-    sample = next(self._client.sample(self._table, 1, emit_timesteps=False))
-    data = [np.asarray(x)[0] for x in sample.data]
-    self.version = int(data[0])
-    # On the device once per fetch: numpy leaves would be copied in by every policy call
-    # (~1.8M floats each time), which made a separate actor process 20 % slower than an in-process one.
-    params = jax.device_put(jax.tree_util.tree_unflatten(self._treedef, data[1:]))
-    by_name = dict(zip(self._names or names, params))
+    if self._params is None or int(self._sample(version_table(self._table))[0]) != self.version:
+      data = self._sample(self._table)
+      self.version = int(data[0])
+      # On the device once per fetch: numpy leaves would be copied in by every policy call
+      # (~1.8M floats each time), which made a separate actor process 20 % slower than an in-process one.
+      self._params = jax.device_put(jax.tree_util.tree_unflatten(self._treedef, data[1:]))
+    by_name = dict(zip(self._names or names, self._params))
     return [by_name[n] for n in names]
 
 

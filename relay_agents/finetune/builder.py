@@ -1,22 +1,23 @@
 """Acme-style builder of finetuning: Reverb tables, adder, actor, learner, demo data.
 
 Tables on one server (all reached by address, so actors may live in other processes):
-  trajectories  a queue of whole episodes (EpisodeAdder items padded to the horizon), each
-                sampled once by the learner: on-policy batches;
+  trajectories  a queue of whole episodes (Acme `EpisodeAdder` items padded to the horizon,
+                written once per episode by `adder.EpisodeWriter`), each sampled once by the
+                learner: on-policy batches;
   relabeled     the relabeled demo examples imitation used (DAPG/IRIL; IRIL inserts more);
   variables     one item: the newest policy parameters, for `ReverbVariableSource`;
+  variables_version  one item: their version alone, which actors poll before each episode;
   actor_spec    one item: the run's description (model, goal, horizon, table names), so
                 `relay actor --reverb-address HOST:PORT` needs nothing else.
 """
 from typing import Dict, Iterator, List, Optional
 
-import numpy as np
 import reverb
 
 from relay_agents import acme_compat  # noqa: F401
 from acme.adders.reverb import episode as episode_adders  # pylint: disable=g-bad-import-order
 from acme.jax import variable_utils
-from relay_agents.finetune import acting, env as env_lib, learning, policy_io, replay_io
+from relay_agents.finetune import acting, adder as adder_lib, env as env_lib, learning, policy_io, replay_io
 from relay_agents.finetune.config import FinetuneConfig
 
 
@@ -59,15 +60,16 @@ class FinetuneBuilder:
     signature = episode_adders.EpisodeAdder.signature(env_lib.environment_spec(), acting.extras_spec(),
                                                       sequence_length=self.sequence_length)
     tables = [reverb.Table.queue(cfg.trajectory_table, max_size=cfg.episodes_per_iteration, signature=signature),
-              _one_item_table(cfg.variables_table), _one_item_table(cfg.spec_table)]
+              _one_item_table(cfg.variables_table), _one_item_table(acting.version_table(cfg.variables_table)),
+              _one_item_table(cfg.spec_table)]
     if cfg.uses_demos:
       tables.append(replay_io.demo_table(cfg.demo_table, self.demo_dims,
                                          self.demo_level.config.max_replay_size, self.examples_per_item))
     return tables
 
-  def make_adder(self, client: reverb.Client):
-    return episode_adders.EpisodeAdder(client, max_sequence_length=self.sequence_length,
-                                       padding_fn=np.zeros, priority_fns={self.config.trajectory_table: None})
+  def make_adder(self, client: reverb.Client) -> adder_lib.EpisodeWriter:
+    """Writes what `EpisodeAdder(padding_fn=np.zeros)` would, once per episode (see `adder`)."""
+    return adder_lib.EpisodeWriter(client, self.config.trajectory_table, self.sequence_length)
 
   def make_actor(self, seed: int, variable_source, adder=None) -> acting.FinetuneActor:
     client = variable_utils.VariableClient(variable_source, acting.variable_names(self.model))
