@@ -31,6 +31,7 @@ from relay_agents.gcbc.config import GoalBCConfig
 
 GOAL = ["microwave", "kettle", "light switch", "slide cabinet"]
 HORIZON = 80
+EPISODES = 16  # measured episodes per actor (after its warm-up one): ~3 s windows; 6 gave 1.3 s and ratios +-0.1
 
 
 def _random_ril_model(root: str) -> str:
@@ -68,7 +69,7 @@ def _episode_indices(processes: int, episodes_each: int):
   return [(a, run_lib.actor_episode_index(a, d)) for a in range(processes) for d in range(episodes_each + 1)]
 
 
-def record_fleet_episodes(model, processes: int, episodes_each: int = 6):
+def record_fleet_episodes(model, processes: int, episodes_each: int = EPISODES):
   """The fleet's episodes acted in this process (untimed): [(env episode index, [steps, 9] actions)]."""
   environment, out = _env(model), []
   for actor_id, index in _episode_indices(processes, episodes_each):
@@ -100,7 +101,7 @@ def replay_steps_per_s(model, episodes) -> float:
   return steps / (time.perf_counter() - start)
 
 
-def fleet_env_steps_per_s(model_dir: str, processes: int, episodes_each: int = 6) -> float:
+def fleet_env_steps_per_s(model_dir: str, processes: int, episodes_each: int = EPISODES) -> float:
   """Starts `processes` actors against a fresh server; times the episodes after each actor's
   first (start-up and compilation excluded) by the table's insert count."""
   model = policy_io.load_model(model_dir)
