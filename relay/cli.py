@@ -39,7 +39,7 @@ SUBCOMMANDS = {
     "finetune": ("relay.cmd_finetune", "finetune a trained model toward one compound goal by RL (NPG/DAPG/IRIL-RPL)"),
     "actor": ("relay.cmd_actor", "a finetuning actor process writing episodes to a run's Reverb server"),
     "distill": ("relay.cmd_distill", "distill per-goal finetuned policies into one relay policy"),
-    "diagnose": ("relay.cmd_diagnose", "where an agent fails: oracle-subgoal ceiling, missed goal elements"),
+    "diagnose": ("relay.cmd_diagnose", "where an agent fails: oracle-subgoal ceiling, missed goal elements, finetuning's gradient signal"),
     "data": ("relay.cmd_data", "inspect a dataset: `relay data info DIR`"),
     "demo": ("relay.demo", "run the main job on a small default and print the result"),
 }

@@ -4,6 +4,7 @@ elements are missed in evaluation rollouts.
   relay diagnose oracle --model models/ril --play data/kitchen_play/n400_s0/VERSION --episodes 12
   relay diagnose oracle --model models/ril --play DIR --indexing progress --json oracle.json
   relay diagnose failures --model models/gcbc --play DIR --goals 17 --rollouts 2 --json failures.json
+  relay diagnose gradient --model models/ril --goal "microwave,kettle,light switch,slide cabinet" --episodes 64
 
 `oracle` runs the model's low-level policy from each demo's own initial state (reset with the
 demo's recorded seed) and feeds it the demo's own future states as subgoals every W_l steps, so
@@ -19,9 +20,19 @@ sorts every goal element it did not finish: the hand never reached it, reached i
 it (contact acquisition), or moved it without completing it. "Reached" is measured against the
 play data: the hand-to-handle distance at which the demos start moving each element
 (relay_agents/failures.py has the exact definitions).
+
+`gradient` asks whether finetuning has a policy gradient to follow at a given batch size. It acts
+`--episodes` on-policy episodes of the model toward `--goal` (as `relay finetune`'s actors do,
+with the same reward, exploration and KL settings), fits one NPG step on `--fit` episodes of a
+random half and reports how much the step raises the policy-gradient surrogate of its own
+episodes and of the other half's (relay_agents/finetune/gradient_signal.py). A held-out gain
+near zero or below it means an iteration of that many episodes follows its own batch's noise.
 """
 import argparse
+import dataclasses
 import os
+
+import numpy as np
 
 from relay.cli import UsageError
 from relay_data import atomic, paths
@@ -54,10 +65,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   fail.add_argument("--demos", type=int, default=100, help="demos that set the reach radii (default the first 100)")
   fail.add_argument("--json", default=None, help="write the radii, per-rollout outcomes and the summary as JSON here")
 
+  grad = sub.add_parser("gradient", help="whether an NPG step on k episodes improves other episodes (finetuning's signal)",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  _add_gradient_arguments(grad)
+
+
+def _add_gradient_arguments(grad: argparse.ArgumentParser) -> None:
+  from relay_agents.finetune.config import REWARDS, FinetuneConfig  # pylint: disable=import-outside-toplevel
+  d = FinetuneConfig()
+  grad.add_argument("--model", required=True, help="a trained ril or goal-conditioned flat model (its acting level is scored)")
+  grad.add_argument("--goal", required=True, help="the compound goal, comma-separated, as `relay finetune --goal`")
+  grad.add_argument("--episodes", type=int, default=64, help="on-policy episodes to act, split in halves (default 64)")
+  grad.add_argument("--fit", default="8,32",
+                    help="comma-separated batch sizes (episodes) to fit a step on, each at most half of --episodes "
+                         "(default 8,32: finetuning's default iteration and four times it)")
+  grad.add_argument("--splits", type=int, default=3, help="random splits into halves, each used both ways (default 3)")
+  grad.add_argument("--max-episode-steps", type=int, default=400, help="episode horizon (default 400)")
+  grad.add_argument("--reward", default=d.reward, choices=list(REWARDS), help=f"low-level reward (default {d.reward})")
+  grad.add_argument("--eps", type=float, default=None, help="sparse radius (default: calibrated as `relay finetune` does)")
+  grad.add_argument("--kl", type=float, default=d.kl_delta, help=f"KL bound of the step (default {d.kl_delta:g})")
+  grad.add_argument("--explore-std", type=float, default=d.explore_std,
+                    help=f"as `relay finetune --explore-std` (default {d.explore_std:g})")
+  grad.add_argument("--explore-temperature", type=float, default=d.explore_temperature,
+                    help=f"as `relay finetune --explore-temperature` (default {d.explore_temperature:g})")
+  grad.add_argument("--seed", type=int, default=0, help="seed of the episodes and the splits (default 0)")
+  grad.add_argument("--json", default=None, help="write the settings and the gains as JSON here")
+
 
 def run(args: argparse.Namespace) -> int:
   if args.diagnose_command == "failures":
     return run_failures(args)
+  if args.diagnose_command == "gradient":
+    return run_gradient(args)
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from relay_agents import diagnostics, models  # pylint: disable=import-outside-toplevel
@@ -129,5 +168,59 @@ def run_failures(args: argparse.Namespace) -> int:
     atomic.write_json(args.json, {"model": args.model, "play": play, "seed": args.seed, "max_steps": args.max_steps,
                                   "radii": radii, "demo_engagements": {e: len(d) for e, d in found.items()},
                                   "summary": summary, "rollouts": [r.to_json() for r in rows]})
+    print(f"json: {args.json}")
+  return 0
+
+
+def _fit_sizes(text: str):
+  try:
+    sizes = [int(x) for x in text.split(",") if x.strip()]
+  except ValueError:
+    raise UsageError(f"--fit must be comma-separated episode counts, got {text!r}") from None
+  if not sizes:
+    raise UsageError("--fit needs at least one episode count")
+  return sizes
+
+
+def run_gradient(args: argparse.Namespace) -> int:
+  from relay_agents.finetune import acting, gradient_signal, policy_io  # pylint: disable=import-outside-toplevel
+  from relay_agents.finetune import env as env_lib, run as run_lib  # pylint: disable=import-outside-toplevel
+  from relay_agents.finetune.config import FinetuneConfig  # pylint: disable=import-outside-toplevel
+  sizes = _fit_sizes(args.fit)
+  if args.episodes < 2 or args.splits < 1 or args.max_episode_steps < 1:
+    raise UsageError("--episodes must be at least 2, --splits and --max-episode-steps positive")
+  if any(not 1 <= k <= args.episodes // 2 for k in sizes):
+    raise UsageError(f"--fit sizes must be in 1..{args.episodes // 2} (half of --episodes {args.episodes}), got {args.fit}")
+  if args.json:
+    paths.check_output(args.json, "--json", sources=[args.model], overwrite=True, kind="file")
+  try:
+    elements = env_lib.parse_goal(args.goal)
+    config = FinetuneConfig(reward=args.reward, eps=args.eps, kl_delta=args.kl, max_episode_steps=args.max_episode_steps,
+                            explore_std=args.explore_std, explore_temperature=args.explore_temperature)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  model = policy_io.load_model(args.model, config.explore_std, config.explore_temperature)
+  eps, _ = run_lib.resolve_eps(model, config)
+  episodes = gradient_signal.collect_episodes(model, elements, args.episodes, args.max_episode_steps, args.seed)
+  done = episodes["reward"].sum(-1)
+  level = model.levels[acting.low_name(model)]
+  batches = gradient_signal.level_batches(model, episodes, config, eps)
+  try:
+    gains = gradient_signal.held_out_gains(level.networks, level.config.head, level.params, batches, sizes,
+                                           config.kl_delta, args.splits, args.seed)
+  except ValueError as e:
+    raise UsageError(f"{args.episodes} episodes of {args.max_episode_steps} steps: {e}") from None
+  print(f"{args.episodes} on-policy episodes of {args.model} toward {', '.join(elements)}: "
+        f"{done.mean():.2f} elements done on average, {np.mean(done >= len(elements)):.0%} success"
+        + (f"; sparse eps {eps:.3f}" if eps is not None else ""))
+  print(f"one NPG step (KL {config.kl_delta:g}) fitted on k episodes, surrogate gain (mean over {gains[0].fits} fits):")
+  for g in gains:
+    print(f"  k = {g.fit:4d}: on its own episodes {g.in_sample:+.5f}, on the other half's "
+          f"{g.held_out:+.5f} +- {g.held_out_se:.5f}  (held-out / own {g.ratio:+.3f})")
+  if args.json:
+    atomic.write_json(args.json, {"model": args.model, "goal": list(elements), "episodes": args.episodes,
+                                  "seed": args.seed, "eps": eps, "config": dataclasses.asdict(config),
+                                  "elements_done": float(done.mean()),
+                                  "gains": [dict(dataclasses.asdict(g), ratio=g.ratio) for g in gains]})
     print(f"json: {args.json}")
   return 0

@@ -651,3 +651,62 @@ def test_cli_distill_with_nothing_to_keep_is_one_line_and_writes_nothing(finetun
                   "--out", str(out))
   assert not_a_run.returncode == 2 and "not a finetune run directory (no run.json" in not_a_run.stderr
   assert not out.exists()
+
+
+# --- is there a gradient to follow (relay diagnose gradient) -------------------------------------
+
+def test_held_out_gain_separates_a_real_gradient_from_shuffled_advantages():
+  """The contextual bandit above, cut into 32 "episodes" of 16 states: a step fitted on a batch
+  with real advantages raises the other half's surrogate; with the advantages shuffled (no
+  signal) it raises only its own batch's."""
+  from relay_agents.finetune import gradient_signal  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  inputs = rng.normal(size=(512, 4)).astype(np.float32)
+  best = np.tanh(inputs[:, :2])
+  config = GoalBCConfig(action_chunk=1, hidden_sizes=(32, 32), head="mixture", num_components=3)
+  nets = gcbc_networks.make_networks(4, 2, config, gcbc_networks.Normalization.from_arrays(inputs, best))
+  params = nets.policy.init(jax.random.PRNGKey(0))
+  actions = np.asarray(nets.sample(nets.policy.apply(params, inputs), jax.random.PRNGKey(1)))
+  reward = -np.sum((actions - best) ** 2, -1)
+  shape = lambda x: x.reshape((32, 16) + x.shape[1:])
+  batches = {"inputs": shape(inputs), "actions": shape(actions), "advantages": shape(reward - reward.mean()),
+             "mask": np.ones((32, 16), np.float32)}
+  real = gradient_signal.held_out_gains(nets, "mixture", params, batches, [4, 16], 0.05)
+  shuffled = gradient_signal.held_out_gains(nets, "mixture", params,
+                                            dict(batches, advantages=shape(rng.permutation(reward - reward.mean()))),
+                                            [16], 0.05)
+  assert [g.fit for g in real] == [4, 16] and all(g.fits == 6 for g in real)
+  assert all(g.in_sample > 0 for g in real + shuffled)
+  assert real[1].held_out > 5 * real[1].held_out_se > 0, real
+  assert real[1].held_out > real[0].held_out  # more episodes per step, more of the gain holds out
+  assert shuffled[0].held_out < 0.25 * real[1].held_out, (shuffled, real)
+  assert shuffled[0].ratio < 0.25 < real[1].ratio
+  with pytest.raises(ValueError, match="fit sizes must be in 1..16"):
+    gradient_signal.held_out_gains(nets, "mixture", params, batches, [17], 0.05)
+  with pytest.raises(ValueError, match="every advantage is zero"):
+    gradient_signal.held_out_gains(nets, "mixture", params, dict(batches, advantages=0 * batches["advantages"]),
+                                   [4], 0.05)
+
+
+def test_cli_diagnose_gradient_in_the_kitchen(ril_model, cli, tmp_path):
+  out = tmp_path / "gradient.json"
+  # The euclidean reward: the tiny model's 15-step episodes never come within the sparse eps.
+  proc = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave,kettle", "--episodes", "4",
+             "--fit", "1,2", "--splits", "1", "--max-episode-steps", "15", "--reward", "euclidean", "--json", str(out))
+  assert proc.returncode == 0, proc.stderr
+  assert "on the other half's" in proc.stdout
+  result = json.loads(out.read_text())
+  assert [g["fit"] for g in result["gains"]] == [1, 2] and all(g["fits"] == 2 for g in result["gains"])
+  assert all(g["in_sample"] > 0 and np.isfinite(g["held_out"]) for g in result["gains"])
+  assert result["eps"] is None and result["episodes"] == 4 and result["config"]["reward"] == "euclidean"
+  too_many = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave", "--episodes", "4", "--fit", "3")
+  assert too_many.returncode == 2 and "--fit sizes must be in 1..2" in too_many.stderr
+  not_numbers = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave", "--fit", "8,x")
+  assert not_numbers.returncode == 2 and "--fit must be comma-separated" in not_numbers.stderr
+  no_reward = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave,kettle", "--episodes", "2",
+                  "--fit", "1", "--splits", "1", "--max-episode-steps", "5")
+  assert no_reward.returncode == 2 and "every advantage is zero" in no_reward.stderr
+  errors = [line for line in no_reward.stderr.splitlines() if "error" in line]
+  assert len(errors) == 1 and errors[0].startswith("relay diagnose: error: 2 episodes of 5 steps"), no_reward.stderr
+  bad_goal = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave,oven")
+  assert bad_goal.returncode == 2 and "oven" in bad_goal.stderr

@@ -35,7 +35,11 @@ from relay_data import kitchen, relabel
 
 def episodes_from_samples(samples) -> Dict[str, np.ndarray]:
   """Reverb samples of EpisodeAdder items -> dict of [B, T+1, ...] numpy arrays."""
-  datas = [s.data for s in samples]
+  return episodes_from_trajectories([s.data for s in samples])
+
+
+def episodes_from_trajectories(datas) -> Dict[str, np.ndarray]:
+  """EpisodeAdder items (`acme.adders.reverb.base.Trajectory`) -> dict of [B, T+1, ...] arrays."""
   stack = lambda f: np.stack([np.asarray(f(d)) for d in datas])
   return {"observation": stack(lambda d: d.observation["observation"]),
           "goal": stack(lambda d: d.observation["goal"]),

@@ -123,6 +123,19 @@ def plot_curve(records: List[Dict], png_path: str, num_elements: int, title: str
   return atomic.save_figure(fig, png_path)
 
 
+def resolve_eps(model: policy_io.Model, config: FinetuneConfig, demos: Optional[str] = None):
+  """(eps of the low-level reward, the demo dataset or None): eps is `config.eps`, or calibrated
+  from the demo windows (`calibrate_eps`) for a relay model's sparse or element-wise reward. The
+  demo dataset, what DAPG/IRIL imitate, is checked against the model (`policy_io.check_demos`)
+  whenever it is used or given."""
+  calibrate = config.eps is None and model.hierarchical and config.reward != "euclidean"
+  demo_dir = None
+  if config.uses_demos or calibrate or demos:
+    demo_dir = policy_io.check_demos(model, acting.low_name(model), demos)
+  eps = calibrate_eps(demo_dir, config.eps_quantile, model.spec) if calibrate else config.eps
+  return eps, demo_dir
+
+
 def _atomic_pickle(obj, path: str) -> None:
   tmp = f"{path}.tmp"
   with open(tmp, "wb") as f:
@@ -182,12 +195,8 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
   elements = env_lib.parse_goal(",".join(run.elements))
   model = policy_io.load_model(run.model_dir, config.explore_std, config.explore_temperature)
   builder = FinetuneBuilder(config, model)
-  calibrate = config.eps is None and model.hierarchical and config.reward != "euclidean"
-  demo_dir = None  # what DAPG/IRIL imitate and eps is calibrated from (checked against the model)
-  if config.uses_demos or calibrate or run.demos:
-    demo_dir = policy_io.check_demos(model, acting.low_name(model), run.demos)
+  eps, demo_dir = resolve_eps(model, config, run.demos)
   os.makedirs(run.out_dir, exist_ok=True)
-  eps = calibrate_eps(demo_dir, config.eps_quantile, model.spec) if calibrate else config.eps
   envs = [env_lib.GoalKitchenEnv(elements, max_episode_steps=config.max_episode_steps, seed=run.seed,
                                  settings=model.env_settings)]
   goal_state = envs[0].goal_state

@@ -1,0 +1,131 @@
+"""Is there a policy gradient to follow? The held-out gain of one NPG step (`relay diagnose gradient`).
+
+Why this exists: no finetuning run so far moved its policy outside the noise of evaluation
+(docs/results.md, "RL finetuning"), and the learning curves alone cannot say whether the update
+is wrong or its batches too small. An NPG step fitted on a batch always raises that batch's own
+surrogate; an iteration improves the policy only if the step also raises the surrogate of *other*
+episodes of the same policy. `held_out_gains` measures exactly that: it splits a set of on-policy
+episodes into two halves, fits one NPG step (the learner's own update, `npg.make_npg_update`, with
+its KL bound and head) on the first `fit` episodes of one half, and scores the linear surrogate
+mean(log pi(a|x) * A) of the other half before and after the step, over several random splits
+and both directions. A held-out gain near zero, or below it, means that at this batch size an
+iteration follows its own batch's noise.
+
+Advantages are the learner's GAE (its segments, semi-MDP decisions and discounts) with a zero
+baseline: the learner's value baseline is fitted on the very batch it scores, which would leak
+one half into the other. Each half's advantages are normalized on their own, as an iteration's are.
+"""
+import dataclasses
+from typing import Dict, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from relay_agents import acme_compat  # noqa: F401
+from acme.jax import variable_utils  # pylint: disable=g-bad-import-order
+from relay_agents.finetune import acting, adder as adder_lib, env as env_lib, learning, npg, policy_io
+from relay_agents.finetune.config import FinetuneConfig
+
+
+class _Recorder(adder_lib.EpisodeWriter):
+  """An `EpisodeWriter` that keeps each episode's columns in memory instead of writing to Reverb,
+  so the episodes are laid out exactly as the learner reads them from the trajectory table."""
+
+  def __init__(self, max_sequence_length: int):
+    super().__init__(client=None, table="", max_sequence_length=max_sequence_length)
+    self.trajectories: List = []
+
+  def _write(self) -> None:
+    self.trajectories.append(self._columns())
+
+
+def collect_episodes(model: policy_io.Model, elements: Sequence[str], count: int, max_episode_steps: int,
+                     seed: int = 0, progress: bool = True) -> Dict[str, np.ndarray]:
+  """`count` on-policy episodes of `model` toward `elements` (its sampling actor, as finetuning's
+  actors act: episode i is a function of (seed, i)), as the learner's [count, T + 1, ...] arrays."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  environment = env_lib.GoalKitchenEnv(elements, max_episode_steps=max_episode_steps, seed=seed,
+                                       settings=model.env_settings)
+  recorder = _Recorder(max_episode_steps + 1)
+  names = acting.variable_names(model)
+  client = variable_utils.VariableClient(acting.FixedVariableSource(model), names)
+  actor = acting.FinetuneActor(model, client, recorder, seed=seed)
+  for i in tqdm(range(count), desc="on-policy episodes", unit="episode", disable=not progress):
+    acting.run_episode(environment, actor, i, seed)
+  return learning.episodes_from_trajectories(recorder.trajectories)
+
+
+def level_batches(model: policy_io.Model, episodes: Dict[str, np.ndarray], config: FinetuneConfig,
+                  eps: Optional[float]) -> Dict[str, np.ndarray]:
+  """The acting level's transitions per episode ([B, n, ...]: inputs, actions, advantages, mask),
+  advantages by GAE with a zero baseline (see the module docstring), not yet normalized."""
+  tr = learning.level_transitions(episodes, acting.low_name(model), model, config, eps)
+  zeros = np.zeros(tr["mask"].shape, np.float32)
+  adv, _ = npg.gae(tr["rewards"], zeros, zeros, tr["done"], tr["mask"], tr.get("discount", config.gamma),
+                   config.gae_lambda)
+  return {"inputs": tr["inputs"], "actions": tr["actions"], "advantages": adv, "mask": tr["mask"]}
+
+
+@dataclasses.dataclass
+class Gain:
+  """One fit size: mean surrogate gains of a step on its own episodes and on the held-out half."""
+  fit: int                # episodes the step was fitted on
+  in_sample: float
+  held_out: float
+  held_out_se: float      # standard error over the splits x 2 directions
+  fits: int               # how many steps were fitted (splits x 2)
+
+  @property
+  def ratio(self) -> float:
+    return self.held_out / self.in_sample if self.in_sample else float("nan")
+
+
+def held_out_gains(networks, head: str, params, batches: Dict[str, np.ndarray], fit_sizes: Sequence[int],
+                   kl_delta: float, splits: int = 3, seed: int = 0) -> List[Gain]:
+  """For each fit size k: one NPG step on k episodes of a random half, its surrogate gain on those
+  episodes and on every episode of the other half (see the module docstring).
+
+  `batches` are [B, n, ...] arrays (inputs, actions, advantages, mask), one row per episode; each
+  k must be at most B // 2. `networks`/`params`/`head` are the level's (a `GoalBCNetworks`).
+  """
+  count = len(batches["mask"])
+  half = count // 2
+  if half < 1 or not fit_sizes or any(not 1 <= k <= half for k in fit_sizes):
+    raise ValueError(f"fit sizes must be in 1..{half} (half of {count} episodes), got {list(fit_sizes)}")
+  if splits < 1:
+    raise ValueError(f"splits must be positive, got {splits}")
+  if not np.any(np.asarray(batches["advantages"]) * np.asarray(batches["mask"])):
+    raise ValueError("every advantage is zero (no transition earned a reward), so there is no policy gradient "
+                     "to measure: act more or longer episodes, or widen the reward")
+  apply = networks.policy.apply
+  log_prob = networks.marginal_log_prob or networks.log_prob
+  update = npg.make_npg_update(networks, head, kl_delta)
+
+  @jax.jit
+  def surrogate(p, on):
+    lp = log_prob(apply(p, on["inputs"]), on["actions"])
+    return jnp.sum(lp * on["advantages"] * on["mask"]) / jnp.maximum(jnp.sum(on["mask"]), 1.0)
+
+  def batch(rows):
+    flat = lambda x: np.asarray(x, np.float32).reshape((-1,) + np.shape(x)[2:])
+    pick = {k: np.asarray(v)[rows] for k, v in batches.items()}
+    return {"inputs": flat(pick["inputs"]), "actions": flat(pick["actions"]), "mask": flat(pick["mask"]),
+            "advantages": flat(npg.normalize(pick["advantages"], pick["mask"]))}
+
+  rng = np.random.default_rng(seed)
+  orders = [rng.permutation(count) for _ in range(splits)]
+  out = []
+  for k in fit_sizes:
+    ins, held = [], []
+    for order in orders:
+      a, b = order[:half], order[half:2 * half]
+      for fit_rows, test_rows in ((a, b), (b, a)):
+        on, test = batch(fit_rows[:k]), batch(test_rows)
+        no_demo = {"inputs": on["inputs"][:1], "actions": np.nan_to_num(on["actions"][:1])}
+        new, stats = update(params, on, no_demo, np.float32(0.0), jax.random.PRNGKey(len(ins)))
+        ins.append(float(stats.surrogate_after - stats.surrogate_before))
+        held.append(float(surrogate(new, test) - surrogate(params, test)))
+    out.append(Gain(fit=k, in_sample=float(np.mean(ins)), held_out=float(np.mean(held)),
+                    held_out_se=float(np.std(held) / np.sqrt(len(held))), fits=len(held)))
+  return out
