@@ -32,8 +32,6 @@ import argparse
 import dataclasses
 import os
 
-import numpy as np
-
 from relay.cli import UsageError
 from relay_data import atomic, paths
 
@@ -183,9 +181,11 @@ def _fit_sizes(text: str):
 
 
 def run_gradient(args: argparse.Namespace) -> int:
+  import numpy as np  # pylint: disable=import-outside-toplevel
   from relay_agents.finetune import acting, gradient_signal, policy_io  # pylint: disable=import-outside-toplevel
   from relay_agents.finetune import env as env_lib, run as run_lib  # pylint: disable=import-outside-toplevel
   from relay_agents.finetune.config import FinetuneConfig  # pylint: disable=import-outside-toplevel
+  from relay_data.errors import DataError  # pylint: disable=import-outside-toplevel
   sizes = _fit_sizes(args.fit)
   if args.episodes < 2 or args.splits < 1 or args.max_episode_steps < 1:
     raise UsageError("--episodes must be at least 2, --splits and --max-episode-steps positive")
@@ -197,10 +197,12 @@ def run_gradient(args: argparse.Namespace) -> int:
     elements = env_lib.parse_goal(args.goal)
     config = FinetuneConfig(reward=args.reward, eps=args.eps, kl_delta=args.kl, max_episode_steps=args.max_episode_steps,
                             explore_std=args.explore_std, explore_temperature=args.explore_temperature)
-  except ValueError as e:
+    model = policy_io.load_model(args.model, config.explore_std, config.explore_temperature)
+    eps, _ = run_lib.resolve_eps(model, config)
+  except DataError:
+    raise  # a broken model or its demos gone: one line naming the file, exit 1
+  except ValueError as e:  # a model finetuning cannot act with (e.g. goal-free BC), a bad setting
     raise UsageError(str(e)) from None
-  model = policy_io.load_model(args.model, config.explore_std, config.explore_temperature)
-  eps, _ = run_lib.resolve_eps(model, config)
   episodes = gradient_signal.collect_episodes(model, elements, args.episodes, args.max_episode_steps, args.seed)
   done = episodes["reward"].sum(-1)
   level = model.levels[acting.low_name(model)]
