@@ -12,8 +12,10 @@ and both directions. A held-out gain near zero, or below it, means that at this 
 iteration follows its own batch's noise.
 
 Advantages are the learner's GAE (its segments, semi-MDP decisions and discounts) with a zero
-baseline: the learner's value baseline is fitted on the very batch it scores, which would leak
-one half into the other. Each half's advantages are normalized on their own, as an iteration's are.
+baseline: the learner's baseline is a value network refitted at every iteration, which one set
+of episodes does not give. (Measured once with a value network fitted on the fit half and used
+for both halves: the held-out gains turn slightly positive, 0.5-4 % of the in-sample gain;
+docs/results.md.) Each half's advantages are normalized on their own, as an iteration's are.
 """
 import dataclasses
 from typing import Dict, List, Optional, Sequence
