@@ -107,10 +107,11 @@ class FixedVariableSource:
     return [self._params[n] for n in names]
 
 
-def fixed_actor(model: policy_io.Model, seed: int = 0) -> FinetuneActor:
-  """An actor sampling `model` as it is, recording nothing (evaluation, distillation, benchmarks)."""
+def fixed_actor(model: policy_io.Model, seed: int = 0, adder=None) -> FinetuneActor:
+  """An actor sampling `model` as it is (evaluation, distillation, benchmarks, `relay diagnose
+  gradient`), recording with `adder` if one is given."""
   names = variable_names(model)
-  return FinetuneActor(model, variable_utils.VariableClient(FixedVariableSource(model), names), seed=seed)
+  return FinetuneActor(model, variable_utils.VariableClient(FixedVariableSource(model), names), adder, seed=seed)
 
 
 def extras_spec():

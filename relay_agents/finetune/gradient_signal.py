@@ -24,8 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from relay_agents import acme_compat  # noqa: F401
-from acme.jax import variable_utils  # pylint: disable=g-bad-import-order
 from relay_agents.finetune import acting, adder as adder_lib, env as env_lib, learning, npg, policy_io
 from relay_agents.finetune.config import FinetuneConfig
 
@@ -50,9 +48,7 @@ def collect_episodes(model: policy_io.Model, elements: Sequence[str], count: int
   environment = env_lib.GoalKitchenEnv(elements, max_episode_steps=max_episode_steps, seed=seed,
                                        settings=model.env_settings)
   recorder = _Recorder(max_episode_steps + 1)
-  names = acting.variable_names(model)
-  client = variable_utils.VariableClient(acting.FixedVariableSource(model), names)
-  actor = acting.FinetuneActor(model, client, recorder, seed=seed)
+  actor = acting.fixed_actor(model, seed, recorder)
   for i in tqdm(range(count), desc="on-policy episodes", unit="episode", disable=not progress):
     acting.run_episode(environment, actor, i, seed)
   return learning.episodes_from_trajectories(recorder.trajectories)
