@@ -35,8 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "'dart' (default: correlated 0.1-0.3 rad bursts in free space, small arm noise, "
                            "short detours after subtasks), 'dart-near' (also small bursts and early finger "
                            "closings, labelled open, in the final approach onto a handle, knob or switch), "
+                           "'dagger' (the bursts driven by a trained policy, --driver, instead of random pushes: "
+                           "the expert's labels on the states the learner itself drifts to), "
                            "'none' (plain data, for the ablation), or a preset "
                            "followed by overrides, e.g. 'dart,burst_rate=0.05,detour_prob=0'")
+  parser.add_argument("--driver", default=None, metavar="MODEL_DIR",
+                      help="a trained model (relay train-il --out) that acts during the policy bursts of "
+                           "--perturb dagger (or any spec with policy_rate > 0), toward each episode's four "
+                           "elements; recorded with its fingerprint in the dataset's metadata")
   parser.add_argument("--robot-noise", type=float, default=None,
                       help="robot observation noise ratio of FrankaKitchen-v1 (default 0.1 as in RPL's kitchen; "
                            "gymnasium's own default is 0.01); recorded in the dataset, evaluation reuses it")
@@ -61,6 +67,15 @@ def run(args: argparse.Namespace) -> int:
     perturb_config = perturb.parse(args.perturb)
   except ValueError as e:
     raise UsageError(f"--perturb: {e}") from e
+  driver_fingerprint = ""
+  if perturb_config.policy_rate > 0 and not args.driver:
+    raise UsageError(f"--perturb {args.perturb}: its policy bursts need a trained model, --driver MODEL_DIR")
+  if args.driver:
+    if perturb_config.policy_rate <= 0:
+      raise UsageError(f"--driver: --perturb {args.perturb} has no policy bursts (use 'dagger' or policy_rate=...)")
+    from relay_agents import models  # pylint: disable=import-outside-toplevel
+    args.driver = os.path.abspath(args.driver)
+    driver_fingerprint = models.fingerprint(args.driver)  # a DataError naming the dir if it is no model
   if args.robot_noise is not None and not 0 <= args.robot_noise <= 1:
     raise UsageError("--robot-noise must be in [0, 1]")
   settings = (kitchen.DEFAULT_SETTINGS if args.robot_noise is None else
@@ -76,11 +91,14 @@ def run(args: argparse.Namespace) -> int:
     if args.perturb != perturb.DEFAULT_PRESET:  # a distinct config name per perturbation
       suffix += "_p" + (args.perturb if args.perturb.isalnum() else
                         hashlib.sha1(json.dumps(perturb_config.to_dict(), sort_keys=True).encode()).hexdigest()[:6])
+    if args.driver:
+      suffix += "_d" + driver_fingerprint[:6]
     if settings != kitchen.DEFAULT_SETTINGS:
       suffix += "_e" + hashlib.sha1(json.dumps(settings.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
     config = KitchenPlayConfig(name=f"n{episodes}_s{args.seed}{suffix}",
                                description="relay generate", episodes=episodes, seed=args.seed,
-                               holdout=holdout_names, perturb=args.perturb, env_settings=settings)
+                               holdout=holdout_names, perturb=args.perturb, env_settings=settings,
+                               driver=args.driver, driver_fingerprint=driver_fingerprint)
   paths.check_directory_arg(args.data_dir, "--data-dir")
 
   def make_builder(data_dir):

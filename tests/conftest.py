@@ -45,3 +45,11 @@ def kitchen_play_tiny(tmp_path_factory):
   builder = KitchenPlay(config=config, data_dir=str(tmp_path_factory.mktemp("play")), workers=1)
   builder.download_and_prepare()
   return builder.data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_ril_model(kitchen_play_tiny, tmp_path_factory):
+  """A relay-IL model trained in seconds on `kitchen_play_tiny` (tests.helpers.train_tiny_ril);
+  read-only for its users."""
+  from tests.helpers import train_tiny_ril
+  return train_tiny_ril(kitchen_play_tiny, tmp_path_factory.mktemp("tiny_ril"))

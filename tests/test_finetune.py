@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 import reverb
 
-from pipelines import relabel as relabel_pipeline
-from relay_agents import models, train
+from relay_agents import models
 from relay_agents.finetune import acting, builder as builder_lib, env as env_lib, learning, npg
 from relay_agents.finetune import policy_io, rewards
 from relay_agents.finetune.config import FinetuneConfig
@@ -28,27 +27,15 @@ from relay_agents.gcbc import networks as gcbc_networks
 from relay_agents.gcbc.config import GoalBCConfig
 from relay_data import goal_space, kitchen, relabeled, rlds_io
 from relay_data.errors import DataError
+from tests.helpers import WINDOW, train_tiny_ril
 
 GOAL = ["microwave", "kettle", "light switch", "slide cabinet"]
-WINDOW = 5
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _train_ril(play_dir, root):
-  data = {}
-  for level, cfg in (("low", relabeled.RelabelConfig("low", window=WINDOW, goals_per_step=2)),
-                     ("high", relabeled.RelabelConfig("high", window=WINDOW, window_high=40, goals_per_step=2))):
-    data[level] = str(root / level)
-    relabel_pipeline.run_relabel(play_dir, data[level], cfg)
-  out = str(root / "ril")
-  train.train_agent("ril", data, out, train.TrainConfig(steps=30, progress=False),
-                    GoalBCConfig(action_chunk=1, batch_size=32, hidden_sizes=(32,)))
-  return out
-
-
 @pytest.fixture(scope="module")
-def ril_model(kitchen_play_tiny, tmp_path_factory):
-  return _train_ril(kitchen_play_tiny, tmp_path_factory.mktemp("finetune_model"))
+def ril_model(tiny_ril_model):
+  return tiny_ril_model
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +50,7 @@ def d4rl_model(kitchen_play_tiny, tmp_path_factory):
   data = rlds_io.write_episodes(episodes, "play30", str(root), progress=False,
                                 metadata={"spec": goal_space.kitchen_spec(30).to_dict(),
                                           "env_settings": play["env_settings"]})
-  return _train_ril(data, root)
+  return train_tiny_ril(data, root)
 
 
 def _demo_goal_states(play_dir):

@@ -378,3 +378,107 @@ def test_dart_near_episode_closes_the_fingers_early_with_open_labels():
   assert (ep["action"][slipped][:, kitchen.FINGERS] > -0.05).all()  # the label: keep (or open) the hand
   fingers = ep["observation"][slipped + 1][:, kitchen.FINGERS].mean(1)
   assert fingers.min() < 0.75 * ep["observation"][0, kitchen.FINGERS].mean()  # they really closed
+
+
+class _FixedDriver:
+  """A `perturb.Driver` that always commands `value` (records when bursts start)."""
+
+  def __init__(self, value):
+    self.value, self.starts = value, []
+
+  def start(self, goal_state, observation):
+    self.starts.append((np.array(goal_state), np.array(observation)))
+
+  def action(self, observation):
+    del observation
+    return np.full(kitchen.ACTION_DIM, self.value, np.float32)
+
+
+def test_policy_bursts_execute_the_driver_where_bursts_may_act():
+  config = dataclasses.replace(perturb.NONE, policy_rate=1.0, policy_steps=(3, 3))
+  with pytest.raises(ValueError, match="driver"):
+    perturb.Perturber(config, np.random.default_rng(0))
+  driver, goal, label = _FixedDriver(0.5), np.arange(30.0), np.full(kitchen.ACTION_DIM, -0.2, np.float32)
+  p = perturb.Perturber(config, np.random.default_rng(0), driver, goal)
+  sent, driving = [], []
+  for _ in range(4):
+    sent.append(p.execute(label, free_space=True, observation=np.zeros(59)))
+    driving.append(p.driving)
+  # Three steps of the driver's action (the whole action, fingers too), then a new burst at once.
+  np.testing.assert_array_equal(np.stack(sent), 0.5)
+  assert driving == [True, True, False, True] and len(driver.starts) == 2
+  np.testing.assert_array_equal(driver.starts[0][0], goal)
+  # In contact (neither free space nor the final approach) the burst ends and the label runs.
+  np.testing.assert_array_equal(p.execute(label, free_space=False, observation=np.zeros(59)), label)
+  assert not p.driving
+  assert perturb.parse("dagger") == perturb.DAGGER and perturb.DAGGER.burst_rate == 0
+  assert perturb.DAGGER.policy_rate == perturb.DART.burst_rate > 0
+
+
+def test_dagger_episodes_run_the_trained_policy_and_keep_the_experts_labels(tiny_ril_model):
+  """With a real RIL model driving the policy bursts (no other perturbation), the executed action
+  differs from the label exactly in bursts; each burst opens with the model's own action toward the
+  episode's four elements from that state; episodes are deterministic per (seed, index)."""
+  from relay_agents import play_driver  # pylint: disable=import-outside-toplevel
+  only_policy = dataclasses.replace(perturb.NONE, policy_rate=0.05, policy_steps=(4, 8))
+  config = generator.GeneratorConfig(seed=3, perturb=only_policy,
+                                     driver=perturb.DriverSpec(play_driver.FACTORY, tiny_ril_model))
+  with pytest.raises(ValueError, match="driver"):
+    generator.generate_episode(dataclasses.replace(config, driver=None), 0)
+  result = generator.generate_episode(config, 0)
+  again = generator.generate_episode(config, 0)
+  plain = generator.generate_episode(dataclasses.replace(config, perturb=perturb.NONE, driver=None), 0)
+  assert result.order == plain.order  # the bursts draw from the perturbation's own stream
+  assert result.steps == again.steps
+  ep = result.episode or {}
+  if result.ok:
+    np.testing.assert_array_equal(ep["executed_action"], again.episode["executed_action"])
+  # Bursts are judged on every step taken, kept or not: rebuild them from the recorded arrays.
+  observed, labels, sent = _episode_arrays(config, 0)
+  driven = np.any(labels != sent, axis=1)
+  assert 5 <= driven.sum() < 0.8 * len(driven)
+  starts = np.flatnonzero(driven & ~np.concatenate([[False], driven[:-1]]))
+  fresh = play_driver.ModelDriver(tiny_ril_model)
+  goal = kitchen.set_goal_state(kitchen.goal_state_from_observation(observed[0]), result.order)
+  for t in starts:
+    fresh.start(goal, observed[t])
+    np.testing.assert_allclose(sent[t], fresh.action(observed[t]), atol=1e-6)
+
+
+def _episode_arrays(config, index):
+  """(observations, labels, executed actions) of every step an episode took (kept or dropped)."""
+  recorded = {}
+  original = perturb.Perturber.execute
+
+  def execute(self, label, free_space=True, near_contact=False, observation=None):
+    action = original(self, label, free_space, near_contact, observation)
+    for key, value in (("obs", observation), ("label", label), ("sent", action)):
+      recorded.setdefault(key, []).append(np.array(value, np.float32))
+    return action
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(perturb.Perturber, "execute", execute)
+    generator.generate_episode(config, index)
+  return tuple(np.stack(recorded[k]) for k in ("obs", "label", "sent"))
+
+
+def test_dagger_dataset_records_its_driver(tiny_ril_model, tmp_path, cli):
+  from datasets.kitchen_play import KitchenPlay, KitchenPlayConfig  # pylint: disable=import-outside-toplevel
+  from relay_agents import models  # pylint: disable=import-outside-toplevel
+  proc = cli("generate", "--data-dir", str(tmp_path / "a"), "--perturb", "dagger")
+  assert proc.returncode == 2 and "--driver MODEL_DIR" in proc.stderr
+  proc = cli("generate", "--data-dir", str(tmp_path / "a"), "--driver", tiny_ril_model)
+  assert proc.returncode == 2 and "no policy bursts" in proc.stderr
+  proc = cli("generate", "--data-dir", str(tmp_path / "a"), "--perturb", "dagger", "--driver", str(tmp_path / "nope"))
+  assert proc.returncode != 0 and "nope" in proc.stderr and "Traceback" not in proc.stderr
+  assert not (tmp_path / "a").exists()
+  fp = models.fingerprint(tiny_ril_model)
+  config = KitchenPlayConfig(name="dagger1", episodes=1, seed=3, perturb="dagger", driver=tiny_ril_model,
+                             driver_fingerprint=fp)
+  builder = KitchenPlay(config=config, data_dir=str(tmp_path / "b"), workers=1)
+  builder.download_and_prepare()
+  meta = rlds_io.read_metadata(builder.data_dir)
+  assert meta["perturb"]["driver"] == {"model": tiny_ril_model, "fingerprint": fp}
+  assert meta["perturb"]["policy_rate"] == perturb.DAGGER.policy_rate
+  (ep,) = list(rlds_io.iter_episodes(builder.data_dir))
+  assert np.any(ep["action"] != ep["executed_action"])

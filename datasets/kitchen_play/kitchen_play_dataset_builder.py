@@ -23,6 +23,8 @@ from relay_data import goal_space, kitchen, pace, rlds_io, schema
 from relay_data.play import generator
 from relay_data.play import perturb as perturb_lib
 
+DRIVER_FACTORY = "relay_agents.play_driver:ModelDriver"  # builds a policy-burst driver from a model dir
+
 
 @dataclasses.dataclass
 class KitchenPlayConfig(tfds.core.BuilderConfig):
@@ -31,6 +33,8 @@ class KitchenPlayConfig(tfds.core.BuilderConfig):
   holdout: Tuple = tuple(generator.format_set(s) for s in generator.default_holdout())
   perturb: str = perturb_lib.DEFAULT_PRESET    # a `perturb.parse` spec: 'dart', 'none', ...
   env_settings: Optional[kitchen.EnvSettings] = None  # None: kitchen.DEFAULT_SETTINGS
+  driver: Optional[str] = None  # model dir of the policy bursts' driver (`perturb` with policy_rate)
+  driver_fingerprint: str = ""  # that model's content hash (relay_agents.models.fingerprint)
 
 
 def _example_episode():
@@ -96,7 +100,8 @@ class KitchenPlay(rlds_io.QuietBuilderMixin, tfds.core.GeneratorBasedBuilder):
     settings = cfg.env_settings or kitchen.DEFAULT_SETTINGS
     gen_config = generator.GeneratorConfig(
         seed=cfg.seed, holdout=tuple(generator.parse_holdout(";".join(cfg.holdout)) if cfg.holdout else ()),
-        perturb=perturb_lib.parse(cfg.perturb), env=settings)
+        perturb=perturb_lib.parse(cfg.perturb), env=settings,
+        driver=perturb_lib.DriverSpec(DRIVER_FACTORY, cfg.driver) if cfg.driver else None)
     stats = collections.Counter()
     steps_per_subtask = collections.defaultdict(list)
     attempted, completed, first_try = collections.Counter(), collections.Counter(), collections.Counter()
@@ -120,7 +125,9 @@ class KitchenPlay(rlds_io.QuietBuilderMixin, tfds.core.GeneratorBasedBuilder):
         "holdout": [generator.format_set(s) for s in gen_config.holdout],
         goal_space.METADATA_KEY: goal_space.kitchen_spec(kitchen.OBS_DIM).to_dict(),
         "env_settings": settings.to_dict(),
-        "perturb": {"spec": cfg.perturb, **gen_config.perturb.to_dict()},
+        "perturb": {"spec": cfg.perturb, **gen_config.perturb.to_dict(),
+                    **({"driver": {"model": cfg.driver, "fingerprint": cfg.driver_fingerprint}}
+                       if cfg.driver else {})},
         "action_fields": {"action": "the demonstrator's intended action from the observed state (clean label)",
                           "executed_action": "the action sent to the environment (label + perturbation)"},
         "reward_alignment": "rlds: step t's reward is the env reward of step t's action",

@@ -86,6 +86,7 @@ class GeneratorConfig:
   lead_gain: float = 2.0           # markovian controller: how far the command leads the arm
   max_attempts: int = 3            # tries per subtask before the episode is dropped
   max_steps: int = 800             # hard cap on an episode's env steps
+  driver: Optional[perturb_lib.DriverSpec] = None  # the policy of `perturb.policy_rate` bursts
 
 
 @dataclasses.dataclass
@@ -142,14 +143,22 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
   from relay_data.play import skills  # pylint: disable=import-outside-toplevel
   seed = episode_seed(config.seed, index)
   rng = np.random.default_rng(seed)
-  # The perturbation draws from its own stream, so with and without it an episode has the same
-  # order and waypoints (the ablation changes one thing).
-  perturber = perturb_lib.Perturber(config.perturb, np.random.default_rng([seed, 1]))
   order = sample_order(rng, config.subtasks, config.holdout)
   env = _Env.get(config.env, config.max_steps)
   env.unwrapped.tasks_to_complete = set(order)
   env.unwrapped.goal = {e: kitchen.ELEMENT_GOALS[e] for e in order}
   obs, _ = env.reset(seed=seed % (2 ** 31))
+  # The perturbation draws from its own stream, so with and without it an episode has the same
+  # order and waypoints (the ablation changes one thing). A policy burst's driver is given the
+  # episode's four elements as its goal, as evaluation gives a compound goal.
+  driver = None
+  if config.perturb.policy_rate > 0:
+    if config.driver is None:
+      raise ValueError("perturbation with policy bursts (policy_rate > 0) needs a driver model")
+    driver = config.driver.build()
+  perturber = perturb_lib.Perturber(
+      config.perturb, np.random.default_rng([seed, 1]), driver,
+      kitchen.set_goal_state(kitchen.goal_state_from_observation(obs["observation"]), order))
   u = env.unwrapped
   arm = ctl.ArmController(u.model, u.data, ctl.ControllerConfig(lead_gain=config.lead_gain))
   scene = skills.Scene(u.model, u.data, arm)
@@ -184,13 +193,16 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
         if len(actions) >= config.max_steps:
           return False
         label = arm.action(obs["observation"], *first)
-        step(label, perturber.execute(arm.action(obs["observation"], point)))
+        step(label, perturber.execute(arm.action(obs["observation"], point), observation=obs["observation"]))
     for pos, rot, grip in itertools.chain([first], commands):
-      if len(actions) >= config.max_steps:
-        return False
-      label = arm.action(obs["observation"], pos, rot, grip)
-      step(label, perturber.execute(label, free_space=in_free_space(arm.position, pos, grip),
-                                    near_contact=scene.final_approach))
+      while True:  # one step; more while a policy burst holds the expert's current target
+        if len(actions) >= config.max_steps:
+          return False
+        label = arm.action(obs["observation"], pos, rot, grip)
+        step(label, perturber.execute(label, free_space=in_free_space(arm.position, pos, grip),
+                                      near_contact=scene.final_approach, observation=obs["observation"]))
+        if not perturber.driving:
+          break
     return True
 
   reason = "ok"

@@ -17,10 +17,16 @@ Perturbations, all pure functions of a random stream:
   or switch, and the fingers closed early for a few steps there while the label keeps them open.
   Rollouts fail mostly in those last centimetres, closing on air beside the handle (docs/results.md,
   "Where rollouts miss goal elements"), a region where the `dart` bursts never act: this data
-  shows the expert's corrections there.
+  shows the expert's corrections there;
+- **policy bursts** (`dagger`): for tens of steps a trained policy (a `Driver`, e.g. the RIL agent
+  toward the episode's four elements) acts instead of the expert, in free space and in the final
+  approach, while the label stays the expert's action toward the target it held when the burst
+  began (Ross et al., DAgger, 2011). Random pushes drift the arm in directions the learner never
+  drifts; these bursts put the labels on the states the learner itself reaches.
 """
 import dataclasses
-from typing import Any, Dict, Optional, Tuple
+import importlib
+from typing import Any, Dict, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -45,11 +51,13 @@ class PerturbConfig:
   near_burst_drift: Tuple[float, float] = (0.02, 0.06)  # rad (L2): a few centimetres at the hand
   slip_rate: float = 0.0                    # per-step chance the fingers close early (final approach)
   slip_steps: Tuple[int, int] = (3, 8)      # how long they are commanded closed
+  policy_rate: float = 0.0                  # per-step chance a policy burst starts (needs a Driver)
+  policy_steps: Tuple[int, int] = (10, 30)  # policy burst length range (steps)
 
   @property
   def enabled(self) -> bool:
     return (self.white_noise > 0 or self.burst_rate > 0 or self.detour_prob > 0
-            or self.near_burst_rate > 0 or self.slip_rate > 0)
+            or self.near_burst_rate > 0 or self.slip_rate > 0 or self.policy_rate > 0)
 
   def to_dict(self) -> Dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -62,7 +70,10 @@ class PerturbConfig:
 NONE = PerturbConfig()
 DART = PerturbConfig(white_noise=0.05, burst_rate=0.03, detour_prob=0.5)
 DART_NEAR = dataclasses.replace(DART, near_burst_rate=0.08, slip_rate=0.04)
-PRESETS: Dict[str, PerturbConfig] = {"none": NONE, "dart": DART, "dart-near": DART_NEAR}
+# The random bursts of `dart` replaced by policy bursts of the same rate and length: what changes
+# is only who drifts the arm (the learner instead of a random push).
+DAGGER = dataclasses.replace(DART, burst_rate=0.0, policy_rate=DART.burst_rate)
+PRESETS: Dict[str, PerturbConfig] = {"none": NONE, "dart": DART, "dart-near": DART_NEAR, "dagger": DAGGER}
 DEFAULT_PRESET = "dart"
 
 
@@ -115,17 +126,60 @@ def burst_profile(rng: np.random.Generator, config: PerturbConfig,
   return (per_step[:, None] * direction[None, :] / ACTION_SCALE_DT).astype(np.float32), weight
 
 
-class Perturber:
-  """Per-episode state of the execution perturbation (the active burst)."""
+class Driver(Protocol):
+  """A policy that takes over execution during a policy burst (deterministic given its inputs)."""
 
-  def __init__(self, config: PerturbConfig, rng: np.random.Generator):
+  def start(self, goal_state: np.ndarray, observation: np.ndarray) -> None:
+    """A burst begins: act toward `goal_state` (goal space) from `observation` (the env's)."""
+
+  def action(self, observation: np.ndarray) -> np.ndarray:
+    """The action to execute at `observation`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DriverSpec:
+  """How a generator worker builds its `Driver`: `factory` ('module:callable') called with
+  `model_dir`. A spec rather than an object, so that the data package does not import the agents
+  and each worker process loads the model once (`build` is cached per spec)."""
+  factory: str
+  model_dir: str
+
+  def build(self) -> Driver:
+    if self not in _DRIVERS:
+      module, _, name = self.factory.partition(":")
+      _DRIVERS[self] = getattr(importlib.import_module(module), name)(self.model_dir)
+    return _DRIVERS[self]
+
+
+_DRIVERS: Dict[DriverSpec, Driver] = {}
+
+
+class Perturber:
+  """Per-episode state of the execution perturbation (the active burst).
+
+  `driver` and `goal_state`: the policy that acts during policy bursts and the goal it is given
+  (required when `config.policy_rate > 0`)."""
+
+  def __init__(self, config: PerturbConfig, rng: np.random.Generator, driver: Optional[Driver] = None,
+               goal_state: Optional[np.ndarray] = None):
+    if config.policy_rate > 0 and (driver is None or goal_state is None):
+      raise ValueError("policy bursts (policy_rate > 0) need a driver policy and a goal state")
     self.config, self.rng = config, rng
+    self.driver, self.goal_state = driver, goal_state
     self._burst: Optional[Tuple[np.ndarray, np.ndarray]] = None
     self._k = 0
     self._slip = 0  # steps the fingers stay commanded closed
+    self._policy = 0  # steps left in the active policy burst
 
-  def execute(self, label: np.ndarray, free_space: bool = True, near_contact: bool = False) -> np.ndarray:
-    """The action sent to the environment for the expert's `label` this step.
+  @property
+  def driving(self) -> bool:
+    """A policy burst is under way (the generator then holds the expert's current target)."""
+    return self._policy > 0
+
+  def execute(self, label: np.ndarray, free_space: bool = True, near_contact: bool = False,
+              observation: Optional[np.ndarray] = None) -> np.ndarray:
+    """The action sent to the environment for the expert's `label` this step (`observation`: the
+    env's, which a policy burst's driver acts on).
 
     Bursts run only while the hand moves in free space (`free_space`), or, smaller, while the
     open hand makes its final approach onto a contact (`near_contact`): one in the middle of a
@@ -136,6 +190,10 @@ class Perturber:
     c = self.config
     if not c.enabled:
       return label
+    if c.policy_rate > 0:
+      sent = self._policy_burst(free_space or near_contact, observation)
+      if sent is not None:
+        return sent
     action = label.astype(np.float64)
     if c.white_noise > 0:  # arm joints only: finger noise would loosen every grasp
       action[kitchen.ARM] += self.rng.normal(0.0, c.white_noise, size=7)
@@ -157,6 +215,21 @@ class Perturber:
       if self._k >= len(weight):
         self._burst = None
     return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+  def _policy_burst(self, allowed: bool, observation) -> Optional[np.ndarray]:
+    """The driver's action while a policy burst runs (None otherwise). A burst starts only when no
+    other burst or slip is active, and ends early where the expert's contact begins."""
+    if not allowed:
+      self._policy = 0
+      return None
+    if self._policy == 0 and self._burst is None and self._slip == 0 and self.rng.random() < self.config.policy_rate:
+      lo, hi = self.config.policy_steps
+      self._policy = int(self.rng.integers(lo, hi + 1))
+      self.driver.start(self.goal_state, observation)
+    if self._policy == 0:
+      return None
+    self._policy -= 1
+    return np.clip(np.asarray(self.driver.action(observation), np.float32), -1.0, 1.0)
 
   def detour(self, hand: np.ndarray) -> Optional[Tuple[np.ndarray, int]]:
     """After a subtask: None, or (a random point near the hand, steps to head for it)."""
