@@ -123,13 +123,17 @@ def run_task(task: sources.Task, ctx: _TaskContext) -> Dict:
         row["episodes_skipped_too_short"] += 1
       else:
         sources.check_finite(ep, ctx.source)
+        driven = ep["policy_driven"][:, 0] > 0.5 if "policy_driven" in ep else None
         examples = relabeled.relabel_episode(ctx.config, ep["observation"], ep["goal_state"], ep["action"],
-                                             f"{ep['index']}/{ep['episode_id']}")
+                                             f"{ep['index']}/{ep['episode_id']}", driven)
         length = len(ep["observation"])
-        if length not in step_columns:
-          steps = relabeled.step_index(ctx.config, length)
-          step_columns[length] = {"step": example_codec.varint_column(steps)}
-        step = step_columns[length]
+        if ctx.config.target_ok(driven) is not None:  # this episode's own steps
+          step = {"step": example_codec.varint_column(relabeled.step_index(ctx.config, length, driven))}
+        else:
+          if length not in step_columns:
+            steps = relabeled.step_index(ctx.config, length)
+            step_columns[length] = {"step": example_codec.varint_column(steps)}
+          step = step_columns[length]
         n = len(step["step"][1])
         if n == 0:
           row["episodes_without_examples"] += 1

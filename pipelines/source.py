@@ -4,7 +4,8 @@ The driver reads only the source's TFDS metadata and the 12-byte record headers 
 files (`plan_tasks`); each task then reads its exact byte range once (`tfrecords.read_range`,
 CRCs checked) and parses all its episodes in one call of a cached parse function
 (`parse_episodes`). Only the step fields relabeling needs are parsed, so extra step fields
-(e.g. `executed_action`, `completed_tasks`) are carried harmlessly.
+(e.g. `executed_action`, `completed_tasks`) are carried harmlessly; `policy_driven` (DAgger play,
+stored as float32 [1]) is parsed when the source has it.
 """
 import dataclasses
 import functools
@@ -18,7 +19,9 @@ from relay_data.errors import DataError
 # Episode field -> its flattened TFDS feature key in the RLDS records.
 STEP_FIELDS = {"observation": "steps/observation/state", "goal_state": "steps/observation/goal_state",
                "action": "steps/action"}
+OPTIONAL_STEP_FIELDS = {"policy_driven": "steps/policy_driven"}  # parsed when the source has them
 EPISODE_ID = "episode_metadata/episode_id"
+_KEYS = {**STEP_FIELDS, **OPTIONAL_STEP_FIELDS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +50,10 @@ def check_source(builder, path: str) -> Dict[str, int]:
 
   walk("", steps.feature)
   dims = {}
-  for field, key in STEP_FIELDS.items():
+  for field, key in _KEYS.items():
     name = key[len("steps/"):]
+    if name not in flat and field in OPTIONAL_STEP_FIELDS:
+      continue
     if name not in flat:
       raise DataError("missing from the source dataset's steps", path=path, field=key)
     feature = flat[name]
@@ -213,7 +218,7 @@ def parse_episodes(records: Sequence[bytes], dims: Dict[str, int], path: str,
   """
   if not records:
     return []
-  keys = tuple(STEP_FIELDS[f] for f in sorted(dims))
+  keys = tuple(_KEYS[f] for f in sorted(dims))
   try:
     flats, ids = zip(*(_parse_record(r, keys) for r in records))
   except _NotPlain:
@@ -223,16 +228,16 @@ def parse_episodes(records: Sequence[bytes], dims: Dict[str, int], path: str,
     ep = {"index": first_episode + i, "episode_id": episode_id.decode()}
     length = None
     for field in dims:
-      flat = flats[i][STEP_FIELDS[field]]
+      flat = flats[i][_KEYS[field]]
       if flat.size % dims[field]:
         raise DataError(f"holds {flat.size} values, not a multiple of its width {dims[field]}", path=path,
-                        episode=_name(ep), field=STEP_FIELDS[field])
+                        episode=_name(ep), field=_KEYS[field])
       ep[field] = flat.reshape(-1, dims[field])
       if length is None:
         length = len(ep[field])
       elif len(ep[field]) != length:
         raise DataError(f"has {len(ep[field])} steps but steps/observation/state has {length}", path=path,
-                        episode=_name(ep), field=STEP_FIELDS[field])
+                        episode=_name(ep), field=_KEYS[field])
     episodes.append(ep)
   return episodes
 

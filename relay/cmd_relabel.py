@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "action_chunk), the targets of policies trained with `relay train-il --action-chunk "
                            f"k`; 1: no chunks. Levels with actions only (not high). Default {DEFAULT_ACTION_CHUNK} "
                            "(train-il's default), 1 for high")
+  parser.add_argument("--goals-on-driven-steps", action="store_true",
+                      help="DAgger play (`relay generate --perturb dagger`) marks the steps a trained policy drove; "
+                           "by default no goal or subgoal is taken from them (where the old policy went is not a "
+                           "goal the expert chose). This flag takes goals from them too (the ablation)")
   parser.add_argument("--output", required=True, help="output dataset directory")
   parser.add_argument("--name", default=None, help="dataset name inside the output (default relabeled_<level>)")
   parser.add_argument("--episodes-per-shard", type=int, default=32,
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
   try:
     config = relabeled.RelabelConfig(level=args.level, window=args.window, window_high=args.window_high,
                                      goals_per_step=args.goals_per_step, seed=args.seed,
-                                     action_chunk=args.action_chunk)
+                                     action_chunk=args.action_chunk, goals_on_driven_steps=args.goals_on_driven_steps)
   except ValueError as e:
     raise UsageError(f"invalid relabel options: {e}") from e
   runner = pipeline.RUNNER_ALIASES.get(args.runner.lower(), args.runner)

@@ -12,6 +12,12 @@ them when the range has <= k), reproducible from `seed`; this bounds the O(T*W) 
 Examples come out ordered by t, then j. Everything is vectorized: index arrays are built by
 broadcasting and rows are gathered once, with no Python loop over examples.
 
+With `target_ok` (a [L] bool mask), a pair (t, j) is kept only if every state it takes as a
+target (the goal g_{t+j}, and the high level's subgoal g_{t+min(W_l,j)}) is at an allowed step;
+k goals per step are then drawn from the allowed j. DAgger play disallows the steps a trained
+policy drove: the label there is the expert's correction, but where the policy went is no goal
+the expert chose, and relabeling it as one would teach the old policy's drift.
+
 With `action_chunk=k > 1`, every action-carrying example also gets `action_chunk`, the k actions
 a_t..a_{t+k-1} flattened to [k*d] (steps past the last action a_{T-1} repeat it): the targets of
 a policy that predicts k actions at once (action chunking).
@@ -65,9 +71,37 @@ def _check_k(goals_per_step) -> Optional[int]:
   return _check_window("goals_per_step", goals_per_step)
 
 
+def _check_mask(target_ok, num_steps: int) -> Optional[np.ndarray]:
+  if target_ok is None:
+    return None
+  mask = np.asarray(target_ok)
+  if mask.dtype != bool or mask.shape != (num_steps,):
+    raise ValueError(f"target_ok must be a [{num_steps}] bool mask, got {mask.dtype} {mask.shape}")
+  return mask
+
+
+def valid_pairs(num_steps: int, window: int, target_ok: Optional[np.ndarray] = None,
+                subgoal_window: Optional[int] = None) -> np.ndarray:
+  """[T, min(window, T)] bool: pair (t, j = column + 1) is valid (t+j <= T, and with `target_ok`
+  both g_{t+j} and, given `subgoal_window` W_l, g_{t+min(W_l, j)} are at allowed steps)."""
+  window = _check_window("window", window)
+  mask = _check_mask(target_ok, num_steps)
+  last = max(num_steps - 1, 0)
+  t = np.arange(last)[:, None]
+  j = np.arange(1, min(window, last) + 1)[None, :]
+  valid = t + j <= last
+  if mask is not None:
+    valid = valid & mask[np.minimum(t + j, last)]
+    if subgoal_window is not None:
+      valid &= mask[np.minimum(t + np.minimum(j, subgoal_window), last)]
+  return valid
+
+
 def relabel_indices(num_steps: int, window: int, goals_per_step: Optional[int] = None,
-                    seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-  """(t, j) index pairs of an episode with `num_steps` = L rows: 0 <= t < T, 1 <= j <= window, t+j <= T.
+                    seed: int = 0, target_ok: Optional[np.ndarray] = None,
+                    subgoal_window: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+  """(t, j) index pairs of an episode with `num_steps` = L rows: 0 <= t < T, 1 <= j <= window, t+j <= T
+  (and the targets allowed by `target_ok`, see `valid_pairs`).
 
   Ordered by t then j. With `goals_per_step=k`, k distinct j per t drawn uniformly (all when fewer).
   """
@@ -80,7 +114,7 @@ def relabel_indices(num_steps: int, window: int, goals_per_step: Optional[int] =
   w = min(window, last)
   t = np.arange(last)[:, None]
   j = np.arange(1, w + 1)[None, :]
-  valid = t + j <= last  # [T, w]
+  valid = valid_pairs(num_steps, window, target_ok, subgoal_window)  # [T, w]
   if k is not None and k < w:
     # Random keys; invalid j sort last. The k smallest keys of a row are a uniform k-subset of
     # its valid j (all of them when the row has <= k valid j).
@@ -116,23 +150,25 @@ def _with_actions(examples: Examples, actions: np.ndarray, t: np.ndarray, action
 
 
 def low_level_examples(states, goal_states, actions, window: int,
-                       goals_per_step: Optional[int] = None, seed: int = 0, action_chunk: int = 1) -> Examples:
+                       goals_per_step: Optional[int] = None, seed: int = 0, action_chunk: int = 1,
+                       target_ok: Optional[np.ndarray] = None) -> Examples:
   """Low-level (or flat GCBC) examples: observation s_t, action a_t, goal g_{t+j}, 1 <= j <= window."""
   _, arr = _check_arrays(states=states, goal_states=goal_states, actions=actions)
-  t, j = relabel_indices(arr["states"].shape[0], window, goals_per_step, seed)
+  t, j = relabel_indices(arr["states"].shape[0], window, goals_per_step, seed, target_ok)
   return _with_actions({"observation": _rows(arr["states"], t), "goal": _rows(arr["goal_states"], t + j)},
                        arr["actions"], t, action_chunk)
 
 
 def high_level_examples(states, goal_states, window_low: int, window_high: int,
-                        goals_per_step: Optional[int] = None, seed: int = 0) -> Examples:
+                        goals_per_step: Optional[int] = None, seed: int = 0,
+                        target_ok: Optional[np.ndarray] = None) -> Examples:
   """High-level examples: observation s_t, subgoal g_{t+min(W_l, j)}, goal g_{t+j}, 1 <= j <= W_h."""
   window_low = _check_window("window_low", window_low)
   window_high = _check_window("window_high", window_high)
   if window_high <= window_low:
     raise ValueError(f"window_high ({window_high}) must be larger than window_low ({window_low})")
   _, arr = _check_arrays(states=states, goal_states=goal_states)
-  t, j = relabel_indices(arr["states"].shape[0], window_high, goals_per_step, seed)
+  t, j = relabel_indices(arr["states"].shape[0], window_high, goals_per_step, seed, target_ok, window_low)
   g = arr["goal_states"]
   return {"observation": _rows(arr["states"], t), "subgoal": _rows(g, t + np.minimum(j, window_low)),
           "goal": _rows(g, t + j)}

@@ -48,6 +48,8 @@ class RelabelConfig:
   action_chunk: k > 1 adds an `action_chunk` field (a_t..a_{t+k-1}) to the levels that carry
     actions (all but high): the targets of policies that predict k actions at once. None:
     `relabel.DEFAULT_ACTION_CHUNK` for those levels, 1 for high.
+  goals_on_driven_steps: in episodes with `policy_driven` steps (DAgger play), let goals and
+    subgoals land on them too (the ablation); by default they never do (`relabel.valid_pairs`).
   """
   level: str = "low"
   window: int = relabel.DEFAULT_WINDOW
@@ -55,6 +57,7 @@ class RelabelConfig:
   goals_per_step: Optional[int] = None
   seed: int = 0
   action_chunk: Optional[int] = None
+  goals_on_driven_steps: bool = False
 
   def __post_init__(self):
     if self.level not in LEVELS:
@@ -80,7 +83,15 @@ class RelabelConfig:
       out.pop("goals_per_step")
     if self.action_chunk == 1:  # datasets made before the option existed keep their lineage
       out.pop("action_chunk")
+    if not self.goals_on_driven_steps:  # likewise
+      out.pop("goals_on_driven_steps")
     return out
+
+  def target_ok(self, policy_driven: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The steps goals may come from (None: all): not the policy-driven ones, unless told."""
+    if policy_driven is None or self.goals_on_driven_steps or self.level in ("final-goal", "bc"):
+      return None
+    return ~np.asarray(policy_driven, bool)
 
 
 def episode_seed(seed: int, episode_key: str) -> int:
@@ -89,15 +100,17 @@ def episode_seed(seed: int, episode_key: str) -> int:
   return int.from_bytes(digest[:8], "little")
 
 
-def relabel_episode(config: RelabelConfig, states, goal_states, actions, episode_key: str):
+def relabel_episode(config: RelabelConfig, states, goal_states, actions, episode_key: str,
+                    policy_driven: Optional[np.ndarray] = None):
   """Dispatches one episode to the pure relabeling function of `config.level`."""
   seed = episode_seed(config.seed, episode_key)
+  target_ok = config.target_ok(policy_driven)
   if config.level in ("low", "flat"):
     return relabel.low_level_examples(states, goal_states, actions, config.window,
-                                      config.goals_per_step, seed, config.action_chunk)
+                                      config.goals_per_step, seed, config.action_chunk, target_ok)
   if config.level == "high":
     return relabel.high_level_examples(states, goal_states, config.window, config.window_high,
-                                       config.goals_per_step, seed)
+                                       config.goals_per_step, seed, target_ok)
   if config.level == "final-goal":
     return relabel.final_goal_examples(states, goal_states, actions, config.action_chunk)
   return relabel.bc_examples(states, actions, config.action_chunk)
@@ -129,18 +142,23 @@ def features_of(dims: Dict[str, int]):
   return tfds.features.FeaturesDict(features)
 
 
-def step_index(config: RelabelConfig, num_steps: int) -> np.ndarray:
+def step_index(config: RelabelConfig, num_steps: int, policy_driven: Optional[np.ndarray] = None) -> np.ndarray:
   """Time index t of each example `relabel_episode` returns for an episode of `num_steps` rows.
 
   Follows from `relabel.relabel_indices`' contract (ordered by t; step t keeps min(k, #valid j)
-  goals, #valid j = min(W, T - t)) without redoing its random draw.
+  goals, #valid j = min(W, T - t) without a target mask) without redoing its random draw.
   """
   last = max(num_steps - 1, 0)
   t = np.arange(last)
   if config.level in ("final-goal", "bc"):
     return t
   window = config.window_high if config.level == "high" else config.window
-  per_step = np.minimum(window, last - t)
+  target_ok = config.target_ok(policy_driven)
+  if target_ok is not None:
+    subgoal_window = config.window if config.level == "high" else None
+    per_step = relabel.valid_pairs(num_steps, window, target_ok, subgoal_window).sum(axis=1)
+  else:
+    per_step = np.minimum(window, last - t)
   if config.goals_per_step is not None:
     per_step = np.minimum(per_step, config.goals_per_step)
   return np.repeat(t, per_step)

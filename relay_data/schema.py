@@ -7,13 +7,16 @@ action of the last row is not used):
   goal_state  [L, d_g] float   goal-space state (kitchen: robot qpos 9 + object qpos 21 = 30)
   action      [L, d_a] float   the demonstrator's intended action (the label policies imitate)
   executed_action [L, d_a] float  what was sent to the env, when it differs (perturbed play) (optional)
+  policy_driven [L] bool        the executed action came from a trained policy, not the expert
+                                (DAgger play); relabeling takes no goal from such steps (optional)
   reward      [L] float, discount [L] float, is_terminal [L] bool      (optional, defaulted)
   completed_tasks [L, 7] bool  per-step kitchen completion mask         (optional, derived; None = none)
   episode_id (str), subtask_order (str, comma-separated), seed (int)     (optional metadata)
 
 On disk each episode is an RLDS record: `steps` (observation = {state, goal_state}, action,
-reward, discount, is_first, is_last, is_terminal[, executed_action][, completed_tasks]) and
-`episode_metadata`. RLDS alignment: step t's reward is the result of step t's action.
+reward, discount, is_first, is_last, is_terminal[, executed_action][, completed_tasks]
+[, policy_driven]) and `episode_metadata`. `policy_driven` is stored as float32 [1] (1.0 = driven),
+since the relabel pipeline's record reader parses float lists only. RLDS alignment: step t's reward is the result of step t's action.
 """
 from typing import Any, Dict, Optional
 
@@ -87,6 +90,12 @@ def normalize_episode(raw: Episode, path: Optional[str] = None, episode_id: Any 
     if key in ("reward", "discount", "is_terminal") and ep[key].ndim != 1:
       raise DataError(f"expected rank 1 [steps], got shape {ep[key].shape}", path=path,
                       episode=episode_id, field=key)
+  if raw.get("policy_driven") is not None:
+    driven = np.asarray(raw["policy_driven"])
+    if driven.shape not in ((length,), (length, 1)):
+      raise DataError(f"expected [steps] flags for {length} steps, got shape {driven.shape}", path=path,
+                      episode=episode_id, field="policy_driven")
+    ep["policy_driven"] = driven.reshape(length).astype(bool)
   if raw.get("completed_tasks") is not None:
     ep["completed_tasks"] = np.asarray(raw["completed_tasks"]).astype(bool)
   elif "completed_tasks" not in raw and ep["goal_state"].shape[1] == kitchen.GOAL_DIM:  # None: no test
@@ -117,6 +126,8 @@ def features_for(ep: Episode):
   if "completed_tasks" in ep:
     steps["completed_tasks"] = tfds.features.Tensor(shape=(ep["completed_tasks"].shape[1],),
                                                     dtype=np.bool_)
+  if "policy_driven" in ep:
+    steps["policy_driven"] = tfds.features.Tensor(shape=(1,), dtype=np.float32)
   return tfds.features.FeaturesDict({
       "steps": tfds.features.Dataset(steps),
       "episode_metadata": tfds.features.FeaturesDict({
@@ -143,6 +154,8 @@ def to_rlds_record(ep: Episode) -> Dict[str, Any]:
     steps["executed_action"] = ep["executed_action"]
   if "completed_tasks" in ep:
     steps["completed_tasks"] = ep["completed_tasks"]
+  if "policy_driven" in ep:
+    steps["policy_driven"] = ep["policy_driven"].astype(np.float32)[:, None]
   return {"steps": steps, "episode_metadata": {
       "episode_id": ep["episode_id"], "subtask_order": ep["subtask_order"], "seed": ep["seed"]}}
 
@@ -163,4 +176,6 @@ def from_rlds_record(record: Dict[str, Any]) -> Episode:
     ep["executed_action"] = np.asarray(steps["executed_action"])
   if "completed_tasks" in steps:
     ep["completed_tasks"] = np.asarray(steps["completed_tasks"])
+  if "policy_driven" in steps:
+    ep["policy_driven"] = np.asarray(steps["policy_driven"]).reshape(-1) > 0.5
   return ep

@@ -481,4 +481,35 @@ def test_dagger_dataset_records_its_driver(tiny_ril_model, tmp_path, cli):
   assert meta["perturb"]["driver"] == {"model": tiny_ril_model, "fingerprint": fp}
   assert meta["perturb"]["policy_rate"] == perturb.DAGGER.policy_rate
   (ep,) = list(rlds_io.iter_episodes(builder.data_dir))
-  assert np.any(ep["action"] != ep["executed_action"])
+  driven = ep["policy_driven"]
+  assert driven.dtype == bool and 0 < driven.sum() < len(driven)
+  # Exactly the driven steps run an action other than the label (`dagger` keeps the arm noise, which
+  # never touches the fingers; the driver commands them too).
+  np.testing.assert_array_equal(np.any(ep["action"][:, 7:] != ep["executed_action"][:, 7:], axis=1), driven)
+  # Relabeled through the Beam pipeline: no goal is a state a policy drove to, unless asked.
+  from pipelines import relabel as relabel_pipeline  # pylint: disable=import-outside-toplevel
+  from relay_data import relabeled  # pylint: disable=import-outside-toplevel
+  for keep in (False, True):
+    out = str(tmp_path / f"low_{keep}")
+    relabel_pipeline.run_relabel(builder.data_dir, out, relabeled.RelabelConfig(
+        "low", window=10, goals_per_step=3, action_chunk=1, goals_on_driven_steps=keep))
+    ex = relabeled.read_arrays(out, fields=["goal", "step"])
+    rows = {row.tobytes(): i for i, row in enumerate(ep["goal_state"])}  # noisy states: all distinct
+    goal_step = np.array([rows[g.tobytes()] for g in ex["goal"]])
+    assert (goal_step > ex["step"]).all() and (goal_step <= ex["step"] + 10).all()
+    assert driven[goal_step].any() == keep
+    assert driven[ex["step"]].any()  # the driven states themselves are kept, with the expert's labels
+
+
+def test_policy_driven_flags_are_validated_and_round_trip():
+  from relay_data import schema  # pylint: disable=import-outside-toplevel
+  from relay_data.errors import DataError  # pylint: disable=import-outside-toplevel
+  raw = {"observation": np.zeros((4, 59), np.float32), "action": np.zeros((4, 9), np.float32),
+         "episode_id": "e7"}
+  with pytest.raises(DataError, match="policy_driven") as err:
+    schema.normalize_episode(dict(raw, policy_driven=np.zeros(3, bool)), path="x.npz")
+  assert "e7" in str(err.value) and "x.npz" in str(err.value)
+  ep = schema.normalize_episode(dict(raw, policy_driven=[0, 1, 1, 0]))
+  back = schema.from_rlds_record(schema.to_rlds_record(ep))
+  np.testing.assert_array_equal(back["policy_driven"], [False, True, True, False])
+  assert "policy_driven" not in schema.normalize_episode(raw)

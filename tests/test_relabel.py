@@ -1,5 +1,6 @@
 """relay_data.relabel against the literal reference, on random episodes and windows."""
 import collections
+import dataclasses
 
 import numpy as np
 import pytest
@@ -130,3 +131,37 @@ def test_invalid_arguments_raise_clear_value_errors(call, message):
   with pytest.raises(ValueError) as err:
     call(s, g, a)
   assert message in str(err.value)
+
+
+def test_target_mask_keeps_goals_and_subgoals_off_disallowed_steps():
+  """DAgger play: no example takes a goal (or a high-level subgoal) from a step a policy drove;
+  observations and labels from those steps are kept. Matches the literal reference with every j;
+  with k goals per step, each step keeps min(k, its allowed j), all allowed, and
+  `relabeled.step_index` predicts the steps the examples come from."""
+  from relay_data import relabeled  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  for _ in range(100):
+    length = int(rng.integers(2, 60))
+    w_low = int(rng.integers(1, 8))
+    w_high = w_low + int(rng.integers(1, 20))
+    ok = rng.random(length) > 0.4
+    s, g, a = _episode(rng, length)
+    _assert_same(relabel.low_level_examples(s, g, a, w_low, target_ok=ok), ref.low_level(s, g, a, w_low, ok))
+    _assert_same(relabel.high_level_examples(s, g, w_low, w_high, target_ok=ok),
+                 ref.high_level(s, g, w_low, w_high, ok))
+    index = np.arange(length, dtype=np.float32)[:, None]  # goal value = its step
+    for level, k in (("low", 2), ("high", 3)):
+      config = relabeled.RelabelConfig(level, window=w_low, window_high=w_high, goals_per_step=k, action_chunk=1)
+      ex = relabeled.relabel_episode(config, index, index, a, "ep", policy_driven=~ok)
+      t = relabeled.step_index(config, length, ~ok)
+      np.testing.assert_array_equal(ex["observation"][:, 0], t)
+      assert ok[ex["goal"][:, 0].astype(int)].all() and (ex["goal"][:, 0] > t).all()
+      if level == "high":
+        assert ok[ex["subgoal"][:, 0].astype(int)].all()
+      allowed = relabel.valid_pairs(length, w_high if level == "high" else w_low, ok,
+                                    w_low if level == "high" else None).sum(1)
+      np.testing.assert_array_equal(np.bincount(t.astype(int), minlength=length - 1), np.minimum(allowed, k))
+      both = dataclasses.replace(config, goals_on_driven_steps=True)
+      assert len(relabeled.relabel_episode(both, index, index, a, "ep", policy_driven=~ok)["goal"]) >= len(t)
+  with pytest.raises(ValueError, match="target_ok"):
+    relabel.low_level_examples(s, g, a, 3, target_ok=np.ones(length + 1, bool))

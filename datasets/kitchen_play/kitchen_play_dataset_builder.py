@@ -37,13 +37,15 @@ class KitchenPlayConfig(tfds.core.BuilderConfig):
   driver_fingerprint: str = ""  # that model's content hash (relay_agents.models.fingerprint)
 
 
-def _example_episode():
+def _example_episode(driven: bool = False):
+  """The step layout of a kitchen play episode (`policy_driven` in play with policy bursts)."""
   length = 2
   return schema.normalize_episode({
       "observation": np.zeros((length, kitchen.OBS_DIM), np.float32),
       "action": np.zeros((length, kitchen.ACTION_DIM), np.float32),
       "executed_action": np.zeros((length, kitchen.ACTION_DIM), np.float32),
-      "completed_tasks": np.zeros((length, len(kitchen.ELEMENTS)), bool)})
+      "completed_tasks": np.zeros((length, len(kitchen.ELEMENTS)), bool),
+      "policy_driven": np.zeros(length, bool) if driven else None})
 
 
 class KitchenPlay(rlds_io.QuietBuilderMixin, tfds.core.GeneratorBasedBuilder):
@@ -86,7 +88,7 @@ class KitchenPlay(rlds_io.QuietBuilderMixin, tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=schema.features_for(_example_episode()),
+        features=schema.features_for(_example_episode(driven=bool(self.builder_config.driver))),
         homepage="https://relay-policy-learning.github.io/",
         citation="@inproceedings{gupta2019relay, title={Relay Policy Learning}, booktitle={CoRL}, year={2019}}",
     )

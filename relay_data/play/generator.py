@@ -164,6 +164,7 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
   scene = skills.Scene(u.model, u.data, arm)
   observations = [obs["observation"].astype(np.float32)]
   actions, executed, rewards, masks = [], [], [], [kitchen.completion_mask(u.data.qpos[:30])]
+  driven = []  # per step: the executed action was the driver's (policy bursts)
   attempts: Dict[str, int] = {}
   completions: List[str] = []
   first_done: Dict[str, int] = {}
@@ -173,6 +174,7 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
     obs, reward, _, _, info = env.step(sent)
     actions.append(label)
     executed.append(sent)
+    driven.append(perturber.drove)
     rewards.append(np.float32(reward))
     observations.append(obs["observation"].astype(np.float32))
     masks.append(kitchen.completion_mask(u.data.qpos[:30]))
@@ -253,6 +255,8 @@ def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
         "subtask_order": ",".join(order),
         "seed": seed,
     }
+    if config.perturb.policy_rate > 0:
+      result.episode["policy_driven"] = np.asarray(driven + [False])
   return result
 
 

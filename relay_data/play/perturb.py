@@ -170,6 +170,7 @@ class Perturber:
     self._k = 0
     self._slip = 0  # steps the fingers stay commanded closed
     self._policy = 0  # steps left in the active policy burst
+    self.drove = False  # the last `execute` returned the driver's action
 
   @property
   def driving(self) -> bool:
@@ -192,6 +193,7 @@ class Perturber:
       return label
     if c.policy_rate > 0:
       sent = self._policy_burst(free_space or near_contact, observation)
+      self.drove = sent is not None
       if sent is not None:
         return sent
     action = label.astype(np.float64)
