@@ -21,14 +21,18 @@ class PlaySummary:
   orders: collections.Counter        # "a > b > c > d" -> episodes
   metadata: Dict
   subtask_steps: Dict[str, List[int]] = dataclasses.field(default_factory=dict)  # element -> steps (pace)
+  driven_steps: Optional[int] = None  # steps a trained policy drove (DAgger play); None: not recorded
 
 
 def summarize_play(path: str) -> PlaySummary:
   """Reads every episode once (steps count, completion masks, orders)."""
   lengths, coverage, orders = [], collections.Counter(), collections.Counter()
   steps_per_element = collections.defaultdict(list)
+  driven = None
   for ep in rlds_io.iter_episodes(path):
     lengths.append(int(ep["observation"].shape[0]))
+    if "policy_driven" in ep:
+      driven = (driven or 0) + int(ep["policy_driven"].sum())
     if "completed_tasks" in ep:
       order = kitchen.completion_order(ep["completed_tasks"])
       for element, steps in pace.subtask_steps(ep["completed_tasks"]):
@@ -41,7 +45,7 @@ def summarize_play(path: str) -> PlaySummary:
   return PlaySummary(name=builder.info.name, episodes=len(lengths), steps=int(sum(lengths)),
                      lengths=lengths, coverage={e: coverage.get(e, 0) for e in kitchen.ELEMENTS},
                      orders=orders, metadata=rlds_io.read_metadata(path),
-                     subtask_steps=dict(steps_per_element))
+                     subtask_steps=dict(steps_per_element), driven_steps=driven)
 
 
 def format_play(summary: PlaySummary, top: int = 10) -> str:
@@ -50,6 +54,11 @@ def format_play(summary: PlaySummary, top: int = 10) -> str:
     lengths = np.array(summary.lengths)
     lines.append(f"episode length: min {lengths.min()}, mean {lengths.mean():.1f}, max {lengths.max()}")
   lines.extend(pace.format_pace(pace.summarize(summary.subtask_steps), summary.lengths))
+  if summary.driven_steps is not None:
+    driver = summary.metadata.get("perturb", {}).get("driver", {})
+    lines.append(f"policy-driven steps (DAgger play): {summary.driven_steps} "
+                 f"({100.0 * summary.driven_steps / max(summary.steps, 1):.1f}%), driver {driver.get('model', '?')} "
+                 f"(fingerprint {driver.get('fingerprint', '?')})")
   lines.append("subtask coverage (episodes completing each element):")
   for element, count in summary.coverage.items():
     lines.append(f"  {element:14s} {count:6d}  ({100.0 * count / max(summary.episodes, 1):5.1f}%)")

@@ -486,6 +486,8 @@ def test_dagger_dataset_records_its_driver(tiny_ril_model, tmp_path, cli):
   # Exactly the driven steps run an action other than the label (`dagger` keeps the arm noise, which
   # never touches the fingers; the driver commands them too).
   np.testing.assert_array_equal(np.any(ep["action"][:, 7:] != ep["executed_action"][:, 7:], axis=1), driven)
+  info = cli("data", "info", builder.data_dir, "--plot", str(tmp_path / "info.png"), check=True).stdout
+  assert f"policy-driven steps (DAgger play): {driven.sum()} " in info and fp in info
   # Relabeled through the Beam pipeline: no goal is a state a policy drove to, unless asked.
   from pipelines import relabel as relabel_pipeline  # pylint: disable=import-outside-toplevel
   from relay_data import relabeled  # pylint: disable=import-outside-toplevel
