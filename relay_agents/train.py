@@ -37,7 +37,7 @@ from relay_data.errors import DataError
 
 AGENTS = {
     # agent -> {level: (relabel level expected, GoalBCConfig overrides)}
-    "ril": {"low": ("low", {"subgoal_residual": False}),
+    "ril": {"low": ("low", {"subgoal_residual": False, "goal_elements": False}),
             "high": ("high", {"target": "subgoal", "action_chunk": 1, "execute_steps": 1, "gripper_head": False,
                               "goal_noise": 0.0})},
     "gcbc": {"policy": ("flat", {})},
@@ -96,7 +96,7 @@ def train_key(data_dir: str, config: GoalBCConfig, train: TrainConfig) -> str:
 # Policy options added after models were first trained: left out of the key at their defaults, so
 # a model trained before they existed still resumes (its weights depend on none of them).
 _LATER_OPTIONS = {"end_effector": False, "action_chunk": 1, "gripper_head": False, "goal_delta": False,
-                  "subgoal_residual": False, "goal_noise": 0.0}
+                  "subgoal_residual": False, "goal_noise": 0.0, "goal_elements": False}
 
 
 def _config_identity(config: GoalBCConfig) -> Dict:
@@ -273,7 +273,8 @@ def check_kitchen_options(sources: Dict[str, Dict], config: GoalBCConfig) -> Non
   goal's kitchen arm joints."""
   options = [flag for flag, on in (("--gripper-head", config.gripper_head), ("--goal-delta", config.goal_delta),
                                    ("--subgoal-residual", config.subgoal_residual),
-                                   ("--goal-noise", config.goal_noise > 0)) if on]
+                                   ("--goal-noise", config.goal_noise > 0),
+                                   ("--goal-elements", config.goal_elements)) if on]
   for level, source in sorted(sources.items()):
     if options and not _is_kitchen(source):
       spec = goal_space.DataSpec.from_dict(source["spec"])
@@ -335,6 +336,8 @@ def train_agent(agent: str, data: Dict[str, str], out_dir: str, train: TrainConf
     raise ValueError(f"subgoal_residual applies to the ril high level (it predicts subgoals), not to {agent}")
   if config.goal_noise and agent == "bc":
     raise ValueError("goal_noise applies to goal-conditioned policies; bc has no goal")
+  if config.goal_elements and agent == "bc":
+    raise ValueError("goal_elements applies to goal-conditioned policies; bc has no goal")
   sources = _sources(agent, data)
   check_sources_agree(sources)
   config = resolve_end_effector(sources, config)

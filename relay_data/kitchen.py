@@ -52,17 +52,18 @@ def goal_state_from_observation(observation: np.ndarray) -> np.ndarray:
   return np.concatenate([observation[..., 0:9], observation[..., 18:39]], axis=-1).astype(np.float32)
 
 
-def element_distances(goal_states: np.ndarray, elements: Sequence[str] = ELEMENTS) -> np.ndarray:
+def element_distances(goal_states: np.ndarray, elements: Sequence[str] = ELEMENTS, xp=np) -> np.ndarray:
   """[..., 30] goal-space states -> [..., len(elements)] L2 distance of each element's qpos to its
-  goal: the environment's completion measure (done below BONUS_THRESH)."""
-  goal_states = np.asarray(goal_states)
-  return np.stack([np.linalg.norm(goal_states[..., ELEMENT_QPOS[e]] - ELEMENT_GOALS[e], axis=-1)
+  goal: the environment's completion measure (done below BONUS_THRESH). `xp`: numpy, or
+  jax.numpy inside a network."""
+  goal_states = xp.asarray(goal_states)
+  return xp.stack([xp.linalg.norm(goal_states[..., ELEMENT_QPOS[e]] - ELEMENT_GOALS[e], axis=-1)
                    for e in elements], axis=-1)
 
 
-def completion_mask(goal_states: np.ndarray, elements: Sequence[str] = ELEMENTS) -> np.ndarray:
+def completion_mask(goal_states: np.ndarray, elements: Sequence[str] = ELEMENTS, xp=np) -> np.ndarray:
   """[..., 30] goal-space states -> [..., len(elements)] bool: element within BONUS_THRESH of its goal."""
-  return element_distances(goal_states, elements) < BONUS_THRESH
+  return element_distances(goal_states, elements, xp) < BONUS_THRESH
 
 
 def episode_elements(episode: Mapping[str, Any]) -> List[str]:

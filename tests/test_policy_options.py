@@ -80,7 +80,8 @@ def datasets(tmp_path_factory):
   out = {"source": src}
   for name, cfg in (("low", relabeled.RelabelConfig("low", window=5, goals_per_step=3, action_chunk=1)),
                     ("low_c3", relabeled.RelabelConfig("low", window=5, goals_per_step=3, action_chunk=3)),
-                    ("high", relabeled.RelabelConfig("high", window=5, window_high=20, goals_per_step=3))):
+                    ("high", relabeled.RelabelConfig("high", window=5, window_high=20, goals_per_step=3)),
+                    ("flat_c3", relabeled.RelabelConfig("flat", window=20, goals_per_step=3, action_chunk=3))):
     out[name] = str(root / name)
     relabel_pipeline.run_relabel(src, out[name], cfg)
   return out
@@ -410,6 +411,73 @@ def test_goal_delta_trains_acts_and_is_checked(datasets, kitchen_play_tiny, tmp_
   custom = {"low": {"spec": goal_space.custom_spec(4, 2).to_dict(), "path": "x"}}
   with pytest.raises(DataError, match="--goal-delta needs kitchen data"):
     train.check_kitchen_options(custom, GoalBCConfig(goal_delta=True))
+
+
+def test_goal_elements_features_are_the_completion_masks():
+  """`goal_elements` replaces the goal's raw dims by its element completion mask and the state's
+  (the env's own test), numpy and jitted alike: two goals that do the same elements give the same
+  features, whatever their arm pose or other objects."""
+  rng = np.random.default_rng(2)
+  obs = rng.normal(size=(4, kitchen.OBS_DIM)).astype(np.float32)
+  done_now = ["kettle"]
+  obs_goal_space = kitchen.set_goal_state(kitchen.goal_state_from_observation(obs), done_now)
+  obs[:, 0:9], obs[:, 18:39] = obs_goal_space[:, :9], obs_goal_space[:, 9:]
+  wanted = ["microwave", "kettle", "light switch", "slide cabinet"]
+  goal = kitchen.set_goal_state(rng.normal(size=(4, 30)).astype(np.float32), wanted)
+  other = kitchen.set_goal_state(rng.normal(size=(4, 30)).astype(np.float32), wanted)
+  other[:, kitchen.ELEMENT_QPOS["kettle"]] += 0.05  # still within the completion threshold
+  from relay_agents.gcbc import networks as gcbc_networks  # pylint: disable=import-outside-toplevel
+  config = GoalBCConfig(end_effector=True, goal_elements=True)
+  features = gcbc_networks.input_features(config, kitchen.OBS_DIM)
+  x = features(np.concatenate([obs, goal], -1))
+  n = len(kitchen.ELEMENTS)
+  assert x.shape == (4, kitchen.OBS_DIM + 2 * n + 3)
+  np.testing.assert_array_equal(x[:, :kitchen.OBS_DIM], obs)
+  expected_goal = np.array([e in wanted for e in kitchen.ELEMENTS], np.float32)
+  goal_mask = x[:, kitchen.OBS_DIM:kitchen.OBS_DIM + n]
+  state_mask = x[:, kitchen.OBS_DIM + n:kitchen.OBS_DIM + 2 * n]
+  # Random dims may also land within an element's threshold; the set ones must be there.
+  assert np.all(goal_mask[:, expected_goal == 1] == 1)
+  np.testing.assert_array_equal(goal_mask, kitchen.completion_mask(goal).astype(np.float32))
+  np.testing.assert_array_equal(state_mask, kitchen.completion_mask(obs_goal_space).astype(np.float32))
+  assert np.all(state_mask[:, kitchen.ELEMENTS.index("kettle")] == 1)
+  np.testing.assert_allclose(x[:, -3:], kinematics.kitchen_end_effector(obs[:, :9]), atol=1e-6)
+  same = features(np.concatenate([obs, other], -1))
+  np.testing.assert_array_equal(same[:, kitchen.OBS_DIM:kitchen.OBS_DIM + n] == goal_mask,
+                                kitchen.completion_mask(other) == kitchen.completion_mask(goal))
+  jitted = jax.jit(features)(jnp.concatenate([obs, goal], -1))
+  np.testing.assert_allclose(np.asarray(jitted), x, atol=1e-5)
+  with pytest.raises(ValueError, match="goal_elements needs a goal-conditioned policy"):
+    GoalBCConfig(use_goal=False, goal_elements=True)
+  with pytest.raises(ValueError, match="goal_delta"):
+    GoalBCConfig(goal_elements=True, goal_delta=True)
+
+
+def test_goal_elements_goes_to_the_ril_high_level_and_gcbc(datasets, kitchen_play_tiny, tmp_path, cli):
+  """`--goal-elements` through the real pipeline: RIL's high level gets it, its low level keeps
+  the full subgoal; a GCBC policy gets it and acts in the kitchen; BC and non-kitchen data refuse."""
+  out = str(tmp_path / "elements")
+  cli("train-il", "--agent", "ril", "--low", datasets["low_c3"], "--high", datasets["high"], "--out", out,
+      "--action-chunk", "3", "--hidden", "16", "--steps", "20", "--batch-size", "16", "--goal-elements", check=True)
+  configs = models.read_record(out).policy_configs
+  assert configs["high"]["goal_elements"] is True and configs["low"]["goal_elements"] is False
+  networks, _, _, _ = models.load_networks(os.path.join(out, "high"))
+  assert networks.normalization.input_mean.shape == (59 + 2 * len(kitchen.ELEMENTS) + 3,)
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  actor = models.make_actor(out)
+  assert evaluation.rollout(actor, goal, max_steps=6, seed=0).steps == 6
+  assert actor.subgoal.shape == (30,) and np.all(np.isfinite(actor.subgoal))
+  flat = str(tmp_path / "gcbc")
+  cli("train-il", "--agent", "gcbc", "--data", datasets["flat_c3"], "--out", flat, "--action-chunk", "3",
+      "--hidden", "16", "--steps", "20", "--batch-size", "16", "--goal-elements", check=True)
+  assert models.read_record(flat).policy_configs["policy"]["goal_elements"] is True
+  assert evaluation.rollout(models.make_actor(flat), goal, max_steps=6, seed=0).steps == 6
+  bad = cli("train-il", "--agent", "bc", "--data", datasets["low"], "--out", str(tmp_path / "b"), "--goal-elements")
+  assert bad.returncode == 2 and "bc has no goal" in bad.stderr
+  assert not os.path.exists(tmp_path / "b" / "agent.json")
+  custom = {"high": {"spec": goal_space.custom_spec(4, 2).to_dict(), "path": "x"}}
+  with pytest.raises(DataError, match="--goal-elements needs kitchen data"):
+    train.check_kitchen_options(custom, GoalBCConfig(goal_elements=True))
 
 
 def test_subgoal_residual_predicts_a_displacement_from_the_state():

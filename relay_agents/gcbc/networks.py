@@ -80,21 +80,32 @@ def input_features(config: GoalBCConfig, observation_dim: Optional[int]) -> Call
   columns are the robot joints) and, for goal-conditioned policies, of the goal (the goal space's
   first 9 columns are too): the kitchen's layouts (`relay_data.kitchen`). With `config.goal_delta`,
   then appends g - s (the observation's goal-space dims, `goal_space.kitchen_goal_indices`) and,
-  with the end effector, ee(g) - ee(s)."""
-  if not config.end_effector and not config.goal_delta:
+  with the end effector, ee(g) - ee(s). With `config.goal_elements`, the goal's raw dims are
+  replaced by the completion masks (0/1 per kitchen element) of g and of s, and only the
+  observation's end effector is appended."""
+  if not config.end_effector and not config.goal_delta and not config.goal_elements:
     return lambda inputs: inputs
   if observation_dim is None:
-    raise ValueError("end_effector and goal_delta features need the observation width (observation_dim)")
-  starts = [0] + ([observation_dim] if config.use_goal else [])
-  goal_dims = list(goal_space.kitchen_goal_indices(observation_dim)) if config.goal_delta else None
+    raise ValueError("end_effector, goal_delta and goal_elements features need the observation width "
+                     "(observation_dim)")
+  starts = [0] + ([observation_dim] if config.use_goal and not config.goal_elements else [])
+  goal_dims = (list(goal_space.kitchen_goal_indices(observation_dim))
+               if config.goal_delta or config.goal_elements else None)
 
   def features(inputs):
     xp = np if isinstance(inputs, np.ndarray) else jnp
+    if config.goal_elements:
+      masks = [kitchen.completion_mask(x, xp=xp).astype(inputs.dtype)
+               for x in (inputs[..., observation_dim:], inputs[..., goal_dims])]
+      parts = [inputs[..., :observation_dim]] + masks
+      if config.end_effector:
+        parts.append(kinematics.kitchen_end_effector(inputs[..., :kinematics.ROBOT_JOINTS], xp))
+      return xp.concatenate(parts, axis=-1)
     parts = [inputs]
     if config.end_effector:
       ee = [kinematics.kitchen_end_effector(inputs[..., s:s + kinematics.ROBOT_JOINTS], xp) for s in starts]
       parts += ee
-    if goal_dims is not None:
+    if config.goal_delta:
       parts.append(inputs[..., observation_dim:] - inputs[..., goal_dims])
       if config.end_effector:
         parts.append(ee[1] - ee[0])
