@@ -15,17 +15,29 @@ joints + the offset that holds them against gravity (qfrc_bias / kp of the posit
 + `lead_gain` times the IK step. The action is then a function of the observation and the
 skill's target, so behaviour cloning can reproduce it.
 """
+import contextlib
 import dataclasses
 from typing import Optional
 
 import mujoco
 import numpy as np
+import threadpoolctl
 
 from relay_data import kitchen
 
 ARM = kitchen.ARM
 GRIPPER_OPEN = kitchen.GRIPPER_OPEN
 GRIPPER_CLOSED = 0.0
+
+
+def single_threaded_blas() -> contextlib.AbstractContextManager:
+  """A context in which numpy's BLAS/LAPACK run on one thread. Why: the controller's IK solves
+  7-joint systems every step, and a multi-threaded OpenBLAS (numpy's wheel starts one thread per
+  core) spends more time waking and spinning its threads than computing. Measured (session 25, 16
+  episodes): one generator worker took 32 s of CPU on 2 cores for 16 s of wall time, and 15 s on
+  one core for 15 s with one BLAS thread; 2 workers then did 1.77x one worker's steps/s instead of
+  1.35x."""
+  return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
 
 
 @dataclasses.dataclass

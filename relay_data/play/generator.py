@@ -138,7 +138,14 @@ class _Env:
 
 
 def generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
-  """Runs one play episode; deterministic in (config, index)."""
+  """Runs one play episode; deterministic in (config, index). BLAS runs single-threaded meanwhile
+  (`controller.single_threaded_blas`: the controller's small solves only lose from threads)."""
+  from relay_data.play import controller as ctl  # pylint: disable=import-outside-toplevel
+  with ctl.single_threaded_blas():
+    return _generate_episode(config, index)
+
+
+def _generate_episode(config: GeneratorConfig, index: int) -> EpisodeResult:
   from relay_data.play import controller as ctl  # pylint: disable=import-outside-toplevel
   from relay_data.play import skills  # pylint: disable=import-outside-toplevel
   seed = episode_seed(config.seed, index)
