@@ -67,10 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="goal-conditioned kitchen action policies (ril: the low level): add N(0, STD^2) rad "
                            "to the goal's 7 arm joints in every training batch, so the low level learns to act "
                            "toward the high level's imprecise subgoals (default 0: exact goals; beyond the paper)")
-  parser.add_argument("--goal-elements", action="store_true",
-                      help="goal-conditioned kitchen policies (gcbc; ril: the high level only): the goal "
-                           "enters the network only as which elements it has done (the env's completion "
-                           "test), beside the state's own; the goal's raw 30 dims are left out (beyond the paper)")
+  parser.add_argument("--goal-elements", choices=("auto", "on", "off"), default="auto",
+                      help="kitchen data: the goal enters the network only as which elements it has done (the "
+                           "env's completion test), beside the state's own; the goal's raw 30 dims are left out "
+                           "(beyond the paper). auto (default): on for the ril high level, off for gcbc (on: "
+                           "also gcbc, an ablation; the ril low level never takes it). off: the paper's state goal")
   parser.add_argument("--paper", action="store_true",
                       help="the paper's plain policy: MLP 256x256, one action per step, no end-effector input "
                            "(sets --hidden 256,256 --action-chunk 1 --end-effector off unless given)")
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                           action_chunk=args.action_chunk,
                           execute_steps=args.execute_steps, gripper_head=args.gripper_head,
                           goal_delta=args.goal_delta, subgoal_residual=args.subgoal_residual,
-                          goal_noise=args.goal_noise, goal_elements=args.goal_elements)
+                          goal_noise=args.goal_noise, goal_elements={"auto": None, "on": True, "off": False}[args.goal_elements])
     train_config = train.TrainConfig(steps=args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
                                      reverb_address=args.reverb_address)
   except ValueError as e:

@@ -267,6 +267,15 @@ def resolve_end_effector(sources: Dict[str, Dict], config: GoalBCConfig) -> Goal
   return config
 
 
+def resolve_goal_elements(agent: str, level: str, sources: Dict[str, Dict], config: GoalBCConfig) -> GoalBCConfig:
+  """`goal_elements=None` (auto) becomes on for the RIL high level on kitchen data, off otherwise
+  (GCBC measured worse with it: docs/results.md, "The goal as its elements")."""
+  if config.goal_elements is not None:
+    return config
+  on = agent == "ril" and level == "high" and all(_is_kitchen(source) for source in sources.values())
+  return dataclasses.replace(config, goal_elements=on)
+
+
 def check_kitchen_options(sources: Dict[str, Dict], config: GoalBCConfig) -> None:
   """The gripper head reads the fingers at the kitchen's observation columns 7-8; the goal delta
   and the subgoal residual use the observation's kitchen goal-space dims; goal noise perturbs the
@@ -342,7 +351,9 @@ def train_agent(agent: str, data: Dict[str, str], out_dir: str, train: TrainConf
   check_sources_agree(sources)
   config = resolve_end_effector(sources, config)
   check_kitchen_options(sources, config)
-  level_configs = {level: dataclasses.replace(config, **AGENTS[agent][level][1]) for level in data}
+  level_configs = {level: resolve_goal_elements(agent, level, sources,
+                                                dataclasses.replace(config, **AGENTS[agent][level][1]))
+                   for level in data}
   if not overwrite:  # refuse before anything in out_dir changes
     for level, path in data.items():
       check_level_dir(os.path.join(out_dir, level), train_key(path, level_configs[level], train), overwrite=False)

@@ -454,13 +454,19 @@ def test_goal_elements_features_are_the_completion_masks():
 
 
 def test_goal_elements_goes_to_the_ril_high_level_and_gcbc(datasets, kitchen_play_tiny, tmp_path, cli):
-  """`--goal-elements` through the real pipeline: RIL's high level gets it, its low level keeps
-  the full subgoal; a GCBC policy gets it and acts in the kitchen; BC and non-kitchen data refuse."""
+  """`--goal-elements` through the real pipeline: by default (auto) RIL's high level gets it and
+  its low level keeps the full subgoal; `off` gives the paper's state goal; a GCBC policy gets it
+  with `on` only and acts in the kitchen; BC and non-kitchen data refuse it."""
   out = str(tmp_path / "elements")
   cli("train-il", "--agent", "ril", "--low", datasets["low_c3"], "--high", datasets["high"], "--out", out,
-      "--action-chunk", "3", "--hidden", "16", "--steps", "20", "--batch-size", "16", "--goal-elements", check=True)
+      "--action-chunk", "3", "--hidden", "16", "--steps", "20", "--batch-size", "16", check=True)
   configs = models.read_record(out).policy_configs
   assert configs["high"]["goal_elements"] is True and configs["low"]["goal_elements"] is False
+  paper = str(tmp_path / "paper_goal")
+  cli("train-il", "--agent", "ril", "--low", datasets["low_c3"], "--high", datasets["high"], "--out", paper,
+      "--action-chunk", "3", "--hidden", "16", "--steps", "2", "--batch-size", "16", "--goal-elements", "off",
+      check=True)
+  assert models.read_record(paper).policy_configs["high"]["goal_elements"] is False
   networks, _, _, _ = models.load_networks(os.path.join(out, "high"))
   assert networks.normalization.input_mean.shape == (59 + 2 * len(kitchen.ELEMENTS) + 3,)
   goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
@@ -469,10 +475,10 @@ def test_goal_elements_goes_to_the_ril_high_level_and_gcbc(datasets, kitchen_pla
   assert actor.subgoal.shape == (30,) and np.all(np.isfinite(actor.subgoal))
   flat = str(tmp_path / "gcbc")
   cli("train-il", "--agent", "gcbc", "--data", datasets["flat_c3"], "--out", flat, "--action-chunk", "3",
-      "--hidden", "16", "--steps", "20", "--batch-size", "16", "--goal-elements", check=True)
+      "--hidden", "16", "--steps", "20", "--batch-size", "16", "--goal-elements", "on", check=True)
   assert models.read_record(flat).policy_configs["policy"]["goal_elements"] is True
   assert evaluation.rollout(models.make_actor(flat), goal, max_steps=6, seed=0).steps == 6
-  bad = cli("train-il", "--agent", "bc", "--data", datasets["low"], "--out", str(tmp_path / "b"), "--goal-elements")
+  bad = cli("train-il", "--agent", "bc", "--data", datasets["low"], "--out", str(tmp_path / "b"), "--goal-elements", "on")
   assert bad.returncode == 2 and "bc has no goal" in bad.stderr
   assert not os.path.exists(tmp_path / "b" / "agent.json")
   custom = {"high": {"spec": goal_space.custom_spec(4, 2).to_dict(), "path": "x"}}

@@ -66,14 +66,18 @@ class GoalBCConfig:
     at the hand, median; teacher-forced, docs/results.md session 20); noisy goals teach it to act
     toward a subgoal it can only approximately reach, as the relay hierarchy needs. Measured: no
     gain over two seeds (STD 0.1: 1.20 elements against 1.29; docs/results.md, session 20).
-  goal_elements: goal-conditioned kitchen policies (GCBC; with ril, its high level only). The goal
-    enters the network only as its element completion mask (which of the 7 elements the goal has
-    done, by the environment's own test), beside the observation's own mask; the goal's 30 raw
-    dims (and its end effector) are left out. Why: plain BC, which sees no goal at all, chains
-    more elements than the goal-conditioned policies (docs/results.md, session 25), so the 30-d
-    goal state looks more like a distraction than guidance: what the task asks is which elements
-    end up done, not where the arm or the untouched objects are. The RIL low level keeps the
-    full subgoal, which it must reach. Beyond the paper (whose goal is the state).
+  goal_elements: goal-conditioned kitchen policies (the RIL high level; GCBC as an ablation). The
+    goal enters the network only as its element completion mask (which of the 7 elements the goal
+    has done, by the environment's own test), beside the observation's own mask; the goal's 30
+    raw dims (and its end effector) are left out. None ("auto", the default) is resolved by
+    `relay_agents.train`: on for the RIL high level on kitchen data, off otherwise; the RIL low
+    level never takes it (it must reach its full subgoal). Why: plain BC, which sees no goal at
+    all, chains more elements than the goal-conditioned policies, so the 30-d goal state looked
+    more like a distraction than guidance: a compound task asks which elements end up done, not
+    where the arm or the untouched objects are. Measured (docs/results.md, "The goal as its
+    elements", session 25): the RIL high level with it lifts relay IL from 1.01 to ~1.5 elements
+    with the same low level, while flat GCBC with it stops following its goal. Beyond the paper
+    (whose goal is the state).
 
   Defaults are what measured best (docs/results.md, "Policy options in the agent"): a 512x3 MLP,
   chunks of 10 actions executing 5, the end-effector input. The paper's plain MLP is
@@ -100,7 +104,7 @@ class GoalBCConfig:
   goal_delta: bool = False
   subgoal_residual: bool = False
   goal_noise: float = 0.0
-  goal_elements: bool = False
+  goal_elements: Optional[bool] = None
 
   # What a config pickled before an option existed behaved as (see __setstate__).
   _LEGACY = {"end_effector": False, "action_chunk": 1, "execute_steps": 1, "gripper_head": False,
