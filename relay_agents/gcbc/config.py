@@ -75,8 +75,9 @@ class GoalBCConfig:
     all, chains more elements than the goal-conditioned policies, so the 30-d goal state looked
     more like a distraction than guidance: a compound task asks which elements end up done, not
     where the arm or the untouched objects are. Measured (docs/results.md, "The goal as its
-    elements", session 25): the RIL high level with it lifts relay IL from 1.01 to ~1.5 elements
-    with the same low level, while flat GCBC with it stops following its goal. Beyond the paper
+    elements", session 25): the RIL high level with it lifts relay IL from 1.01 ± 0.10 to 1.42 ±
+    0.12 elements (three seeds, the same low level), while flat GCBC with it stops following its
+    goal. Beyond the paper
     (whose goal is the state).
 
   Defaults are what measured best (docs/results.md, "Policy options in the agent"): a 512x3 MLP,
