@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--goal-elements", choices=("auto", "on", "off"), default="auto",
                       help="kitchen data: the goal enters the network only as which elements it has done (the "
                            "env's completion test), beside the state's own; the goal's raw 30 dims are left out "
-                           "(beyond the paper). auto (default): on for the ril high level, off for gcbc (on: "
+                           "(beyond the paper). auto (default): on for the ril high level (off with --goal-delta), off for gcbc (on: "
                            "also gcbc, an ablation; the ril low level never takes it). off: the paper's state goal")
   parser.add_argument("--paper", action="store_true",
                       help="the paper's plain policy: MLP 256x256, one action per step, no end-effector input "

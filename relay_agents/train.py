@@ -269,10 +269,12 @@ def resolve_end_effector(sources: Dict[str, Dict], config: GoalBCConfig) -> Goal
 
 def resolve_goal_elements(agent: str, level: str, sources: Dict[str, Dict], config: GoalBCConfig) -> GoalBCConfig:
   """`goal_elements=None` (auto) becomes on for the RIL high level on kitchen data, off otherwise
-  (GCBC measured worse with it: docs/results.md, "The goal as its elements")."""
+  (GCBC measured worse with it: docs/results.md, "The goal as its elements") and off with
+  `goal_delta`, which needs the goal's raw dims."""
   if config.goal_elements is not None:
     return config
-  on = agent == "ril" and level == "high" and all(_is_kitchen(source) for source in sources.values())
+  on = (agent == "ril" and level == "high" and not config.goal_delta
+        and all(_is_kitchen(source) for source in sources.values()))
   return dataclasses.replace(config, goal_elements=on)
 
 

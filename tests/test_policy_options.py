@@ -403,6 +403,7 @@ def test_goal_delta_trains_acts_and_is_checked(datasets, kitchen_play_tiny, tmp_
       "--action-chunk", "3", "--hidden", "16", "--steps", "20", "--batch-size", "16", "--goal-delta", check=True)
   configs = models.read_record(out).policy_configs
   assert configs["low"]["goal_delta"] is True and configs["high"]["goal_delta"] is True
+  assert configs["high"]["goal_elements"] is False  # auto stays off: the delta needs the raw goal
   networks, _, _, _ = models.load_networks(os.path.join(out, "low"))
   assert networks.normalization.input_mean.shape == (59 + 30 + 6 + 30 + 3,)  # the features are normalized too
   goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
