@@ -80,6 +80,8 @@ def _add_gradient_arguments(grad: argparse.ArgumentParser) -> None:
   grad.add_argument("--splits", type=int, default=3, help="random splits into halves, each used both ways (default 3)")
   grad.add_argument("--max-episode-steps", type=int, default=400, help="episode horizon (default 400)")
   grad.add_argument("--reward", default=d.reward, choices=list(REWARDS), help=f"low-level reward (default {d.reward})")
+  grad.add_argument("--replan", type=int, default=None,
+                    help="ril models: the high level picks a subgoal every N steps (default W_l), as `relay finetune --replan`")
   grad.add_argument("--eps", type=float, default=None, help="sparse radius (default: calibrated as `relay finetune` does)")
   grad.add_argument("--kl", type=float, default=d.kl_delta, help=f"KL bound of the step (default {d.kl_delta:g})")
   grad.add_argument("--explore-std", type=float, default=d.explore_std,
@@ -196,8 +198,9 @@ def run_gradient(args: argparse.Namespace) -> int:
   try:
     elements = env_lib.parse_goal(args.goal)
     config = FinetuneConfig(reward=args.reward, eps=args.eps, kl_delta=args.kl, max_episode_steps=args.max_episode_steps,
-                            explore_std=args.explore_std, explore_temperature=args.explore_temperature)
-    model = policy_io.load_model(args.model, config.explore_std, config.explore_temperature)
+                            explore_std=args.explore_std, explore_temperature=args.explore_temperature,
+                            replan=args.replan)
+    model = policy_io.load_model(args.model, config.explore_std, config.explore_temperature, config.replan)
     eps, _ = run_lib.resolve_eps(model, config)
   except DataError:
     raise  # a broken model or its demos gone: one line naming the file, exit 1

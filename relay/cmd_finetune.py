@@ -8,8 +8,11 @@ step), dapg (plus lambda0 * lambda1^k times the log-likelihood of the relabeled 
 model was trained on, served from a Reverb table), iril (dapg, plus every batch of on-policy
 episodes relabeled with the same relay functions and inserted into that table).
 The low level is rewarded for reaching the subgoal the high level commands (--reward sparse:
-within eps of it in goal space, eps calibrated from the demo windows; euclidean; element-wise);
-the high level (--finetune both) for task progress by the environment's completion test.
+within eps of it in goal space, eps calibrated from the demo windows; euclidean; element-wise;
+task: the task's progress, as a flat policy); the high level (--finetune both) for task progress
+by the environment's completion test. Beyond the paper, --replan N makes the high level pick a
+subgoal every N steps instead of every W_l, as `relay eval --replan` (with --replan 1 no subgoal
+is ever reached: use --reward task).
 Actors run in this process (--actors K, one after another) or as K `relay actor` processes
 (--actor-processes) writing whole episodes into the run's Reverb server.
 
@@ -40,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--finetune", default=d.finetune, choices=list(LEVELS),
                       help=f"levels to finetune (default {d.finetune}; both needs a ril model)")
   parser.add_argument("--reward", default=d.reward, choices=list(REWARDS), help=f"low-level reward (default {d.reward})")
+  parser.add_argument("--replan", type=int, default=None,
+                      help="ril models: the actors' high level picks a new subgoal every N steps (default: every W_l, "
+                           "the paper's); evaluate the result with the same `relay eval --replan N`")
   parser.add_argument("--eps", type=float, default=None,
                       help=f"sparse radius in goal space (default: the {d.eps_quantile:g} quantile of the demo "
                            "windows' reach, see --eps-quantile)")
@@ -83,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                             eps_quantile=args.eps_quantile, episodes_per_iteration=args.episodes_per_iteration,
                             max_episode_steps=args.max_episode_steps, kl_delta=args.kl, lambda0=args.lambda0,
                             lambda1=args.lambda1, explore_std=args.explore_std,
-                            explore_temperature=args.explore_temperature)
+                            explore_temperature=args.explore_temperature, replan=args.replan)
     summary = run_lib.finetune(
         run_lib.RunConfig(args.model, elements, args.out, args.env_steps, actors=args.actors,
                           actor_processes=args.actor_processes, seed=args.seed, demos=args.demos,

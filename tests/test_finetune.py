@@ -554,6 +554,36 @@ def test_models_that_do_not_fit_or_lost_their_demos_are_refused(ril_model, tmp_p
   assert not os.path.exists(tmp_path / "run")  # refused before anything was written
 
 
+def test_replan_sets_the_actors_cadence_and_task_reward_makes_the_low_level_flat(ril_model):
+  from relay_agents.finetune import gradient_signal, run as run_lib  # pylint: disable=import-outside-toplevel
+  steps = 3 * WINDOW
+  default, every = policy_io.load_model(ril_model), policy_io.load_model(ril_model, replan=1)
+  assert (default.cadence, every.cadence, every.window) == (WINDOW, 1, WINDOW)
+  with pytest.raises(ValueError, match="replan must be positive"):
+    policy_io.load_model(ril_model, replan=0)
+  with pytest.raises(ValueError, match="replan must be positive"):
+    FinetuneConfig(replan=0)
+  runs = {m.cadence: gradient_signal.collect_episodes(m, GOAL, 1, steps, seed=3, progress=False)
+          for m in (default, every)}
+  # The sampled subgoal is held for W_l steps by default and drawn anew at every step with replan 1.
+  changes = {c: int((np.abs(np.diff(ep["subgoal"][0, :steps], axis=0)).sum(-1) > 0).sum()) for c, ep in runs.items()}
+  assert changes == {WINDOW: 2, 1: steps - 1}
+  # The levels' transitions follow the cadence: one high-level decision per step, the low level's
+  # segments end at every step (sparse), or nowhere but the episode's end with the task reward.
+  episodes = runs[1]
+  config = FinetuneConfig(replan=1, finetune="both")
+  high = learning.level_transitions(episodes, "high", every, config, eps=0.1)
+  assert high["mask"].shape == (1, steps) and high["mask"].sum() == steps
+  low = learning.level_transitions(episodes, "low", every, config, eps=0.1)
+  assert low["done"][0].sum() == steps
+  task = learning.level_transitions(episodes, "low", every, dataclasses.replace(config, reward="task"), eps=None)
+  np.testing.assert_array_equal(task["rewards"][0], episodes["reward"][0, :steps])
+  np.testing.assert_array_equal(task["done"][0], np.eye(steps)[-1])
+  np.testing.assert_array_equal(task["inputs"][0, :, -kitchen.GOAL_DIM:], episodes["subgoal"][0, :steps])
+  eps, demos = run_lib.resolve_eps(every, dataclasses.replace(config, reward="task", variant="npg"))
+  assert eps is None and demos is None  # nothing to calibrate: the task reward has no radius
+
+
 def test_cli_finetune_rejects_bad_flags(cli, ril_model, tmp_path):
   bad_goal = cli("finetune", "--model", ril_model, "--goal", "microwave,oven", "--env-steps", "10",
                  "--out", str(tmp_path / "x"))
@@ -565,6 +595,9 @@ def test_cli_finetune_rejects_bad_flags(cli, ril_model, tmp_path):
   assert len(no_model.stderr.strip().splitlines()) == 1, no_model.stderr
   bad_steps = cli("finetune", "--model", ril_model, "--goal", "microwave", "--env-steps", "0", "--out", str(tmp_path))
   assert bad_steps.returncode == 2 and "--env-steps" in bad_steps.stderr
+  bad_replan = cli("finetune", "--model", ril_model, "--goal", "microwave", "--env-steps", "10", "--replan", "0",
+                   "--out", str(tmp_path / "x"))
+  assert bad_replan.returncode == 2 and "replan must be positive" in bad_replan.stderr
   bad_address = cli("actor", "--reverb-address", "nohostport")
   assert bad_address.returncode == 2 and "HOST:PORT" in bad_address.stderr
   nobody = cli("actor", "--reverb-address", "127.0.0.1:1")

@@ -1,6 +1,7 @@
 """Actors of finetuning: the sampling relay hierarchy writing whole episodes to Reverb.
 
-`FinetuneActor` is an Acme actor: the high level samples a subgoal every W_l steps, the low level
+`FinetuneActor` is an Acme actor: the high level samples a subgoal every W_l steps (or every
+`replan`), the low level
 samples an action toward it (both stochastic: on-policy data for the policy gradient), and an
 Acme `EpisodeAdder` writes each whole episode (padded to the horizon) into the trajectory table,
 with the commanded subgoal and a validity flag as extras. A flat (GCBC) model acts with the
@@ -46,7 +47,7 @@ class FinetuneActor(core.Actor):
                adder=None, seed: int = 0):
     self._names = variable_names(model)
     self._policies = {n: model.levels[n].policy() for n in self._names}
-    self._replan = model.window if model.hierarchical else None
+    self._replan = model.cadence if model.hierarchical else None
     self._observation = model.observation  # env observation -> the model's layout
     self._client, self._adder = variable_client, adder
     self._rng = np.random.default_rng(seed)

@@ -3,7 +3,7 @@ import dataclasses
 from typing import Optional, Tuple
 
 VARIANTS = ("npg", "dapg", "iril")
-REWARDS = ("sparse", "euclidean", "element-wise")
+REWARDS = ("sparse", "euclidean", "element-wise", "task")
 LEVELS = ("low", "both")
 
 
@@ -17,7 +17,12 @@ class FinetuneConfig:
     demo table).
   finetune: "low" (the paper: finetuning the low level alone is enough) or "both".
   reward: low-level reward for reaching the commanded subgoal (see `rewards`); `eps` is the sparse
-    radius in goal space (None: calibrated from the demo windows, `eps_quantile`).
+    radius in goal space (None: calibrated from the demo windows, `eps_quantile`). "task" rewards
+    the low level by the task's progress instead, over the whole episode, as a flat policy is
+    (beyond the paper: for an actor that re-plans so often that no subgoal is ever reached).
+  replan: the actors' high level picks a new subgoal every `replan` steps (None: every W_l, the
+    paper's); the high level's decisions and the low level's segments follow it. Beyond the paper,
+    as `relay eval --replan`: a model that acts best re-planning every step is finetuned acting so.
   kl_delta: bound on the mean KL between consecutive policies; the step is scaled so that the
     quadratic KL estimate 0.5 * x^T F x equals it (mjrl's normalized step is 2 * kl_delta).
   fisher_samples: actions drawn per state from the old policy to measure a mixture step's KL
@@ -33,6 +38,7 @@ class FinetuneConfig:
   reward: str = "sparse"
   eps: Optional[float] = None
   eps_quantile: float = 0.25
+  replan: Optional[int] = None
   episodes_per_iteration: int = 8
   max_episode_steps: int = 280
   gamma: float = 0.995
@@ -68,6 +74,8 @@ class FinetuneConfig:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
     if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
       raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
+    if self.replan is not None and not self.replan > 0:
+      raise ValueError(f"replan must be positive, got {self.replan}")
     if self.eps is not None and not self.eps > 0:
       raise ValueError(f"eps must be positive, got {self.eps}")
     if not 0 < self.eps_quantile < 1:

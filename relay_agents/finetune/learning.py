@@ -59,7 +59,7 @@ def level_transitions(episodes, level: str, model: policy_io.Model, config: Fine
   valid = np.asarray(episodes["valid"], np.float32)
   env_reward = np.asarray(episodes["reward"], np.float32)[:, :horizon] * valid[:, :horizon]
   if level == "high":
-    w = model.window
+    w = model.cadence
     t = np.arange(0, horizon, w)
     mask = valid[:, t]
     nxt = np.concatenate([mask[:, 1:], np.zeros_like(mask[:, :1])], 1)
@@ -69,8 +69,10 @@ def level_transitions(episodes, level: str, model: policy_io.Model, config: Fine
   t = np.arange(horizon)
   mask = valid[:, :horizon]
   last = mask * (1 - valid[:, 1:horizon + 1])
-  if model.hierarchical:
-    w = model.window
+  if model.hierarchical and config.reward == "task":  # one segment: the task's progress, as a flat policy
+    w, subgoal, reward = horizon, episodes["subgoal"][:, :horizon], env_reward
+  elif model.hierarchical:
+    w = model.cadence
     subgoal = episodes["subgoal"][:, :horizon]
     reached = kitchen.goal_state_from_observation(env_obs[:, 1:])
     reward = rewards.low_level(config.reward, reached, subgoal, eps) * mask

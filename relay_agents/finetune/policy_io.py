@@ -63,6 +63,7 @@ class Model:
   levels: Dict[str, Level]
   path: str
   fingerprint: str
+  replan: Optional[int] = None  # acting cadence instead of W_l (`FinetuneConfig.replan`)
 
   @property
   def agent(self) -> str:
@@ -70,8 +71,13 @@ class Model:
 
   @property
   def window(self) -> Optional[int]:
-    """W_l: the relabeling window, the high level's re-plan interval and the low level's segment."""
+    """W_l: the relabeling window (IRIL's and distillation's)."""
     return self.record.window
+
+  @property
+  def cadence(self) -> Optional[int]:
+    """The high level's re-plan interval and the low level's segment: `replan`, else W_l."""
+    return self.replan or self.record.window
 
   @property
   def hierarchical(self) -> bool:
@@ -111,11 +117,15 @@ def _load_level(model_dir: str, record: models.ModelRecord, name: str, explore_s
   return Level(networks, params, config, dict(dims), saved, dict(record.sources.get(name) or {}))
 
 
-def load_model(model_dir: str, explore_std: float = 1.0, explore_temperature: float = 1.0) -> Model:
+def load_model(model_dir: str, explore_std: float = 1.0, explore_temperature: float = 1.0,
+               replan: Optional[int] = None) -> Model:
   """The model in `model_dir`; a one-line DataError for a broken directory or a model that cannot
   act in the finetuning environment, a ValueError for one that cannot be finetuned toward a goal.
   Its levels' networks act and score with the exploration settings (`FinetuneConfig.explore_std`,
-  `explore_temperature`; `gcbc.networks.with_exploration`)."""
+  `explore_temperature`; `gcbc.networks.with_exploration`). A relay model's high level re-plans
+  every `replan` steps (None: W_l); a flat model has no high level and ignores it."""
+  if replan is not None and not replan > 0:
+    raise ValueError(f"replan must be positive, got {replan}")
   record = models.read_record(model_dir)
   models.check_fits(record, model_dir, ENV_SPEC, record.env_settings, ENV_NAME)
   names = ("low", "high") if record.agent == "ril" else ("policy",)
@@ -127,7 +137,8 @@ def load_model(model_dir: str, explore_std: float = 1.0, explore_temperature: fl
   levels = {n: _load_level(model_dir, record, n, explore_std, explore_temperature) for n in names}
   if "policy" in levels and not levels["policy"].config.use_goal:
     raise ValueError(f"{model_dir}: a goal-free BC policy cannot be finetuned toward a goal")
-  return Model(record, levels, os.path.abspath(model_dir), models.fingerprint(model_dir))
+  return Model(record, levels, os.path.abspath(model_dir), models.fingerprint(model_dir),
+               replan if record.agent == "ril" else None)
 
 
 def check_demos(model: Model, level: str, demo_dir: Optional[str] = None) -> str:

@@ -128,7 +128,7 @@ def resolve_eps(model: policy_io.Model, config: FinetuneConfig, demos: Optional[
   from the demo windows (`calibrate_eps`) for a relay model's sparse or element-wise reward. The
   demo dataset, what DAPG/IRIL imitate, is checked against the model (`policy_io.check_demos`)
   whenever it is used or given."""
-  calibrate = config.eps is None and model.hierarchical and config.reward != "euclidean"
+  calibrate = config.eps is None and model.hierarchical and config.reward in ("sparse", "element-wise")
   demo_dir = None
   if config.uses_demos or calibrate or demos:
     demo_dir = policy_io.check_demos(model, acting.low_name(model), demos)
@@ -150,7 +150,8 @@ def actor_spec(run: RunConfig, config: FinetuneConfig, goal_state: np.ndarray, m
           "goal_state": np.asarray(goal_state, float).tolist(), "seed": run.seed,
           "max_episode_steps": config.max_episode_steps, "episodes_per_iteration": config.episodes_per_iteration,
           "trajectory_table": config.trajectory_table, "variables_table": config.variables_table,
-          "explore_std": config.explore_std, "explore_temperature": config.explore_temperature}
+          "explore_std": config.explore_std, "explore_temperature": config.explore_temperature,
+          "replan": config.replan}
 
 
 def start_actor_processes(address: str, count: int, log_dir: str) -> List[subprocess.Popen]:
@@ -193,7 +194,7 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
   """Runs (or resumes) finetuning until `run.env_steps` env steps; returns a summary."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   elements = env_lib.parse_goal(",".join(run.elements))
-  model = policy_io.load_model(run.model_dir, config.explore_std, config.explore_temperature)
+  model = policy_io.load_model(run.model_dir, config.explore_std, config.explore_temperature, config.replan)
   builder = FinetuneBuilder(config, model)
   eps, demo_dir = resolve_eps(model, config, run.demos)
   os.makedirs(run.out_dir, exist_ok=True)
@@ -260,7 +261,7 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
     policy_io.save_model(model, params, os.path.join(run.out_dir, "model"),
                          {"goal": list(elements), "variant": config.variant, "levels": learner.trained,
                           "env_steps": learner.env_steps, "iterations": learner.iteration, "seed": run.seed,
-                          "reward": config.reward, "eps": eps, "demos": demo_dir})
+                          "reward": config.reward, "eps": eps, "demos": demo_dir, "replan": config.replan})
     curve = plot_curve(outputs.records, os.path.join(run.out_dir, "curve.png"), len(elements),
                        f"{config.variant} on {'+'.join(elements)}") if outputs.records else None
     last = outputs.records[-1] if outputs.records else {}
@@ -295,7 +296,7 @@ def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
   client = replay_io.connect(address)
   spec = acting.read_spec(address, FinetuneConfig.spec_table)
   model = policy_io.load_model(model_dir or spec["model"], spec.get("explore_std", 1.0),
-                               spec.get("explore_temperature", 1.0))
+                               spec.get("explore_temperature", 1.0), spec.get("replan"))
   if spec.get("model_fingerprint") not in (None, model.fingerprint):
     raise ValueError(f"model {model.path} is {model.fingerprint}, the run at {address} finetunes "
                      f"{spec['model_fingerprint']}: point --model at the run's model")
