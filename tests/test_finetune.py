@@ -638,6 +638,15 @@ def test_distill_keeps_qualifying_rollouts_relabels_them_with_the_play_data_and_
   play = list(rlds_io.iter_episodes(kitchen_play_tiny))
   merged = list(rlds_io.iter_episodes(summary["data"]))
   assert len(merged) == len(play) + 2
+  # The rollouts act as the run's actors did: a run finetuned re-planning every step is rolled out so.
+  assert distill.run_model(finetune_run).cadence == WINDOW
+  every = str(tmp_path / "run_replan1")
+  shutil.copytree(finetune_run, every)
+  record = json.loads(open(os.path.join(every, "run.json")).read())
+  record["config"]["replan"] = 1
+  with open(os.path.join(every, "run.json"), "w") as f:
+    json.dump(record, f)
+  assert distill.run_model(every).cadence == 1
   for ep, original in zip(merged, play):  # the play episodes as they were
     np.testing.assert_array_equal(ep["observation"], original["observation"])
     np.testing.assert_array_equal(ep["action"], original["action"])

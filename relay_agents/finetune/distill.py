@@ -1,7 +1,7 @@
 """Distillation: per-goal finetuned policies -> one relay policy for every goal (the paper's last step).
 
 1. Roll out each finetuned run's model (`relay finetune --out RUN`: RUN/model and RUN/run.json
-   name the model and the goal), sampling as in finetuning, and keep the successful episodes
+   name the model and the goal), sampling as in finetuning (its exploration, its `--replan`), and keep the successful episodes
    (every element of the goal done by the environment's completion test), or, with
    `min_elements`, those that did at least that many of the goal's elements: relay relabeling
    makes any trajectory goal-conditioned data (its own reached states are the goals), as IRIL
@@ -44,13 +44,19 @@ def _run_record(run_dir: str) -> Dict:
                      "makes one)") from e
 
 
+def run_model(run_dir: str, record: Optional[Dict] = None) -> policy_io.Model:
+  """RUN/model as the run's actors acted with it: its exploration settings and re-plan cadence."""
+  config = (record or _run_record(run_dir))["config"]
+  return policy_io.load_model(os.path.join(run_dir, "model"), config.get("explore_std", 1.0),
+                              config.get("explore_temperature", 1.0), config.get("replan"))
+
+
 def run_rollouts(run_dir: str, rollouts: int, seed: int = 0, progress: bool = False) -> List[Dict]:
   """`rollouts` sampled episodes of RUN/model toward RUN's goal, each as {"observation" [L, 59]
   (the env's own), "action" [L, 9] (what was executed; the last row zero, as RLDS has no action
   there), "elements_done": how many of the goal's elements the environment's test saw done}."""
   record = _run_record(run_dir)
-  model = policy_io.load_model(os.path.join(run_dir, "model"), record["config"].get("explore_std", 1.0),
-                               record["config"].get("explore_temperature", 1.0))  # the policy it finetuned
+  model = run_model(run_dir, record)
   elements = record["run"]["elements"]
   environment = env_lib.GoalKitchenEnv(elements, np.asarray(record["goal_state"], np.float32),
                                        record["config"]["max_episode_steps"], seed=seed, settings=model.env_settings)
