@@ -580,6 +580,19 @@ def test_replan_sets_the_actors_cadence_and_task_reward_makes_the_low_level_flat
   np.testing.assert_array_equal(task["rewards"][0], episodes["reward"][0, :steps])
   np.testing.assert_array_equal(task["done"][0], np.eye(steps)[-1])
   np.testing.assert_array_equal(task["inputs"][0, :, -kitchen.GOAL_DIM:], episodes["subgoal"][0, :steps])
+  # A chunked low level (k = 3 executing m = 2) predicts anew at every re-plan (`FinetuneActor`):
+  # re-planning every step, every step is a decision of one executed action, whatever the reward.
+  low_level = every.levels["low"]
+  chunked_level = dataclasses.replace(low_level, config=dataclasses.replace(low_level.config, action_chunk=3,
+                                                                            execute_steps=2))
+  chunked = dataclasses.replace(every, levels={**every.levels, "low": chunked_level})
+  for reward in ("task", "sparse"):
+    decisions = learning.level_transitions(episodes, "low", chunked, dataclasses.replace(config, reward=reward), 0.1)
+    assert decisions["mask"].shape == (1, steps) and np.all(decisions["steps"] == 1)
+    assert np.all(np.isfinite(decisions["actions"][0, :, :9])) and np.all(np.isnan(decisions["actions"][0, :, 9:]))
+  np.testing.assert_array_equal(decisions["done"][0], np.ones(steps))  # sparse: every re-plan ends a segment
+  task_decisions = learning.level_transitions(episodes, "low", chunked, dataclasses.replace(config, reward="task"), None)
+  np.testing.assert_array_equal(task_decisions["done"][0], np.eye(steps)[-1])
   eps, demos = run_lib.resolve_eps(every, dataclasses.replace(config, reward="task", variant="npg"))
   assert eps is None and demos is None  # nothing to calibrate: the task reward has no radius
 

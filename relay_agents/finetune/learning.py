@@ -69,19 +69,23 @@ def level_transitions(episodes, level: str, model: policy_io.Model, config: Fine
   t = np.arange(horizon)
   mask = valid[:, :horizon]
   last = mask * (1 - valid[:, 1:horizon + 1])
-  if model.hierarchical and config.reward == "task":  # one segment: the task's progress, as a flat policy
-    w, subgoal, reward = horizon, episodes["subgoal"][:, :horizon], env_reward
-  elif model.hierarchical:
-    w = model.cadence
-    subgoal = episodes["subgoal"][:, :horizon]
-    reached = kitchen.goal_state_from_observation(env_obs[:, 1:])
-    reward = rewards.low_level(config.reward, reached, subgoal, eps) * mask
+  # `w`: the segments the policy decides in (a chunked policy predicts anew at each one's start:
+  # the actor's re-plans); `segment`: the segments its return is summed over (no bootstrapping
+  # across their ends). The same for the subgoal rewards; the task reward spans the episode.
+  if model.hierarchical:
+    w, subgoal = model.cadence, episodes["subgoal"][:, :horizon]
+    if config.reward == "task":  # the task's progress, as a flat policy's
+      segment, reward = horizon, env_reward
+    else:
+      reached = kitchen.goal_state_from_observation(env_obs[:, 1:])
+      segment, reward = w, rewards.low_level(config.reward, reached, subgoal, eps) * mask
   else:
-    w, subgoal, reward = horizon, goal[:, :horizon], env_reward
-  boundary = ((t + 1) % w == 0).astype(np.float32)[None]
+    w = segment = horizon
+    subgoal, reward = goal[:, :horizon], env_reward
+  boundary = ((t + 1) % segment == 0).astype(np.float32)[None]
   steps = {"inputs": np.concatenate([obs[:, :horizon], subgoal], -1), "actions": act[:, :horizon],
            "rewards": reward, "done": np.maximum(boundary * mask, last), "mask": mask,
-           "elapsed": np.broadcast_to((t % w) / w, mask.shape).astype(np.float32)}
+           "elapsed": np.broadcast_to((t % segment) / segment, mask.shape).astype(np.float32)}
   policy = model.levels[level].config
   if policy.action_chunk > 1:  # one transition per decision: a chunk acts m steps open-loop
     return semi_mdp.to_decisions(steps, w, policy.execute_steps, policy.action_chunk, config.gamma)
