@@ -677,6 +677,10 @@ def test_distill_keeps_qualifying_rollouts_relabels_them_with_the_play_data_and_
   assert lineage["low"].get("action_chunk", 1) == source.levels["low"].config.action_chunk == 1
   distilled = models.read_record(summary["model"])
   assert distilled.agent == "ril" and distilled.window == source.window
+  levels = policy_io.load_model(summary["model"]).levels
+  for level in ("low", "high"):  # each level keeps the base model's goal input
+    assert levels[level].config.goal_elements == source.levels[level].config.goal_elements
+  assert levels["high"].config.goal_elements  # the tiny model's high level: kitchen data, auto
 
 
 def test_cli_distill_with_nothing_to_keep_is_one_line_and_writes_nothing(finetune_run, kitchen_play_tiny, tmp_path,

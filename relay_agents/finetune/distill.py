@@ -146,7 +146,10 @@ def distill(run_dirs: Sequence[str], play_dir: str, out_dir: str, config: Distil
     relabeled_dirs[level] = os.path.join(out_dir, f"relabeled_{level}")
     relabel_pipeline.run_relabel(data, relabeled_dirs[level], cfg, overwrite=True, show_progress=config.progress)
   model_dir = os.path.join(out_dir, "model")
+  # One config trains both levels (train.py sets each level's own overrides); the high level
+  # keeps the base model's goal input (its goal as elements or as the state).
+  high_goal = base.levels["high"].config.goal_elements
   train.train_agent("ril", relabeled_dirs, model_dir,
                     train.TrainConfig(steps=config.train_steps, seed=config.seed, progress=config.progress),
-                    dataclasses.replace(gc_config, target="action"))
+                    dataclasses.replace(gc_config, target="action", goal_elements=high_goal))
   return {"successes": per_run, "episodes_added": len(successes), "model": model_dir, "data": data}
