@@ -1,9 +1,8 @@
 """Actors of finetuning: the sampling relay hierarchy writing whole episodes to Reverb.
 
 `FinetuneActor` is an Acme actor: the high level samples a subgoal every W_l steps (or every
-`replan`), the low level
-samples an action toward it (both stochastic: on-policy data for the policy gradient), and an
-Acme `EpisodeAdder` writes each whole episode (padded to the horizon) into the trajectory table,
+`replan`), the low level samples an action toward it (both stochastic: on-policy data for the
+policy gradient), and an Acme `EpisodeAdder` writes each whole episode (padded to the horizon) into the trajectory table,
 with the commanded subgoal and a validity flag as extras. A flat (GCBC) model acts with the
 compound goal as its only "subgoal". A policy predicting chunks of k actions executes m of each
 and predicts again at every re-plan: the schedule `semi_mdp.decision_starts` the learner scores

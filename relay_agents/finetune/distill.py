@@ -1,8 +1,9 @@
 """Distillation: per-goal finetuned policies -> one relay policy for every goal (the paper's last step).
 
 1. Roll out each finetuned run's model (`relay finetune --out RUN`: RUN/model and RUN/run.json
-   name the model and the goal), sampling as in finetuning (its exploration, its `--replan`), and keep the successful episodes
-   (every element of the goal done by the environment's completion test), or, with
+   name the model and the goal), sampling as in finetuning (its exploration, its `--replan`), and
+   keep the successful episodes (every element of the goal done by the environment's completion
+   test), or, with
    `min_elements`, those that did at least that many of the goal's elements: relay relabeling
    makes any trajectory goal-conditioned data (its own reached states are the goals), as IRIL
    does with on-policy data, so a partial rollout is still a demonstration of what it reached.
