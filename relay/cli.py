@@ -60,6 +60,12 @@ def _usage_exit(prog: str, message: str):
   sys.exit(2)
 
 
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+  """`--no-progress`, the same on every command with long work (its bars go to stderr otherwise)."""
+  parser.add_argument("--no-progress", action="store_true",
+                      help="no progress bars (e.g. for the log of a background run)")
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(
       prog="relay",

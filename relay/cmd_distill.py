@@ -11,7 +11,7 @@ model on all goals with `relay eval --model OUT/model --play PLAY`.
 """
 import argparse
 
-from relay.cli import UsageError
+from relay.cli import UsageError, add_progress_flag
 from relay_data.errors import DataError
 
 
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--goals-per-step", type=int, default=8, help="relabeling goals per step (default 8)")
   parser.add_argument("--steps", type=int, default=5000, help="learner steps per level (default 5000)")
   parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-  parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+  add_progress_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:

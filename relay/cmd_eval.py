@@ -16,7 +16,7 @@ import functools
 import json
 import os
 
-from relay.cli import UsageError
+from relay.cli import UsageError, add_progress_flag
 from relay_data import atomic, kitchen, paths
 
 
@@ -58,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--video-every", type=int, default=1,
                       help="--video: render every N-th step only (default 1; e.g. 4 renders a quarter of the frames)")
   parser.add_argument("--json", default=None, help="write all results as (strict) JSON here")
+  add_progress_flag(parser)
   parser.add_argument("--workers", type=int, default=1,
                       help="rollouts run in this many processes (default 1; results do not depend on it)")
   parser.add_argument("--resume-log", default=None,
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     results = evaluation.evaluate(functools.partial(models.make_actor, model, deterministic=not args.sample,
                                                     replan=replan, sequential=order, exploration=exploration),
                                   goals, args.rollouts, args.max_steps, args.seed, workers=args.workers,
+                                  progress=not args.no_progress,
                                   log=evaluation.RolloutLog(args.resume_log, key),
                                   settings=models.env_settings(records[model]))
     by_method[name] = results

@@ -22,7 +22,7 @@ tensorboard/, curve.png (success rate and elements done vs env steps), run.json 
 """
 import argparse
 
-from relay.cli import UsageError
+from relay.cli import UsageError, add_progress_flag
 from relay_data.errors import DataError
 
 
@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--demos", default=None,
                       help="relabeled low-level dataset for dapg/iril and eps (default: the one the model was trained on)")
   parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-  parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+  add_progress_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:

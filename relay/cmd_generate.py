@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 
-from relay.cli import UsageError
+from relay.cli import UsageError, add_progress_flag
 from relay_data import paths
 
 
@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "gymnasium's own default is 0.01); recorded in the dataset, evaluation reuses it")
   parser.add_argument("--overwrite", action="store_true",
                       help="rebuild an existing dataset (the old one stays until the new one is complete)")
+  add_progress_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
   paths.check_directory_arg(args.data_dir, "--data-dir")
 
   def make_builder(data_dir):
-    return KitchenPlay(config=config, data_dir=data_dir, workers=args.workers)
+    return KitchenPlay(config=config, data_dir=data_dir, workers=args.workers, progress=not args.no_progress)
 
   final = make_builder(args.data_dir).data_dir
   if os.path.exists(os.path.join(final, "dataset_info.json")) and not args.overwrite:

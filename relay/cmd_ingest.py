@@ -19,6 +19,7 @@ naming the file, episode and field, and leaves no partial dataset behind.
 import argparse
 import os
 
+from relay.cli import UsageError, add_progress_flag
 from relay_data import paths
 
 
@@ -32,19 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--env", default="kitchen", choices=["kitchen", "none"],
                       help="environment the demos come from (default kitchen: 59-d FrankaKitchen-v1 or 30/60-d "
                            "D4RL observations, evaluable); none: any other data, trained as is, not evaluable")
+  add_progress_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
   from relay_data import converters, rlds_io  # pylint: disable=import-outside-toplevel
-  paths.check_name(args.name)
-  if not args.name.replace("_", "").isalnum() or not args.name[0].isalpha() or args.name.lower() != args.name:
-    raise UsageError("--name must be lower_snake_case (letters, digits, underscores), starting with a letter")
+  paths.check_name(args.name)  # lower_snake_case, starting with a letter
   paths.check_directory_arg(args.data_dir, "--data-dir")
   paths.check_output(os.path.join(args.data_dir, args.name), "--data-dir/--name", sources=[args.path],
                      overwrite=args.overwrite)
   try:
     path = converters.ingest(args.format, args.path, args.name, args.data_dir, overwrite=args.overwrite,
-                             env=args.env)
+                             env=args.env, progress=not args.no_progress)
   except FileExistsError as e:
     raise UsageError(str(e)) from e
   print(f"ingested {rlds_io.num_examples(path)} episodes from {args.path} into {path}")

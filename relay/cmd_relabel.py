@@ -22,7 +22,7 @@ dir and moved into place only on success.
 import argparse
 import json
 
-from relay.cli import UsageError
+from relay.cli import UsageError, add_progress_flag
 from relay_data import paths
 
 
@@ -65,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--dask-workers", type=int, default=None,
                       help="with --runner dask: start a local cluster of N worker processes on 127.0.0.1 "
                            "for this run (default when no --dask-address: 2)")
+  add_progress_flag(parser)
   parser.add_argument("beam_args", nargs=argparse.REMAINDER,
                       help="after `--`: extra Beam pipeline options passed through unchanged")
 
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
   def relabel(flags):
     return pipeline.run_relabel(args.source, args.output, config, beam_args=flags, pipeline=options,
-                                overwrite=args.overwrite, name=args.name)
+                                overwrite=args.overwrite, name=args.name, show_progress=not args.no_progress)
 
   try:
     if runner == pipeline.DASK_RUNNER:

@@ -15,7 +15,7 @@ The model directory records what it was trained from (relay_agents/models.py).
 import argparse
 import json
 
-from relay.cli import UsageError
+from relay.cli import UsageError, add_progress_flag
 from relay_data import paths
 from relay_data.errors import DataError
 
@@ -83,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="save a resumable checkpoint every N learner steps (default 1000; and at the end)")
   parser.add_argument("--overwrite", action="store_true",
                       help="retrain from scratch when --out holds weights from other data or another config")
+  add_progress_flag(parser)
 
 
 PAPER = {"hidden": "256,256", "action_chunk": 1, "end_effector": "off"}  # --paper: the paper's plain MLP
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
                           goal_delta=args.goal_delta, subgoal_residual=args.subgoal_residual,
                           goal_noise=args.goal_noise, goal_elements={"auto": None, "on": True, "off": False}[args.goal_elements])
     train_config = train.TrainConfig(steps=args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                                     reverb_address=args.reverb_address)
+                                     reverb_address=args.reverb_address, progress=not args.no_progress)
   except ValueError as e:
     raise UsageError(str(e)) from e
   try:

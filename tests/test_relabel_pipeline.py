@@ -342,6 +342,20 @@ def test_cli_relabel_and_info(source, tmp_path, cli):
   assert "fingerprint" in proc.stdout
 
 
+def test_cli_no_progress_silences_the_bar_and_nothing_else(source, tmp_path, cli):
+  """`--no-progress` (every command with long work has it) drops the bar, not the result."""
+  args = ("relabel", "--source", source, "--level", "bc")
+  loud = cli(*args, "--output", str(tmp_path / "a"), check=True)
+  quiet = cli(*args, "--output", str(tmp_path / "b"), "--no-progress", check=True)
+  assert "relabeling (bc)" in loud.stderr and "relabeling" not in quiet.stderr
+  assert "7 episodes read" in quiet.stdout
+  assert relabeled.fingerprint(str(tmp_path / "a")) == relabeled.fingerprint(str(tmp_path / "b"))
+  from relay import cli as relay_cli
+  commands = relay_cli.build_parser()._subparsers._group_actions[0].choices  # pylint: disable=protected-access
+  for name in ("generate", "ingest", "relabel", "train-il", "eval", "finetune", "distill"):
+    assert "--no-progress" in commands[name]._option_string_actions, name  # pylint: disable=protected-access
+
+
 def test_cli_rejects_bad_windows_and_missing_source(source, tmp_path, cli):
   proc = cli("relabel", "--source", source, "--level", "high", "--window", "5", "--window-high", "5",
              "--output", str(tmp_path / "x"))

@@ -81,9 +81,11 @@ class KitchenPlay(rlds_io.QuietBuilderMixin, tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = "default"
 
-  def __init__(self, *, workers: int = 2, **kwargs):
-    """`workers`: generator processes (not part of the data: any count gives the same episodes)."""
+  def __init__(self, *, workers: int = 2, progress: bool = True, **kwargs):
+    """`workers`: generator processes (not part of the data: any count gives the same episodes);
+    `progress`: the generator's bar of kept episodes."""
     self._workers = workers
+    self._progress = progress
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -107,7 +109,7 @@ class KitchenPlay(rlds_io.QuietBuilderMixin, tfds.core.GeneratorBasedBuilder):
     stats = collections.Counter()
     steps_per_subtask = collections.defaultdict(list)
     attempted, completed, first_try = collections.Counter(), collections.Counter(), collections.Counter()
-    for result in generator.generate(gen_config, cfg.episodes, workers=self._workers):
+    for result in generator.generate(gen_config, cfg.episodes, workers=self._workers, progress=self._progress):
       stats["tries"] += 1
       for element, n in result.attempts.items():
         attempted[element] += 1
