@@ -32,7 +32,7 @@ import argparse
 import dataclasses
 import os
 
-from relay.cli import UsageError
+from relay.cli import UsageError, add_progress_flag
 from relay_data import atomic, paths
 
 
@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="steps allowed beyond each demo's own length (default 300)")
   oracle.add_argument("--sample", action="store_true", help="sample actions instead of the likeliest mode")
   oracle.add_argument("--json", default=None, help="write per-demo results and the summary as JSON here")
+  add_progress_flag(oracle)
 
   fail = sub.add_parser("failures", help="why evaluation rollouts miss goal elements (not reached / not engaged / not done)",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   fail.add_argument("--seed", type=int, default=0, help="evaluation seed, as `relay eval --seed` (default 0)")
   fail.add_argument("--demos", type=int, default=100, help="demos that set the reach radii (default the first 100)")
   fail.add_argument("--json", default=None, help="write the radii, per-rollout outcomes and the summary as JSON here")
+  add_progress_flag(fail)
 
   grad = sub.add_parser("gradient", help="whether an NPG step on k episodes improves other episodes (finetuning's signal)",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,6 +92,7 @@ def _add_gradient_arguments(grad: argparse.ArgumentParser) -> None:
                     help=f"as `relay finetune --explore-temperature` (default {d.explore_temperature:g})")
   grad.add_argument("--seed", type=int, default=0, help="seed of the episodes and the splits (default 0)")
   grad.add_argument("--json", default=None, help="write the settings and the gains as JSON here")
+  add_progress_flag(grad)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
   settings, obs_fn = models.env_settings(record), models.observation_fn(record)
   rows = []
   episodes = rlds_io.iter_episodes(play, args.start, args.start + args.episodes)
-  for i, episode in enumerate(tqdm(episodes, total=args.episodes, desc="oracle rollouts", unit="demo")):
+  for i, episode in enumerate(tqdm(episodes, total=args.episodes, desc="oracle rollouts", unit="demo",
+                                    disable=args.no_progress)):
     result = diagnostics.oracle_subgoal_rollout(
         policy, episode, record.window, max_steps=len(episode["goal_state"]) + args.extra_steps,
         seed=args.start + i, observation_fn=obs_fn, settings=settings, indexing=args.indexing)
@@ -159,7 +163,8 @@ def run_failures(args: argparse.Namespace) -> int:
   radii, found = failures.demo_reach_radii(play, geometry, args.demos)
   if not radii:
     raise UsageError(f"--play {args.play}: no demo moved any element, so no reach radius can be set")
-  rows = failures.run_anatomy(args.model, goals, args.rollouts, args.max_steps, args.seed, geometry, radii)
+  rows = failures.run_anatomy(args.model, goals, args.rollouts, args.max_steps, args.seed, geometry, radii,
+                              progress=not args.no_progress)
   summary = failures.summarize(rows)
   print(f"{len(rows)} rollouts of {args.model} ({len(goals)} goals x {args.rollouts}, {args.max_steps} steps); "
         f"goal elements by outcome:")
@@ -206,7 +211,8 @@ def run_gradient(args: argparse.Namespace) -> int:
     raise  # a broken model or its demos gone: one line naming the file, exit 1
   except ValueError as e:  # a model finetuning cannot act with (e.g. goal-free BC), a bad setting
     raise UsageError(str(e)) from None
-  episodes = gradient_signal.collect_episodes(model, elements, args.episodes, args.max_episode_steps, args.seed)
+  episodes = gradient_signal.collect_episodes(model, elements, args.episodes, args.max_episode_steps, args.seed,
+                                              progress=not args.no_progress)
   done = episodes["reward"].sum(-1)
   level = model.levels[acting.low_name(model)]
   batches = gradient_signal.level_batches(model, episodes, config, eps)

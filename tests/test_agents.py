@@ -307,6 +307,7 @@ def test_diagnose_oracle_cli(ril_model, kitchen_play_tiny, tmp_path, cli):
   result = cli("diagnose", "oracle", "--model", ril_model, "--play", kitchen_play_tiny, "--episodes", "1",
                "--extra-steps", "0", "--indexing", "progress", "--json", out, check=True)
   assert "oracle ceiling (progress-indexed subgoals, W_l=5, 1 demos)" in result.stdout
+  assert "oracle rollouts" in result.stderr  # the bar, on by default (`--no-progress`: see the failures test)
   with open(out) as f:
     report = json.load(f)
   (row,) = report["episodes"]
@@ -321,8 +322,9 @@ def test_diagnose_oracle_cli(ril_model, kitchen_play_tiny, tmp_path, cli):
 def test_diagnose_failures_cli(ril_model, kitchen_play_tiny, tmp_path, cli):
   out = str(tmp_path / "failures.json")
   result = cli("diagnose", "failures", "--model", ril_model, "--play", kitchen_play_tiny, "--goals", "1",
-               "--no-heldout", "--rollouts", "1", "--max-steps", "10", "--demos", "2", "--json", out, check=True)
-  assert "goal elements by outcome" in result.stdout
+               "--no-heldout", "--rollouts", "1", "--max-steps", "10", "--demos", "2", "--json", out, "--no-progress",
+               check=True)
+  assert "goal elements by outcome" in result.stdout and "rollouts:" not in result.stderr
   with open(out) as f:
     report = json.load(f)
   (row,) = report["rollouts"]

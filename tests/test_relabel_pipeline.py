@@ -354,6 +354,9 @@ def test_cli_no_progress_silences_the_bar_and_nothing_else(source, tmp_path, cli
   commands = relay_cli.build_parser()._subparsers._group_actions[0].choices  # pylint: disable=protected-access
   for name in ("generate", "ingest", "relabel", "train-il", "eval", "finetune", "distill"):
     assert "--no-progress" in commands[name]._option_string_actions, name  # pylint: disable=protected-access
+  actions = commands["diagnose"]._subparsers._group_actions[0].choices  # pylint: disable=protected-access
+  for name in ("oracle", "failures", "gradient"):
+    assert "--no-progress" in actions[name]._option_string_actions, name  # pylint: disable=protected-access
 
 
 def test_cli_rejects_bad_windows_and_missing_source(source, tmp_path, cli):
