@@ -27,6 +27,10 @@ with the same reward, exploration and KL settings), fits one NPG step on `--fit`
 random half and reports how much the step raises the policy-gradient surrogate of its own
 episodes and of the other half's (relay_agents/finetune/gradient_signal.py). A held-out gain
 near zero or below it means an iteration of that many episodes follows its own batch's noise.
+The same steps refitted at a much smaller KL (--probe-kl) split each gain into the part the
+step's direction earns (first order, growing as sqrt(KL)) and the part moving at all costs
+(second order, growing as KL). The first-order part on the other half over that on the step's own
+episodes says how much of the fitted direction other episodes share.
 """
 import argparse
 import dataclasses
@@ -86,6 +90,10 @@ def _add_gradient_arguments(grad: argparse.ArgumentParser) -> None:
                     help="ril models: the high level picks a subgoal every N steps (default W_l), as `relay finetune --replan`")
   grad.add_argument("--eps", type=float, default=None, help="sparse radius (default: calibrated as `relay finetune` does)")
   grad.add_argument("--kl", type=float, default=d.kl_delta, help=f"KL bound of the step (default {d.kl_delta:g})")
+  grad.add_argument("--probe-kl", type=float, default=None,
+                    help="a much smaller KL bound the same steps are refitted at, to split each gain into its "
+                         "first-order part (the step's direction) and its second-order part (the cost of moving "
+                         "at all): default --kl / 100")
   grad.add_argument("--explore-std", type=float, default=d.explore_std,
                     help=f"as `relay finetune --explore-std` (default {d.explore_std:g})")
   grad.add_argument("--explore-temperature", type=float, default=d.explore_temperature,
@@ -196,6 +204,9 @@ def run_gradient(args: argparse.Namespace) -> int:
   sizes = _fit_sizes(args.fit)
   if args.episodes < 2 or args.splits < 1 or args.max_episode_steps < 1:
     raise UsageError("--episodes must be at least 2, --splits and --max-episode-steps positive")
+  probe_kl = args.kl / 100 if args.probe_kl is None else args.probe_kl
+  if not 0 < probe_kl < args.kl:
+    raise UsageError(f"--probe-kl must be positive and below --kl {args.kl:g}, got {probe_kl:g}")
   if any(not 1 <= k <= args.episodes // 2 for k in sizes):
     raise UsageError(f"--fit sizes must be in 1..{args.episodes // 2} (half of --episodes {args.episodes}), got {args.fit}")
   if args.json:
@@ -217,8 +228,8 @@ def run_gradient(args: argparse.Namespace) -> int:
   level = model.levels[acting.low_name(model)]
   batches = gradient_signal.level_batches(model, episodes, config, eps)
   try:
-    gains = gradient_signal.held_out_gains(level.networks, level.config.head, level.params, batches, sizes,
-                                           config.kl_delta, args.splits, args.seed)
+    gains, probed = (gradient_signal.held_out_gains(level.networks, level.config.head, level.params, batches, sizes,
+                                                    kl, args.splits, args.seed) for kl in (config.kl_delta, probe_kl))
   except ValueError as e:
     raise UsageError(f"{args.episodes} episodes of {args.max_episode_steps} steps: {e}") from None
   print(f"{args.episodes} on-policy episodes of {args.model} toward {', '.join(elements)}: "
@@ -228,10 +239,19 @@ def run_gradient(args: argparse.Namespace) -> int:
   for g in gains:
     print(f"  k = {g.fit:4d}: on its own episodes {g.in_sample:+.5f}, on the other half's "
           f"{g.held_out:+.5f} +- {g.held_out_se:.5f}  (held-out / own {g.ratio:+.3f})")
+  orders = gradient_signal.split_orders(gains, probed, config.kl_delta, probe_kl)
+  print(f"the held-out gain split by refitting the same steps at KL {probe_kl:g}: first order (the step's direction) "
+        f"+ second order (the cost of moving):")
+  for o in orders:
+    print(f"  k = {o.fit:4d}: {o.held_out_first:+.5f} {o.held_out_second:+.5f}  (first-order held-out / own "
+          f"{o.alignment:+.3f})")
   if args.json:
     atomic.write_json(args.json, {"model": args.model, "goal": list(elements), "episodes": args.episodes,
                                   "seed": args.seed, "eps": eps, "config": dataclasses.asdict(config),
                                   "elements_done": float(done.mean()),
-                                  "gains": [dict(dataclasses.asdict(g), ratio=g.ratio) for g in gains]})
+                                  "gains": [dict(dataclasses.asdict(g), ratio=g.ratio) for g in gains],
+                                  "probe_kl": probe_kl,
+                                  "gains_at_probe_kl": [dict(dataclasses.asdict(g), ratio=g.ratio) for g in probed],
+                                  "orders": [dict(dataclasses.asdict(o), alignment=o.alignment) for o in orders]})
     print(f"json: {args.json}")
   return 0

@@ -718,15 +718,27 @@ def test_held_out_gain_separates_a_real_gradient_from_shuffled_advantages():
   batches = {"inputs": shape(inputs), "actions": shape(actions), "advantages": shape(reward - reward.mean()),
              "mask": np.ones((32, 16), np.float32)}
   real = gradient_signal.held_out_gains(nets, "mixture", params, batches, [4, 16], 0.05)
-  shuffled = gradient_signal.held_out_gains(nets, "mixture", params,
-                                            dict(batches, advantages=shape(rng.permutation(reward - reward.mean()))),
-                                            [16], 0.05)
+  shuffled_batches = dict(batches, advantages=shape(rng.permutation(reward - reward.mean())))
+  shuffled = gradient_signal.held_out_gains(nets, "mixture", params, shuffled_batches, [16], 0.05)
   assert [g.fit for g in real] == [4, 16] and all(g.fits == 6 for g in real)
   assert all(g.in_sample > 0 for g in real + shuffled)
   assert real[1].held_out > 5 * real[1].held_out_se > 0, real
   assert real[1].held_out > real[0].held_out  # more episodes per step, more of the gain holds out
   assert shuffled[0].held_out < 0.25 * real[1].held_out, (shuffled, real)
   assert shuffled[0].ratio < 0.25 < real[1].ratio
+  # The same steps at smaller KL bounds: the gain is a sqrt(kl) + b kl (first order: the step's
+  # direction; second order: moving at all). Two bounds give a and b; a third is then predicted.
+  probe, middle = (gradient_signal.held_out_gains(nets, "mixture", params, batches, [4, 16], kl) for kl in (5e-4, 5e-3))
+  orders = gradient_signal.split_orders(real, probe, 0.05, 5e-4)
+  for o, at_kl, mid in zip(orders, real, middle):
+    assert o.held_out_first + o.held_out_second == pytest.approx(at_kl.held_out, abs=1e-6)
+    assert o.held_out_first * np.sqrt(0.1) + o.held_out_second * 0.1 == pytest.approx(mid.held_out, rel=0.1)
+  assert orders[1].held_out_first > 0 and orders[1].alignment > orders[0].alignment > 0  # more episodes, more shared
+  shuffled_probe = gradient_signal.held_out_gains(nets, "mixture", params, shuffled_batches, [16], 5e-4)
+  noise = gradient_signal.split_orders(shuffled, shuffled_probe, 0.05, 5e-4)[0]
+  assert noise.in_sample_first > 0 and noise.alignment < 0.5 * orders[1].alignment, (noise, orders)
+  with pytest.raises(ValueError, match="probe KL must be in"):
+    gradient_signal.split_orders(real, probe, 5e-4, 0.05)
   with pytest.raises(ValueError, match="fit sizes must be in 1..16"):
     gradient_signal.held_out_gains(nets, "mixture", params, batches, [17], 0.05)
   with pytest.raises(ValueError, match="every advantage is zero"):
@@ -745,6 +757,11 @@ def test_cli_diagnose_gradient_in_the_kitchen(ril_model, cli, tmp_path):
   assert [g["fit"] for g in result["gains"]] == [1, 2] and all(g["fits"] == 2 for g in result["gains"])
   assert all(g["in_sample"] > 0 and np.isfinite(g["held_out"]) for g in result["gains"])
   assert result["eps"] is None and result["episodes"] == 4 and result["config"]["reward"] == "euclidean"
+  assert "first order (the step's direction)" in proc.stdout and result["probe_kl"] == pytest.approx(1e-4)
+  for o, g in zip(result["orders"], result["gains"]):
+    assert o["fit"] == g["fit"] and o["held_out_first"] + o["held_out_second"] == pytest.approx(g["held_out"], abs=1e-6)
+  bad_probe = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave", "--probe-kl", "0.05")
+  assert bad_probe.returncode == 2 and "--probe-kl must be positive and below --kl 0.01" in bad_probe.stderr
   too_many = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave", "--episodes", "4", "--fit", "3")
   assert too_many.returncode == 2 and "--fit sizes must be in 1..2" in too_many.stderr
   not_numbers = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave", "--fit", "8,x")

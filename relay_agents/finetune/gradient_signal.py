@@ -11,6 +11,14 @@ mean(log pi(a|x) * A) of the other half before and after the step, over several 
 and both directions. A held-out gain near zero, or below it, means that at this batch size an
 iteration follows its own batch's noise.
 
+A step of KL delta moves other episodes' surrogate in two ways: to first order along what its
+direction has in common with their gradient (proportional to sqrt(delta), since the step length
+is), and to second order by the curvature of their log-likelihoods (proportional to delta: any
+move away from a policy lowers the likelihood of the actions it samples). At the learner's delta
+the second can hide the first. `split_orders` refits the same steps (same splits, same directions:
+the NPG direction does not depend on delta) at a much smaller probe delta and solves
+held_out(delta) = a sqrt(delta) + b delta for both parts.
+
 Advantages are the learner's GAE (its segments, semi-MDP decisions and discounts) with a zero
 baseline: the learner's baseline is a value network refitted at every iteration, which one set
 of episodes does not give. (Measured once with a value network fitted on the fit half and used
@@ -127,3 +135,43 @@ def held_out_gains(networks, head: str, params, batches: Dict[str, np.ndarray], 
     out.append(Gain(fit=k, in_sample=float(np.mean(ins)), held_out=float(np.mean(held)),
                     held_out_se=float(np.std(held) / np.sqrt(len(held))), fits=len(held)))
   return out
+
+
+@dataclasses.dataclass
+class Orders:
+  """One fit size's surrogate gains at the learner's KL split into first-order (direction) and
+  second-order (curvature) parts, from measurements at two KL bounds (`split_orders`)."""
+  fit: int
+  held_out_first: float   # a sqrt(kl): what the step's direction gains on the other half
+  held_out_second: float  # b kl: what moving that far costs the other half
+  in_sample_first: float  # the same split of the step's gain on its own episodes
+
+  @property
+  def alignment(self) -> float:
+    """held-out / own first-order gain: the share of the fitted direction that other episodes of
+    the same policy would also follow (1: all of it; ~0: it fits its own batch's noise)."""
+    return self.held_out_first / self.in_sample_first if self.in_sample_first else float("nan")
+
+
+def _solve(kl: float, probe_kl: float, at_kl: float, at_probe: float):
+  """(a sqrt(kl), b kl) from gain(d) = a sqrt(d) + b d measured at d = kl and d = probe_kl."""
+  r = np.sqrt(probe_kl / kl)  # gain(probe) = r * first + r^2 * second, gain(kl) = first + second
+  second = (at_probe - r * at_kl) / (r * r - r)
+  return at_kl - second, second
+
+
+def split_orders(at_kl: Sequence[Gain], at_probe: Sequence[Gain], kl: float, probe_kl: float) -> List[Orders]:
+  """Splits the gains of `held_out_gains(..., kl)` into first- and second-order parts, given the
+  gains of the same call at `probe_kl` (same batches, fit sizes, splits and seed)."""
+  if not 0 < probe_kl < kl:
+    raise ValueError(f"the probe KL must be in (0, {kl:g}), got {probe_kl:g}")
+  if [g.fit for g in at_kl] != [g.fit for g in at_probe]:
+    raise ValueError("the two measurements must have the same fit sizes")
+  out = []
+  for big, small in zip(at_kl, at_probe):
+    held_first, held_second = _solve(kl, probe_kl, big.held_out, small.held_out)
+    own_first, _ = _solve(kl, probe_kl, big.in_sample, small.in_sample)
+    out.append(Orders(fit=big.fit, held_out_first=held_first, held_out_second=held_second,
+                      in_sample_first=own_first))
+  return out
+
