@@ -205,7 +205,7 @@ def run_gradient(args: argparse.Namespace) -> int:
   if args.episodes < 2 or args.splits < 1 or args.max_episode_steps < 1:
     raise UsageError("--episodes must be at least 2, --splits and --max-episode-steps positive")
   probe_kl = args.kl / 100 if args.probe_kl is None else args.probe_kl
-  if not 0 < probe_kl < args.kl:
+  if args.kl > 0 and not 0 < probe_kl < args.kl:  # a bad --kl itself is refused by FinetuneConfig below
     raise UsageError(f"--probe-kl must be positive and below --kl {args.kl:g}, got {probe_kl:g}")
   if any(not 1 <= k <= args.episodes // 2 for k in sizes):
     raise UsageError(f"--fit sizes must be in 1..{args.episodes // 2} (half of --episodes {args.episodes}), got {args.fit}")

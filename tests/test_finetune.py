@@ -762,6 +762,8 @@ def test_cli_diagnose_gradient_in_the_kitchen(ril_model, cli, tmp_path):
     assert o["fit"] == g["fit"] and o["held_out_first"] + o["held_out_second"] == pytest.approx(g["held_out"], abs=1e-6)
   bad_probe = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave", "--probe-kl", "0.05")
   assert bad_probe.returncode == 2 and "--probe-kl must be positive and below --kl 0.01" in bad_probe.stderr
+  bad_kl = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave", "--kl", "-1")
+  assert bad_kl.returncode == 2 and "kl_delta must be positive" in bad_kl.stderr and "probe" not in bad_kl.stderr
   too_many = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave", "--episodes", "4", "--fit", "3")
   assert too_many.returncode == 2 and "--fit sizes must be in 1..2" in too_many.stderr
   not_numbers = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave", "--fit", "8,x")
