@@ -6,7 +6,10 @@
 Variants: npg (natural policy gradient with a learned value baseline, GAE and a KL-normalized
 step), dapg (plus lambda0 * lambda1^k times the log-likelihood of the relabeled demo examples the
 model was trained on, served from a Reverb table), iril (dapg, plus every batch of on-policy
-episodes relabeled with the same relay functions and inserted into that table).
+episodes relabeled with the same relay functions and inserted into that table), filtered (beyond
+the paper, no policy gradient: the episodes that complete the whole goal are kept, and the low
+level is behaviour-cloned on the relabeled demos plus the decisions it made in them, under the
+subgoals it was commanded; --own-fraction, --bc-steps, --bc-learning-rate).
 The low level is rewarded for reaching the subgoal the high level commands (--reward sparse:
 within eps of it in goal space, eps calibrated from the demo windows; euclidean; element-wise;
 task: the task's progress, as a flat policy); the high level (--finetune both) for task progress
@@ -59,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--lambda0", type=float, default=d.lambda0, help=f"DAPG demo weight (default {d.lambda0:g})")
   parser.add_argument("--lambda1", type=float, default=d.lambda1,
                       help=f"DAPG decay per iteration (default {d.lambda1:g})")
+  parser.add_argument("--own-fraction", type=float, default=d.own_fraction,
+                      help="filtered: weight of the kept successful decisions against the demos in each batch "
+                           f"(default {d.own_fraction:g})")
+  parser.add_argument("--bc-steps", type=int, default=d.bc_steps,
+                      help=f"filtered: Adam steps per iteration (default {d.bc_steps})")
+  parser.add_argument("--bc-learning-rate", type=float, default=d.bc_learning_rate,
+                      help=f"filtered: Adam learning rate (default {d.bc_learning_rate:g})")
   parser.add_argument("--explore-std", type=float, default=d.explore_std,
                       help="scale of the policy's Gaussian stds while finetuning: actors sample and NPG scores the "
                            "narrowed policy; below 1 explores near the likeliest mode, which deterministic evaluation "
@@ -89,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
                             eps_quantile=args.eps_quantile, episodes_per_iteration=args.episodes_per_iteration,
                             max_episode_steps=args.max_episode_steps, kl_delta=args.kl, lambda0=args.lambda0,
                             lambda1=args.lambda1, explore_std=args.explore_std,
-                            explore_temperature=args.explore_temperature, replan=args.replan)
+                            explore_temperature=args.explore_temperature, replan=args.replan,
+                            own_fraction=args.own_fraction, bc_steps=args.bc_steps,
+                            bc_learning_rate=args.bc_learning_rate)
     summary = run_lib.finetune(
         run_lib.RunConfig(args.model, elements, args.out, args.env_steps, actors=args.actors,
                           actor_processes=args.actor_processes, seed=args.seed, demos=args.demos,

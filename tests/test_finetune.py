@@ -351,6 +351,82 @@ def test_iril_inserts_relabeled_on_policy_episodes_into_the_demo_table(ril_model
     server.stop()
 
 
+class _FirstEpisodeSucceeds:
+  """The actors' real adder, with the first episode's first len(GOAL) rewards set to 1: to the
+  learner it completed the goal (the tiny model completes nothing in a few steps)."""
+
+  def __init__(self, writer):
+    self._writer, self._episode, self._t = writer, -1, 0
+
+  def add_first(self, timestep):
+    self._episode, self._t = self._episode + 1, 0
+    self._writer.add_first(timestep)
+
+  def add(self, action, next_timestep, extras=()):
+    reward = np.float32(1.0 if self._episode == 0 and self._t < len(GOAL) else 0.0)
+    self._t += 1
+    self._writer.add(action, next_timestep._replace(reward=reward), extras)
+
+  def reset(self, timeout_ms=None):
+    self._writer.reset(timeout_ms)
+
+
+def _filtered_learner(model, config, address):
+  builder = builder_lib.FinetuneBuilder(config, model)
+  assert builder.feed_demos(address, model.levels["low"].source, progress=False) == config.demo_max_examples
+  client = reverb.Client(address)
+  learner = builder.make_learner(jax.random.PRNGKey(0), client, 0.5, GOAL, demo_iterator=builder.make_demo_iterator(address))
+  return builder, client, learner
+
+
+def test_filtered_variant_imitates_the_decisions_of_successful_episodes_only(ril_model):
+  from relay_agents.finetune import filtered  # pylint: disable=import-outside-toplevel
+  model = policy_io.load_model(ril_model, explore_std=0.5)
+  config = FinetuneConfig(variant="filtered", episodes_per_iteration=2, max_episode_steps=12, demo_batch_size=16,
+                          demo_max_examples=32, bc_steps=30, bc_learning_rate=1e-3)
+  builder, server, address = _server_for(config, model)
+  try:
+    builder, client, learner = _filtered_learner(model, config, address)
+    env = env_lib.GoalKitchenEnv(GOAL, max_episode_steps=12)
+    # No success yet: nothing is kept and nothing moves.
+    actor = builder.make_actor(0, learner, builder.make_adder(client))
+    for i in range(2):
+      acting.run_episode(env, actor, i, seed=0)
+    learner.step()
+    assert learner.last["kept_episodes"] == 0 and learner.last["low/own_examples"] == 0
+    assert "low/own_log_prob_last" not in learner.last
+    unchanged = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                                      jax.tree_util.tree_leaves(b)))
+    assert unchanged(learner.get_variables(["low"])[0], model.levels["low"].params)
+    # One of two episodes completes the goal: its decisions, and only they, are imitated.
+    actor = builder.make_actor(0, learner, _FirstEpisodeSucceeds(builder.make_adder(client)))
+    episodes = [acting.run_episode(env, actor, 10 + i, seed=0, record=True) for i in range(2)]
+    learner.step()
+    assert learner.last["kept_episodes"] == 1 and learner.last["success_rate"] == 0.5
+    kept = learner.save()["kept"]["low"]
+    assert kept["inputs"].shape[0] == learner.last["low/kept_decisions"] == episodes[0]["steps"] == 12
+    obs = model.observation(episodes[0]["observations"][:-1])
+    np.testing.assert_allclose(kept["inputs"][:, :obs.shape[1]], obs, rtol=1e-6)  # episode 0's states, in order
+    np.testing.assert_allclose(kept["actions"], episodes[0]["actions"], rtol=1e-6)  # the actions it executed
+    # The plain policy (what evaluation runs) now scores the kept decisions higher; the high level is untouched.
+    plain = models.load_networks(os.path.join(ril_model, "low"))[0]
+    score = lambda p: float(np.mean(plain.log_prob(plain.policy.apply(p, kept["inputs"]), kept["actions"])))
+    assert score(learner.get_variables(["low"])[0]) > score(model.levels["low"].params) + 1.0
+    assert learner.last["low/own_log_prob_last"] > learner.last["low/own_log_prob_first"]
+    assert unchanged(learner.get_variables(["high"])[0], model.levels["high"].params)
+    # The whole state round-trips (the kept buffer included), so a rerun resumes from it.
+    other = _filtered_learner(model, config, address)[2]
+    other.restore(pickle.loads(pickle.dumps(learner.save())))
+    assert other.iteration == 2 and other.env_steps == learner.env_steps == 48
+    np.testing.assert_array_equal(other.save()["kept"]["low"]["inputs"], kept["inputs"])
+    assert unchanged(other.get_variables(["low"])[0], learner.get_variables(["low"])[0])
+  finally:
+    server.stop()
+  # The buffer keeps the newest decisions.
+  fifo = filtered.append_fifo({"x": np.arange(3)}, {"x": np.arange(3, 7)}, 5)
+  np.testing.assert_array_equal(fifo["x"], [2, 3, 4, 5, 6])
+
+
 def relabeled_rows(observations):
   from relay_data import relabel
   return relabel.relabel_indices(len(observations), WINDOW, 3)[0]
@@ -611,6 +687,12 @@ def test_cli_finetune_rejects_bad_flags(cli, ril_model, tmp_path):
   bad_replan = cli("finetune", "--model", ril_model, "--goal", "microwave", "--env-steps", "10", "--replan", "0",
                    "--out", str(tmp_path / "x"))
   assert bad_replan.returncode == 2 and "replan must be positive" in bad_replan.stderr
+  for flags, message in ((["--own-fraction", "0"], "own_fraction must be in (0, 1]"),
+                         (["--bc-steps", "0"], "bc_steps must be positive"),
+                         (["--finetune", "both"], "variant filtered finetunes the low level alone")):
+    bad = cli("finetune", "--model", ril_model, "--goal", "microwave", "--env-steps", "10", "--variant", "filtered",
+              *flags, "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and message in bad.stderr, (flags, bad.stderr[-500:])
   bad_address = cli("actor", "--reverb-address", "nohostport")
   assert bad_address.returncode == 2 and "HOST:PORT" in bad_address.stderr
   nobody = cli("actor", "--reverb-address", "127.0.0.1:1")

@@ -17,7 +17,7 @@ import reverb
 from relay_agents import acme_compat  # noqa: F401
 from acme.adders.reverb import episode as episode_adders  # pylint: disable=g-bad-import-order
 from acme.jax import variable_utils
-from relay_agents.finetune import acting, adder as adder_lib, env as env_lib, learning, policy_io, replay_io
+from relay_agents.finetune import acting, adder as adder_lib, env as env_lib, filtered, learning, policy_io, replay_io
 from relay_agents.finetune.config import FinetuneConfig
 
 
@@ -90,5 +90,7 @@ class FinetuneBuilder:
 
   def make_learner(self, random_key, client: reverb.Client, eps: float, elements,
                    demo_iterator: Optional[Iterator] = None, demo_inserter=None, logger=None):
+    if self.config.variant == "filtered":
+      return filtered.FilteredLearner(self.model, self.config, client, eps, random_key, elements, demo_iterator)
     return learning.NPGLearner(self.model, self.config, client, eps, random_key, elements,
                                demo_iterator=demo_iterator, demo_inserter=demo_inserter, logger=logger)

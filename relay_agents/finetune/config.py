@@ -1,8 +1,8 @@
-"""Configuration of RL finetuning (NPG-, DAPG- and IRIL-RPL)."""
+"""Configuration of RL finetuning (NPG-, DAPG- and IRIL-RPL, and success-filtered self-imitation)."""
 import dataclasses
 from typing import Optional, Tuple
 
-VARIANTS = ("npg", "dapg", "iril")
+VARIANTS = ("npg", "dapg", "iril", "filtered")
 REWARDS = ("sparse", "euclidean", "element-wise", "task")
 LEVELS = ("low", "both")
 
@@ -14,7 +14,12 @@ class FinetuneConfig:
   variant: "npg" (policy gradient only), "dapg" (plus lambda-weighted log-likelihood of relabeled
     demo examples, lambda_k = lambda0 * lambda1**k at iteration k) or "iril" (dapg, plus every
     batch of on-policy trajectories relabeled with `relay_data.relabel` and inserted into the
-    demo table).
+    demo table); or "filtered" (beyond the paper, no policy gradient: behaviour cloning on the
+    relabeled demos plus the decisions of the run's successful episodes, `finetune.filtered`).
+  own_fraction, bc_steps, bc_learning_rate, own_max_examples: "filtered" only. Each iteration takes
+    `bc_steps` Adam steps on batches of `demo_batch_size` demo examples and as many kept decisions,
+    weighted 1 - own_fraction and own_fraction; the newest `own_max_examples` kept decisions are
+    sampled from.
   finetune: "low" (the paper: finetuning the low level alone is enough) or "both".
   reward: low-level reward for reaching the commanded subgoal (see `rewards`); `eps` is the sparse
     radius in goal space (None: calibrated from the demo windows, `eps_quantile`). "task" rewards
@@ -54,6 +59,10 @@ class FinetuneConfig:
   demo_batch_size: int = 256
   demo_max_examples: int = 200_000
   iril_goals_per_step: int = 4
+  own_fraction: float = 0.5
+  bc_steps: int = 200
+  bc_learning_rate: float = 1e-4
+  own_max_examples: int = 100_000
   value_hidden: Tuple[int, ...] = (64, 64)
   value_learning_rate: float = 1e-3
   value_epochs: int = 2
@@ -69,11 +78,17 @@ class FinetuneConfig:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
     for name in ("episodes_per_iteration", "max_episode_steps", "cg_iters", "fisher_samples",
                  "demo_batch_size", "value_epochs", "value_batch_size", "iril_goals_per_step", "kl_delta",
-                 "explore_std", "explore_temperature"):
+                 "explore_std", "explore_temperature", "bc_steps", "bc_learning_rate",
+                 "own_max_examples"):
       if not getattr(self, name) > 0:  # `not > 0`, not `<= 0`: a NaN kl_delta is refused too
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
     if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
       raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
+    if not 0 < self.own_fraction <= 1:
+      raise ValueError(f"own_fraction must be in (0, 1], got {self.own_fraction}")
+    if self.variant == "filtered" and self.finetune != "low":
+      raise ValueError("variant filtered finetunes the low level alone (finetune low): the demo table holds "
+                       "that level's examples only")
     if self.replan is not None and not self.replan > 0:
       raise ValueError(f"replan must be positive, got {self.replan}")
     if self.eps is not None and not self.eps > 0:
@@ -83,8 +98,8 @@ class FinetuneConfig:
 
   @property
   def uses_demos(self) -> bool:
-    return self.variant in ("dapg", "iril")
+    return self.variant in ("dapg", "iril", "filtered")
 
   def demo_weight(self, iteration: int) -> float:
     """lambda_k = lambda0 * lambda1**k (mjrl's DAPG schedule); 0 for plain NPG."""
-    return self.lambda0 * self.lambda1 ** iteration if self.uses_demos else 0.0
+    return self.lambda0 * self.lambda1 ** iteration if self.variant in ("dapg", "iril") else 0.0

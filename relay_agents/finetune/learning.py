@@ -51,6 +51,25 @@ def episode_lengths(episodes) -> np.ndarray:
   return np.asarray(episodes["valid"], np.float32).sum(-1).astype(np.int64)
 
 
+def elements_done(episodes) -> np.ndarray:
+  """[B] the task's completed elements per episode (its rewards are the completion test's)."""
+  return (np.asarray(episodes["reward"], np.float32) * episodes["valid"]).sum(-1)
+
+
+def take_episodes(client: reverb.Client, config: FinetuneConfig) -> Dict[str, np.ndarray]:
+  """One iteration's batch: `episodes_per_iteration` whole episodes from the trajectory queue."""
+  samples = list(client.sample(config.trajectory_table, config.episodes_per_iteration, emit_timesteps=False,
+                               unpack_as_table_signature=True))
+  return episodes_from_samples(samples)
+
+
+def episode_metrics(episodes, num_elements: int) -> Dict[str, float]:
+  """What every learner logs of its batch: success rate, elements done, episode length."""
+  lengths, done = episode_lengths(episodes), elements_done(episodes)
+  return {"episodes": len(lengths), "success_rate": float(np.mean(done >= num_elements)),
+          "elements_done": float(np.mean(done)), "episode_steps": float(np.mean(lengths))}
+
+
 def level_transitions(episodes, level: str, model: policy_io.Model, config: FinetuneConfig, eps: float):
   """[B, n] arrays of one level's transitions: inputs, actions, rewards, done, mask, elapsed."""
   env_obs, goal, act = episodes["observation"], episodes["goal"], episodes["action"]
@@ -208,14 +227,9 @@ class NPGLearner(core.Learner):
   def step(self) -> None:
     t0 = time.time()
     cfg = self._config
-    samples = list(self._client.sample(cfg.trajectory_table, cfg.episodes_per_iteration, emit_timesteps=False,
-                                       unpack_as_table_signature=True))
-    episodes = episodes_from_samples(samples)
+    episodes = take_episodes(self._client, cfg)
     lengths = episode_lengths(episodes)
-    done = (np.asarray(episodes["reward"], np.float32) * episodes["valid"]).sum(-1)
-    metrics = {"iteration": self.iteration, "episodes": len(lengths),
-               "success_rate": float(np.mean(done >= len(self._elements))),
-               "elements_done": float(np.mean(done)), "episode_steps": float(np.mean(lengths))}
+    metrics = {"iteration": self.iteration, **episode_metrics(episodes, len(self._elements))}
     t_sample = time.time() - t0
     for name in self._trained:
       metrics.update(self._update_level(name, episodes))
