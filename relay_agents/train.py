@@ -96,7 +96,7 @@ def train_key(data_dir: str, config: GoalBCConfig, train: TrainConfig) -> str:
 # Policy options added after models were first trained: left out of the key at their defaults, so
 # a model trained before they existed still resumes (its weights depend on none of them).
 _LATER_OPTIONS = {"end_effector": False, "action_chunk": 1, "gripper_head": False, "goal_delta": False,
-                  "subgoal_residual": False, "goal_noise": 0.0, "goal_elements": False}
+                  "subgoal_residual": False, "goal_noise": 0.0, "goal_elements": False, "lr_decay_steps": None}
 
 
 def _config_identity(config: GoalBCConfig) -> Dict:

@@ -6,7 +6,6 @@ observation (see `replay.learner_dataset`), so no learner of our own is needed.
 from typing import Iterator, Optional
 
 import jax
-import optax
 
 from relay_agents import acme_compat  # noqa: F401
 from acme import types  # pylint: disable=g-bad-import-order
@@ -25,7 +24,7 @@ def make_loss(networks: GoalBCNetworks, config: GoalBCConfig):
 def make_learner(networks: GoalBCNetworks, dataset: Iterator[types.Transition], config: GoalBCConfig,
                  random_key, logger: Optional[loggers.Logger] = None) -> bc.BCLearner:
   return bc.BCLearner(network=networks.policy, random_key=random_key,
-                      loss_fn=make_loss(networks, config), optimizer=optax.adam(config.learning_rate),
+                      loss_fn=make_loss(networks, config), optimizer=config.optimizer(),
                       demonstrations=dataset, num_sgd_steps_per_step=config.num_sgd_steps_per_step,
                       logger=logger or loggers.NoOpLogger())
 
