@@ -36,10 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
   parser.add_argument("--learning-rate", type=float, default=d.learning_rate,
                       help=f"Adam learning rate (default {d.learning_rate:g})")
-  parser.add_argument("--lr-decay", default="none", choices=["none", "cosine"],
-                      help="learning-rate schedule: none (constant, the default) or cosine (decays to 0 over "
-                           "--steps; the steps are then part of what the weights depend on, so a rerun with "
-                           "other --steps does not resume)")
+  parser.add_argument("--lr-decay", default="cosine", choices=["cosine", "none"],
+                      help="learning-rate schedule: cosine (the default: decays to 0 over --steps; the steps are "
+                           "then part of what the weights depend on, so a rerun with other --steps does not "
+                           "resume) or none (constant, the rate of models trained before session 30)")
   parser.add_argument("--hidden", default=None, help=f"MLP hidden sizes (default {hidden}; --paper: 256,256)")
   parser.add_argument("--head", default=d.head, choices=list(HEADS),
                       help=f"policy head (default {d.head}): mixture of Gaussians (play is multimodal and the "
@@ -128,7 +128,6 @@ def run(args: argparse.Namespace) -> int:
   try:
     config = GoalBCConfig(hidden_sizes=hidden, head=args.head, num_components=args.components,
                           learning_rate=args.learning_rate,
-                          lr_decay_steps=args.steps if args.lr_decay == "cosine" else None,
                           batch_size=args.batch_size, max_replay_size=args.max_replay_size,
                           end_effector={"auto": None, "on": True, "off": False}[args.end_effector],
                           action_chunk=args.action_chunk,
@@ -136,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
                           goal_delta=args.goal_delta, subgoal_residual=args.subgoal_residual,
                           goal_noise=args.goal_noise, goal_elements={"auto": None, "on": True, "off": False}[args.goal_elements])
     train_config = train.TrainConfig(steps=args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                                     lr_decay=args.lr_decay,
                                      reverb_address=args.reverb_address, progress=not args.no_progress)
   except ValueError as e:
     raise UsageError(str(e)) from e

@@ -47,6 +47,9 @@ AGENTS = {
 CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pkl", "checkpoint.prev.pkl"
 
 
+LR_DECAYS = ("cosine", "none")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   steps: int = 5000
@@ -55,10 +58,15 @@ class TrainConfig:
   checkpoint_every: int = 1000
   reverb_address: Optional[str] = None   # host:port of a running server; None starts one here
   progress: bool = True
+  # "cosine": `train_agent` decays each level's Adam rate to 0 over `steps` (a policy config's own
+  # `lr_decay_steps` wins); "none": constant. See `GoalBCConfig.lr_decay_steps` for why.
+  lr_decay: str = "cosine"
 
   def __post_init__(self):
     if self.steps <= 0 or self.checkpoint_every <= 0 or self.log_every <= 0:
       raise ValueError("steps, checkpoint_every and log_every must be positive")
+    if self.lr_decay not in LR_DECAYS:
+      raise ValueError(f"lr_decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
 
 
 class _TensorBoardLogger(loggers.Logger):
@@ -352,6 +360,8 @@ def train_agent(agent: str, data: Dict[str, str], out_dir: str, train: TrainConf
   sources = _sources(agent, data)
   check_sources_agree(sources)
   config = resolve_end_effector(sources, config)
+  if train.lr_decay == "cosine" and config.lr_decay_steps is None:
+    config = dataclasses.replace(config, lr_decay_steps=train.steps)
   check_kitchen_options(sources, config)
   level_configs = {level: resolve_goal_elements(agent, level, sources,
                                                 dataclasses.replace(config, **AGENTS[agent][level][1]))

@@ -611,7 +611,7 @@ def test_goal_noise_reaches_the_ril_low_level_through_reverb(datasets, kitchen_p
 
 
 def test_cosine_learning_rate_decays_to_zero_and_is_part_of_the_weights_identity(datasets, tmp_path, cli):
-  """`--lr-decay cosine`: Adam's step shrinks along a cosine to nothing at --steps; the schedule
+  """`--lr-decay cosine` (the default): Adam's step shrinks along a cosine to nothing at --steps; the schedule
   (its length included) is part of the training's identity, so other --steps do not resume it."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   optimizer = GoalBCConfig(learning_rate=0.1, lr_decay_steps=10).optimizer()
@@ -625,12 +625,16 @@ def test_cosine_learning_rate_decays_to_zero_and_is_part_of_the_weights_identity
   assert sizes[5] == pytest.approx(0.05, rel=1e-2)  # halfway: half the rate
   assert all(a > b for a, b in zip(sizes[:10], sizes[1:10])) and sizes[10] == sizes[11] == 0.0
   out = str(tmp_path / "cos")
-  args = ("train-il", "--agent", "ril", "--low", datasets["low"], "--high", datasets["high"], "--out", out,
-          "--hidden", "8", "--batch-size", "8", "--action-chunk", "1", "--lr-decay", "cosine")
+  common = ("train-il", "--agent", "ril", "--low", datasets["low"], "--high", datasets["high"], "--hidden", "8",
+            "--batch-size", "8", "--action-chunk", "1")
+  args = common + ("--out", out, "--lr-decay", "cosine")
   cli(*args, "--steps", "4", check=True)
   configs = models.read_record(out).policy_configs
   assert configs["low"]["lr_decay_steps"] == configs["high"]["lr_decay_steps"] == 4
   longer = cli(*args, "--steps", "6")
   assert longer.returncode != 0 and "--overwrite" in longer.stderr, longer.stderr[-1000:]
+  constant = str(tmp_path / "constant")  # the rate of models trained before the schedule existed
+  cli(*common, "--out", constant, "--steps", "4", "--lr-decay", "none", check=True)
+  assert models.read_record(constant).policy_configs["low"]["lr_decay_steps"] is None
   bad = cli(*args, "--steps", "4", "--lr-decay", "linear")
   assert bad.returncode == 2 and "invalid choice: 'linear'" in bad.stderr

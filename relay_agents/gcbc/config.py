@@ -80,8 +80,8 @@ class GoalBCConfig:
     goal. Beyond the paper
     (whose goal is the state).
   lr_decay_steps: None (the default) keeps Adam's learning rate constant; N decays it along a
-    cosine from `learning_rate` to 0 over N steps (`relay train-il --lr-decay cosine` sets N to
-    --steps). Why: at a constant rate the weights end wherever the last batches left them, and
+    cosine from `learning_rate` to 0 over N steps (`relay train-il` and `train.train_agent` set
+    N to the training's steps unless told `--lr-decay none`, `TrainConfig.lr_decay`). Why: at a constant rate the weights end wherever the last batches left them, and
     how well one seed chains a compound goal moves with them: continuing the seed-1 RIL low level
     on its own demos at a tenth of the rate for 6,800 steps took it from 13 % to 46 % on the
     headline goal (docs/results.md, session 30). Beyond the paper.
