@@ -21,13 +21,13 @@ the filter). Each `step()`:
   No kept decision yet: no update (continuing on the demos alone would be retraining, not
   finetuning).
 
-It is an Acme `core.Learner` with the same interface as `learning.NPGLearner` (variables by level
+It is an Acme `core.Learner` (`learning.IterationLearner`, as `learning.NPGLearner`: variables by level
 name, save/restore of its whole state including the kept buffer, so a resumed run continues
 exactly), used by `run.finetune` through the builder.
 """
 import os
 import time
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +35,6 @@ import numpy as np
 import optax
 import reverb
 
-from relay_agents import acme_compat  # noqa: F401
-from acme import core  # pylint: disable=g-bad-import-order
 from relay_agents import models
 from relay_agents.finetune import acting, learning, policy_io
 from relay_agents.finetune.config import FinetuneConfig
@@ -76,38 +74,26 @@ def make_bc_update(networks, optimizer: optax.GradientTransformation, own_fracti
   return jax.jit(update)
 
 
-class FilteredLearner(core.Learner):
+class FilteredLearner(learning.IterationLearner):
   """Success-filtered self-imitation over a trajectory table (see the module docstring)."""
 
   def __init__(self, model: policy_io.Model, config: FinetuneConfig, replay_client: reverb.Client,
                eps: float, random_key, elements: Sequence[str], demo_iterator: Iterator):
     if demo_iterator is None:
       raise ValueError("variant filtered needs a demo iterator (relabeled examples)")
+    super().__init__(model, [acting.low_name(model)])
     self._model, self._config, self._client, self._eps = model, config, replay_client, eps
     self._elements, self._demos = list(elements), demo_iterator
-    self._names = acting.variable_names(model)
-    self._trained = [acting.low_name(model)]
     self._optimizer = optax.adam(config.bc_learning_rate)
     self._updates = {}
     for name in self._trained:  # the plain networks: the narrowed ones are for sampling only
       networks = models.load_networks(os.path.join(model.path, name))[0]
       self._updates[name] = make_bc_update(networks, self._optimizer, config.own_fraction)
-    self._params = {n: model.levels[n].params for n in self._names}
     self._opt_state = {n: self._optimizer.init(self._params[n]) for n in self._trained}
     self._kept: Dict[str, Dict[str, np.ndarray]] = {n: {} for n in self._trained}
-    self._seed = int(np.asarray(jax.random.key_data(random_key) if hasattr(jax.random, "key_data")
-                                else random_key).ravel()[-1])
-    self.iteration, self.env_steps, self.episodes = 0, 0, 0
-    self.last: Dict[str, float] = {}
-
-  @property
-  def trained(self) -> List[str]:
-    return list(self._trained)
+    self._seed = int(learning.key_array(random_key).ravel()[-1])
 
   # --- core.Learner ---------------------------------------------------------------------------
-  def get_variables(self, names: Sequence[str]) -> List:
-    return [self._params[n] for n in names]
-
   def save(self) -> Dict:
     return jax.device_get({"params": self._params, "opt_state": self._opt_state, "kept": self._kept,
                            "iteration": self.iteration, "env_steps": self.env_steps, "episodes": self.episodes})
@@ -152,8 +138,4 @@ class FilteredLearner(core.Learner):
     t_sample = time.time() - t0
     for name in self._trained:
       metrics.update(self._update_level(name, episodes, keep))
-    self.iteration += 1
-    self.env_steps += int(lengths.sum())
-    self.episodes += len(lengths)
-    metrics.update(env_steps=self.env_steps, time_sample_s=t_sample, time_update_s=time.time() - t0 - t_sample)
-    self.last = metrics
+    self._end_iteration(metrics, lengths, t0, t_sample)

@@ -130,7 +130,40 @@ def relabeled_examples(episodes, window: int, goals_per_step: int, seed: int,
   return {k: np.concatenate([p[k] for p in parts]).astype(np.float32) for k in parts[0]}
 
 
-class NPGLearner(core.Learner):
+def key_array(key) -> np.ndarray:
+  """A JAX PRNG key as a numpy array (typed or legacy keys), for checkpoints and seeds."""
+  return np.asarray(jax.random.key_data(key) if hasattr(jax.random, "key_data") else key)
+
+
+class IterationLearner(core.Learner):
+  """What every finetuning learner shares (`run.finetune` drives any of them): the model's
+  parameters by level name, the levels it trains, and the counters of iterations, env steps and
+  episodes, with `last`, the newest iteration's metrics."""
+
+  def __init__(self, model: policy_io.Model, trained: Sequence[str]):
+    self._names = acting.variable_names(model)
+    self._trained = list(trained)
+    self._params = {n: model.levels[n].params for n in self._names}
+    self.iteration, self.env_steps, self.episodes = 0, 0, 0
+    self.last: Dict[str, float] = {}
+
+  @property
+  def trained(self) -> List[str]:
+    """The levels this learner updates (the others keep the model's parameters)."""
+    return list(self._trained)
+
+  def get_variables(self, names: Sequence[str]) -> List:
+    return [self._params[n] for n in names]
+
+  def _end_iteration(self, metrics: Dict, lengths: np.ndarray, t0: float, t_sample: float) -> None:
+    self.iteration += 1
+    self.env_steps += int(lengths.sum())
+    self.episodes += len(lengths)
+    metrics.update(env_steps=self.env_steps, time_sample_s=t_sample, time_update_s=time.time() - t0 - t_sample)
+    self.last = metrics
+
+
+class NPGLearner(IterationLearner):
   """NPG / DAPG / IRIL-RPL learner over a trajectory table (see the module docstring)."""
 
   def __init__(self, model: policy_io.Model, config: FinetuneConfig, replay_client: reverb.Client,
@@ -142,10 +175,9 @@ class NPGLearner(core.Learner):
     self._model, self._config, self._client, self._eps = model, config, replay_client, eps
     self._elements, self._demos, self._insert = list(elements), demo_iterator, demo_inserter
     self._logger = logger or loggers.NoOpLogger()
-    self._names = acting.variable_names(model)
-    self._trained = [acting.low_name(model)] + (["high"] if model.hierarchical and config.finetune == "both" else [])
+    super().__init__(model, [acting.low_name(model)] + (["high"] if model.hierarchical and config.finetune == "both"
+                                                        else []))
     key, *value_keys = jax.random.split(random_key, 1 + len(self._trained))
-    self._params = {n: model.levels[n].params for n in self._names}
     self._updates, self._value_nets, self._value_fits = {}, {}, {}
     self._value_params, self._value_opt = {}, {}
     for name, vkey in zip(self._trained, value_keys):
@@ -161,19 +193,9 @@ class NPGLearner(core.Learner):
       self._value_params[name] = vnet.init(vkey)
       self._value_opt[name] = optimizer.init(self._value_params[name])
     self._value_apply = {n: jax.jit(v.apply) for n, v in self._value_nets.items()}
-    self._key = np.asarray(jax.random.key_data(key) if hasattr(jax.random, "key_data") else key)
-    self.iteration, self.env_steps, self.episodes = 0, 0, 0
-    self.last: Dict[str, float] = {}
-
-  @property
-  def trained(self) -> List[str]:
-    """The levels this learner updates (the others keep the model's parameters)."""
-    return list(self._trained)
+    self._key = key_array(key)
 
   # --- core.Learner ---------------------------------------------------------------------------
-  def get_variables(self, names: Sequence[str]) -> List:
-    return [self._params[n] for n in names]
-
   def save(self) -> Dict:
     return jax.device_get({"params": self._params, "value_params": self._value_params,
                            "value_opt": self._value_opt, "iteration": self.iteration,
@@ -238,9 +260,5 @@ class NPGLearner(core.Learner):
                                     self._model.observation,
                                     self._model.levels[acting.low_name(self._model)].config.action_chunk)
       metrics["iril_inserted"] = self._insert(examples) if examples else 0
-    self.iteration += 1
-    self.env_steps += int(lengths.sum())
-    self.episodes += len(lengths)
-    metrics.update(env_steps=self.env_steps, time_sample_s=t_sample, time_update_s=time.time() - t0 - t_sample)
-    self.last = metrics
+    self._end_iteration(metrics, lengths, t0, t_sample)
     self._logger.write(metrics)
