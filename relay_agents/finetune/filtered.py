@@ -22,8 +22,9 @@ the filter). Each `step()`:
   finetuning).
 
 It is an Acme `core.Learner` (`learning.IterationLearner`, as `learning.NPGLearner`: variables by level
-name, save/restore of its whole state including the kept buffer, so a resumed run continues
-exactly), used by `run.finetune` through the builder.
+name, save/restore of its whole state including the kept buffer, so a rerun resumes from it; not
+bit for bit, as for dapg: the demo batches come from Reverb's unseeded sampling), used by
+`run.finetune` through the builder.
 """
 import os
 import time
