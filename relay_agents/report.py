@@ -1,8 +1,14 @@
-"""Aggregate `relay eval --json` files (one per seed) into a mean ± std table (markdown)."""
+"""Aggregate `relay eval --json` files (one per seed) into a mean ± std table (markdown).
+
+A file given as LABEL=PATH has its methods renamed (LABEL, or LABEL/method when the file holds
+several), so the same method evaluated two ways (e.g. `relay eval --replan 1` beside the paper's
+cadence) or trained in separate runs gets its own row.
+"""
 import argparse
 import json
+import os
 import sys
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -75,17 +81,36 @@ def plot(agg: Dict[str, Dict[str, List[float]]], png_path: str) -> str:
   return atomic.save_figure(fig, png_path)
 
 
+def labelled(arg: str) -> Tuple[str, str]:
+  """"LABEL=PATH" -> (LABEL, PATH); an existing path, or one without "=", has no label."""
+  if os.path.exists(arg) or "=" not in arg:
+    return "", arg
+  label, path = arg.split("=", 1)
+  return label, path
+
+
+def relabel_methods(run: Dict, label: str) -> Dict:
+  """The run's methods under LABEL (one method) or LABEL/method (several); no label: unchanged."""
+  if not label:
+    return run
+  if len(run) == 1:
+    return {label: next(iter(run.values()))}
+  return {f"{label}/{method}": result for method, result in run.items()}
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("runs", nargs="+", help="eval JSON files")
+  parser.add_argument("runs", nargs="+", metavar="[LABEL=]PATH",
+                      help="eval JSON files; LABEL= renames the file's methods (rows merge by name)")
   parser.add_argument("--out", default=None, help="write the markdown table here too")
   parser.add_argument("--plot", default=None, help="PNG bar chart (mean ± std over seeds)")
   args = parser.parse_args(argv)
   runs = []
-  for path in args.runs:
+  for arg in args.runs:
+    label, path = labelled(arg)
     try:
       with open(path) as f:
-        runs.append(json.load(f))
+        runs.append(relabel_methods(json.load(f), label))
     except (OSError, ValueError) as e:
       parser.error(f"cannot read eval JSON {path}: {e}")
   agg = aggregate(runs)

@@ -50,3 +50,34 @@ def test_runs_without_heldout_goals_and_with_the_env_limit(tmp_path):
   table = (tmp_path / "t.md").read_text()
   assert "success % (demo goals, 280 steps)" in table
   assert "| ril | 1 | 2 | 50.0 ± 0.0 | 3.00 ± 0.00 | - | - | 25.0 ± 0.0 | 3.00 ± 0.00 |" in table
+
+
+def test_labels_rename_a_files_methods_so_runs_of_one_method_get_their_own_rows(tmp_path):
+  """The same method evaluated two ways (or trained twice) in files of one key each: LABEL=PATH
+  gives each its row, merged over seeds by that label."""
+  paths = {}
+  for name, s, d in (("a0", 0.2, 2.0), ("a1", 0.4, 3.0), ("b0", 0.0, 1.0)):
+    paths[name] = tmp_path / f"{name}.json"
+    json.dump(_run(s, d), open(paths[name], "w"))
+  both = tmp_path / "both.json"
+  json.dump({"gcbc": _run(0.1, 1.5)["ril"], "bc": _run(0.3, 0.5)["ril"]}, open(both, "w"))
+  argv = [f"every step={paths['a0']}", f"every step={paths['a1']}", f"paper={paths['b0']}", f"base={both}",
+          "--out", str(tmp_path / "t.md")]
+  assert report.main(argv) == 0
+  table = (tmp_path / "t.md").read_text()
+  assert "| every step | 2 | 3 | 30.0 ± 10.0 | 2.50 ± 0.50 |" in table
+  assert "| paper | 1 | 3 | 0.0 ± 0.0 | 1.00 ± 0.00 |" in table
+  assert "| base/gcbc | 1 | 3 | 10.0 ± 0.0 | 1.50 ± 0.00 |" in table
+  assert "| base/bc | 1 | 3 | 30.0 ± 0.0 | 0.50 ± 0.00 |" in table
+  assert "| ril |" not in table
+
+
+def test_a_label_on_a_missing_file_names_the_path(tmp_path, capsys):
+  missing = tmp_path / "nope.json"
+  try:
+    report.main([f"x={missing}"])
+  except SystemExit as e:
+    assert e.code == 2
+  else:
+    raise AssertionError("a missing eval JSON must be an error")
+  assert str(missing) in capsys.readouterr().err
