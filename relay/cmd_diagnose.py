@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   oracle.add_argument("--extra-steps", type=int, default=300,
                       help="steps allowed beyond each demo's own length (default 300)")
   oracle.add_argument("--sample", action="store_true", help="sample actions instead of the likeliest mode")
+  oracle.add_argument("--execute-steps", type=int, default=None,
+                      help="a low level predicting chunks of k actions executes N of each (1..k) before "
+                           "predicting again (default: as trained); as `relay eval --execute-steps`")
   oracle.add_argument("--json", default=None, help="write per-demo results and the summary as JSON here")
   add_progress_flag(oracle)
 
@@ -112,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
   import numpy as np  # pylint: disable=import-outside-toplevel
   from relay_agents import diagnostics, models  # pylint: disable=import-outside-toplevel
   from relay_data import rlds_io  # pylint: disable=import-outside-toplevel
-  if args.episodes <= 0 or args.start < 0 or args.extra_steps < 0:
-    raise UsageError("--episodes must be positive, --start and --extra-steps non-negative")
+  if args.episodes <= 0 or args.start < 0 or args.extra_steps < 0 or (args.execute_steps is not None
+                                                                       and args.execute_steps <= 0):
+    raise UsageError("--episodes and --execute-steps must be positive, --start and --extra-steps non-negative")
   if args.json:
     paths.check_output(args.json, "--json", sources=[args.model, args.play], overwrite=True, kind="file")
   record = models.read_record(args.model)
@@ -122,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
   play = rlds_io.resolve_dataset_dir(args.play)
   rlds_io.require_episodes(play, "--play")
   models.check_goal_source(record, args.model, play)
-  policy = models.load_goal_policy(os.path.join(args.model, "low"), deterministic=not args.sample)
+  policy = models.load_goal_policy(os.path.join(args.model, "low"), deterministic=not args.sample,
+                                   execute_steps=args.execute_steps)
   settings, obs_fn = models.env_settings(record), models.observation_fn(record)
   rows = []
   episodes = rlds_io.iter_episodes(play, args.start, args.start + args.episodes)

@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="ril models: the high level picks a new subgoal every N steps (default: every W_l, the "
                            "paper's); flat models are unaffected. Beyond the paper: re-planning more often than W_l "
                            "keeps the subgoal ahead of the low level (docs/results.md)")
+  parser.add_argument("--execute-steps", type=int, default=None,
+                      help="models predicting chunks of k actions: execute N of each chunk before predicting "
+                           "again (1..k; default: as trained, `relay train-il --execute-steps`). 1 re-predicts "
+                           "at every step; a ril model's subgoal cadence stays --replan's (docs/results.md)")
   parser.add_argument("--sequential", action="store_true",
                       help="give each model the compound goal one element at a time: the current state with the "
                            "elements done so far and the next one set to done, the next asked for once the "
@@ -79,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
   from relay_agents import evaluation, models  # pylint: disable=import-outside-toplevel
   from relay_data import relabeled  # pylint: disable=import-outside-toplevel
   if args.rollouts <= 0 or args.goals < 0 or args.max_steps <= 0 or args.workers <= 0 or args.video_every <= 0 \
-      or (args.replan is not None and args.replan <= 0):
-    raise UsageError("--rollouts, --max-steps, --workers, --video-every and --replan must be positive, --goals "
-                     "non-negative")
+      or (args.replan is not None and args.replan <= 0) or (args.execute_steps is not None and args.execute_steps <= 0):
+    raise UsageError("--rollouts, --max-steps, --workers, --video-every, --replan and --execute-steps must be "
+                     "positive, --goals non-negative")
   if not (args.sample_std > 0 and args.sample_temperature > 0):  # `not > 0`: NaN is refused too
     raise UsageError("--sample-std and --sample-temperature must be positive")
   exploration = (args.sample_std, args.sample_temperature)
@@ -101,7 +105,11 @@ def run(args: argparse.Namespace) -> int:
   for m in args.model:  # every model is checked before any rollout runs
     records[m] = models.read_record(m)
     for level in records[m].levels:
-      models.load_policy(os.path.join(m, level))
+      saved = models.load_policy(os.path.join(m, level))
+      chunk = getattr(saved["config"], "action_chunk", 1)
+      if args.execute_steps is not None and chunk > 1 and args.execute_steps > chunk:
+        raise UsageError(f"--execute-steps {args.execute_steps}: {os.path.join(m, level)} predicts chunks of "
+                         f"{chunk} actions (use 1..{chunk})")
     models.check_goal_source(records[m], m, args.play)
   if args.goal:
     goals = evaluation.named_goals(args.play, args.goal)
@@ -118,9 +126,11 @@ def run(args: argparse.Namespace) -> int:
   for model, name in zip(args.model, method_names(args.model)):
     replan = args.replan if records[model].agent == "ril" else None
     key = evaluation.log_key(models.fingerprint(model), goals, play_fingerprint, args.max_steps, args.seed,
-                             args.sample, replan, sequential=args.sequential, exploration=exploration)
+                             args.sample, replan, sequential=args.sequential, exploration=exploration,
+                             execute_steps=args.execute_steps)
     results = evaluation.evaluate(functools.partial(models.make_actor, model, deterministic=not args.sample,
-                                                    replan=replan, sequential=order, exploration=exploration),
+                                                    replan=replan, sequential=order, exploration=exploration,
+                                                    execute_steps=args.execute_steps),
                                   goals, args.rollouts, args.max_steps, args.seed, workers=args.workers,
                                   progress=not args.no_progress,
                                   log=evaluation.RolloutLog(args.resume_log, key),
@@ -134,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
   if args.video:
     model = args.model[0]
     replan = args.replan if records[model].agent == "ril" else None
-    r = evaluation.rollout(models.make_actor(model, args.seed, replan=replan, sequential=order), goals[0], args.max_steps, seed=args.seed,
+    r = evaluation.rollout(models.make_actor(model, args.seed, replan=replan, sequential=order,
+                                             execute_steps=args.execute_steps), goals[0], args.max_steps, seed=args.seed,
                            render=True, render_every=args.video_every, settings=models.env_settings(records[model]))
     print(f"video: {evaluation.write_video(r.frames, args.video)} ({len(r.completed)} of 4 done)")
   if args.json:

@@ -188,11 +188,12 @@ def _rollout_task(task):
 
 def log_key(model_fingerprint: str, goals: Sequence[EvalGoal], play_fingerprint: str, max_steps: int,
             seed: int, sample: bool, replan: Optional[int] = None, sequential: bool = False,
-            exploration=(1.0, 1.0)) -> str:
+            exploration=(1.0, 1.0), execute_steps: Optional[int] = None) -> str:
   """What a logged rollout depends on: the model's fingerprint, the goal vectors (and names), the
   play dataset's fingerprint, the horizon, the seed, the action mode, a re-plan interval other
-  than the model's W_l, one-element-at-a-time goals and a sampled policy's (std scale,
-  temperature) (the last three absent from the key when not set, so earlier logs still match)."""
+  than the model's W_l, one-element-at-a-time goals, a sampled policy's (std scale,
+  temperature) and actions executed per chunk other than the model's (the last four absent from
+  the key when not set, so earlier logs still match)."""
   import hashlib  # pylint: disable=import-outside-toplevel
   h = hashlib.sha256()
   for g in goals:
@@ -205,6 +206,8 @@ def log_key(model_fingerprint: str, goals: Sequence[EvalGoal], play_fingerprint:
     key["sequential"] = True
   if sample and tuple(exploration) != (1.0, 1.0):
     key["exploration"] = list(map(float, exploration))
+  if execute_steps is not None:
+    key["execute_steps"] = execute_steps
   return json.dumps(key, sort_keys=True)
 
 

@@ -205,6 +205,53 @@ def test_a_chunked_model_is_finetuned_by_its_decisions(chunked_ee_model):
     server.stop()
 
 
+def test_execute_steps_chosen_at_deployment_changes_how_often_the_low_level_predicts(
+    chunked_ee_model, kitchen_play_tiny, cli, tmp_path):
+  """`relay eval --execute-steps N` (and `make_actor(execute_steps=N)`): the trained low level runs
+  N actions of each chunk; the high level's cadence stays W_l; the rollout log keys it apart."""
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  counts = {}
+  for execute in (None, 1, 3):
+    actor = models.make_actor(chunked_ee_model, execute_steps=execute)
+    calls = []
+    inner = actor.low_policy.fn
+
+    class Counting:  # the low level's compiled policy, counting its predictions
+      config = inner.config
+
+      def __call__(self, *args):
+        calls.append(1)
+        return inner(*args)
+
+    actor.low_policy.fn = Counting()
+    result = evaluation.rollout(actor, goal, max_steps=9, seed=0)
+    assert result.steps == 9 and actor.replans == [0, 5]
+    counts[execute] = (len(calls), inner.config.execute_steps)
+  # As trained (2 of 3): steps 0, 2, 4 | 5, 7. One per step: 9. All three: 0, 3 | 5, 8.
+  assert counts == {None: (5, 2), 1: (9, 1), 3: (4, 3)}
+  # The compiled policy is shared, not rebuilt: only the config it serves chunks by differs.
+  fn, _ = models.policy_fn(os.path.join(chunked_ee_model, "low"))
+  assert fn.with_execute_steps(None) is fn and fn.with_execute_steps(1)._act is fn._act
+  assert models.load_goal_policy(os.path.join(chunked_ee_model, "low"), execute_steps=1).config.execute_steps == 1
+  with pytest.raises(DataError, match=r"low/policy.pkl: cannot execute 4 actions per chunk.*in 1\.\.3"):
+    models.make_actor(chunked_ee_model, execute_steps=4)
+  base = evaluation.log_key("m", [goal], "p", 9, 0, False)
+  assert evaluation.log_key("m", [goal], "p", 9, 0, False, execute_steps=None) == base
+  assert evaluation.log_key("m", [goal], "p", 9, 0, False, execute_steps=1) != base
+  for bad in ("0", "4"):
+    r = cli("eval", "--model", chunked_ee_model, "--play", kitchen_play_tiny, "--execute-steps", bad)
+    assert r.returncode == 2 and "--execute-steps" in r.stderr, r.stderr
+  out = str(tmp_path / "x1.json")
+  cli("eval", "--model", chunked_ee_model, "--play", kitchen_play_tiny, "--goals", "1", "--no-heldout",
+      "--rollouts", "1", "--max-steps", "4", "--execute-steps", "1", "--json", out, "--no-progress", check=True)
+  with open(out) as f:
+    [result] = json.load(f).values()
+  assert [len(g["completions"]) for g in result["per_goal"]] == [1]
+  r = cli("diagnose", "oracle", "--model", chunked_ee_model, "--play", kitchen_play_tiny, "--episodes", "1",
+          "--extra-steps", "0", "--execute-steps", "4", "--no-progress")
+  assert r.returncode != 0 and "execute" in r.stderr and "policy.pkl" in r.stderr, r.stderr
+
+
 def test_chunked_policy_serves_its_queue_and_repredicts_on_a_new_goal():
   calls = []
 

@@ -9,6 +9,8 @@ The hierarchical actor re-plans every `window` (= W_l) steps: the high-level pol
 (s_t, final goal g_h) to a subgoal g_l, then the low-level policy acts toward g_l. Both run in
 deterministic (mean / likeliest mode) or sampled mode.
 """
+import copy
+import dataclasses
 from typing import Callable, Optional
 
 import jax
@@ -35,6 +37,19 @@ class GoalPolicyFn:
       return jax.numpy.where(deterministic, networks.mean(output)[0], sampled)
 
     self._act = jax.jit(act)
+
+  def with_execute_steps(self, execute_steps: Optional[int]) -> "GoalPolicyFn":
+    """The same compiled policy serving `execute_steps` actions of each predicted chunk (None:
+    as trained). How many of a chunk's k actions run open-loop is a choice at deployment (as in
+    Diffusion Policy); the network, and what it was trained on, stay the same."""
+    if execute_steps is None or execute_steps == self.config.execute_steps:
+      return self
+    if not 1 <= execute_steps <= self.config.action_chunk:
+      raise ValueError(f"execute_steps must be in 1..{self.config.action_chunk} (the policy predicts chunks of "
+                       f"{self.config.action_chunk} actions), got {execute_steps}")
+    other = copy.copy(self)
+    other.config = dataclasses.replace(self.config, execute_steps=execute_steps)
+    return other
 
   def __call__(self, params, observation, goal, key, deterministic: Optional[bool] = None) -> np.ndarray:
     goal = np.zeros(0, np.float32) if goal is None else goal
