@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   oracle.add_argument("--execute-steps", type=int, default=None,
                       help="a low level predicting chunks of k actions executes N of each (1..k) before "
                            "predicting again (default: as trained); as `relay eval --execute-steps`")
+  oracle.add_argument("--temporal-ensemble", type=float, default=None, metavar="M",
+                      help="a low level predicting chunks acts with a temporal ensemble of its last k chunks, "
+                           "weight exp(-M * age); as `relay eval --temporal-ensemble` (default: off)")
   oracle.add_argument("--json", default=None, help="write per-demo results and the summary as JSON here")
   add_progress_flag(oracle)
 
@@ -118,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
   if args.episodes <= 0 or args.start < 0 or args.extra_steps < 0 or (args.execute_steps is not None
                                                                        and args.execute_steps <= 0):
     raise UsageError("--episodes and --execute-steps must be positive, --start and --extra-steps non-negative")
+  from relay.cmd_eval import check_ensemble  # pylint: disable=import-outside-toplevel
+  check_ensemble(args)
   if args.json:
     paths.check_output(args.json, "--json", sources=[args.model, args.play], overwrite=True, kind="file")
   record = models.read_record(args.model)
@@ -127,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
   rlds_io.require_episodes(play, "--play")
   models.check_goal_source(record, args.model, play)
   policy = models.load_goal_policy(os.path.join(args.model, "low"), deterministic=not args.sample,
-                                   execute_steps=args.execute_steps)
+                                   execute_steps=args.execute_steps, ensemble=args.temporal_ensemble)
   settings, obs_fn = models.env_settings(record), models.observation_fn(record)
   rows = []
   episodes = rlds_io.iter_episodes(play, args.start, args.start + args.episodes)

@@ -49,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="models predicting chunks of k actions: execute N of each chunk before predicting "
                            "again (1..k; default: as trained, `relay train-il --execute-steps`). 1 re-predicts "
                            "at every step; a ril model's subgoal cadence stays --replan's (docs/results.md)")
+  parser.add_argument("--temporal-ensemble", type=float, default=None, metavar="M",
+                      help="models predicting chunks of k actions: predict at every step and act with the "
+                           "weighted mean of what the last k chunks say about this step, weight exp(-M * age in "
+                           "steps) (ACT's temporal ensembling; M = 0 a plain mean, M > 0 trusts fresh chunks "
+                           "more). Implies --execute-steps 1; a new subgoal starts afresh. Default: off")
   parser.add_argument("--sequential", action="store_true",
                       help="give each model the compound goal one element at a time: the current state with the "
                            "elements done so far and the next one set to done, the next asked for once the "
@@ -79,6 +84,19 @@ def method_names(model_dirs):
           for m, b in zip(model_dirs, base)]
 
 
+def check_ensemble(args: argparse.Namespace) -> None:
+  """`--temporal-ensemble` must be a finite number, and it predicts every step: no other
+  `--execute-steps` than 1 (shared by `relay eval` and `relay diagnose oracle`)."""
+  import math  # pylint: disable=import-outside-toplevel
+  if args.temporal_ensemble is None:
+    return
+  if not math.isfinite(args.temporal_ensemble):
+    raise UsageError(f"--temporal-ensemble must be a finite number, got {args.temporal_ensemble}")
+  if args.execute_steps not in (None, 1):
+    raise UsageError(f"--temporal-ensemble predicts at every step: it cannot run with --execute-steps "
+                     f"{args.execute_steps}")
+
+
 def run(args: argparse.Namespace) -> int:
   from relay_agents import evaluation, models  # pylint: disable=import-outside-toplevel
   from relay_data import relabeled  # pylint: disable=import-outside-toplevel
@@ -88,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
                      "positive, --goals non-negative")
   if not (args.sample_std > 0 and args.sample_temperature > 0):  # `not > 0`: NaN is refused too
     raise UsageError("--sample-std and --sample-temperature must be positive")
+  check_ensemble(args)
   exploration = (args.sample_std, args.sample_temperature)
   if exploration != (1.0, 1.0) and not args.sample:
     raise UsageError("--sample-std and --sample-temperature shape sampled actions: add --sample")
@@ -104,12 +123,15 @@ def run(args: argparse.Namespace) -> int:
   records = {}
   for m in args.model:  # every model is checked before any rollout runs
     records[m] = models.read_record(m)
+    chunks = []
     for level in records[m].levels:
       saved = models.load_policy(os.path.join(m, level))
-      chunk = getattr(saved["config"], "action_chunk", 1)
-      if args.execute_steps is not None and chunk > 1 and args.execute_steps > chunk:
+      chunks.append(getattr(saved["config"], "action_chunk", 1))
+      if args.execute_steps is not None and chunks[-1] > 1 and args.execute_steps > chunks[-1]:
         raise UsageError(f"--execute-steps {args.execute_steps}: {os.path.join(m, level)} predicts chunks of "
-                         f"{chunk} actions (use 1..{chunk})")
+                         f"{chunks[-1]} actions (use 1..{chunks[-1]})")
+    if args.temporal_ensemble is not None and max(chunks) <= 1:
+      raise UsageError(f"--temporal-ensemble: {m} predicts one action at a time (no chunks to ensemble)")
     models.check_goal_source(records[m], m, args.play)
   if args.goal:
     goals = evaluation.named_goals(args.play, args.goal)
@@ -127,10 +149,11 @@ def run(args: argparse.Namespace) -> int:
     replan = args.replan if records[model].agent == "ril" else None
     key = evaluation.log_key(models.fingerprint(model), goals, play_fingerprint, args.max_steps, args.seed,
                              args.sample, replan, sequential=args.sequential, exploration=exploration,
-                             execute_steps=args.execute_steps)
+                             execute_steps=args.execute_steps, ensemble=args.temporal_ensemble)
     results = evaluation.evaluate(functools.partial(models.make_actor, model, deterministic=not args.sample,
                                                     replan=replan, sequential=order, exploration=exploration,
-                                                    execute_steps=args.execute_steps),
+                                                    execute_steps=args.execute_steps,
+                                                    ensemble=args.temporal_ensemble),
                                   goals, args.rollouts, args.max_steps, args.seed, workers=args.workers,
                                   progress=not args.no_progress,
                                   log=evaluation.RolloutLog(args.resume_log, key),
@@ -145,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     model = args.model[0]
     replan = args.replan if records[model].agent == "ril" else None
     r = evaluation.rollout(models.make_actor(model, args.seed, replan=replan, sequential=order,
-                                             execute_steps=args.execute_steps), goals[0], args.max_steps, seed=args.seed,
+                                             execute_steps=args.execute_steps, ensemble=args.temporal_ensemble),
+                           goals[0], args.max_steps, seed=args.seed,
                            render=True, render_every=args.video_every, settings=models.env_settings(records[model]))
     print(f"video: {evaluation.write_video(r.frames, args.video)} ({len(r.completed)} of 4 done)")
   if args.json:

@@ -188,24 +188,27 @@ def policy_fn(level_dir: str, deterministic: bool = True, exploration=PLAIN):
   return _policy_fn(path, stat.st_mtime_ns, stat.st_size, deterministic, tuple(map(float, exploration)))
 
 
-def load_goal_policy(level_dir: str, deterministic: bool = True, execute_steps: Optional[int] = None):
+def load_goal_policy(level_dir: str, deterministic: bool = True, execute_steps: Optional[int] = None,
+                     ensemble: Optional[float] = None):
   """One level's trained policy, bound to its parameters (`acting.GoalPolicy`); `execute_steps`:
-  actions run per predicted chunk (None: as trained; `GoalPolicyFn.with_execute_steps`)."""
+  actions run per predicted chunk (None: as trained), `ensemble`: temporal-ensemble decay (None:
+  off); both as `GoalPolicyFn.with_execute_steps`."""
   from relay_agents.gcbc import acting  # pylint: disable=import-outside-toplevel
   fn, params = policy_fn(level_dir, deterministic)
-  return acting.GoalPolicy(_executing(fn, execute_steps, level_dir), params)
+  return acting.GoalPolicy(_executing(fn, execute_steps, level_dir, ensemble), params)
 
 
-def _executing(fn, execute_steps: Optional[int], level_dir: str):
-  """`fn` serving `execute_steps` actions per chunk; a level predicting one action (the RIL high
-  level, a plain policy) is left as it is. A count outside 1..k is a one-line error naming the policy."""
-  if execute_steps is None or fn.config.action_chunk <= 1:
+def _executing(fn, execute_steps: Optional[int], level_dir: str, ensemble: Optional[float] = None):
+  """`fn` serving `execute_steps` actions per chunk, or temporally ensembled; a level predicting
+  one action (the RIL high level, a plain policy) is left as it is. A count outside 1..k is a
+  one-line error naming the policy."""
+  if (execute_steps is None and ensemble is None) or fn.config.action_chunk <= 1:
     return fn
   try:
-    return fn.with_execute_steps(execute_steps)
+    return fn.with_execute_steps(execute_steps, ensemble)
   except ValueError as e:
-    raise DataError(f"cannot execute {execute_steps} actions per chunk: {e}",
-                    path=os.path.join(level_dir, POLICY)) from e
+    what = f"{execute_steps} actions per chunk" if ensemble is None else "a temporal ensemble"
+    raise DataError(f"cannot execute {what}: {e}", path=os.path.join(level_dir, POLICY)) from e
 
 
 def fingerprint(model_dir: str) -> str:
@@ -237,7 +240,8 @@ def observation_fn(record: ModelRecord):
 
 
 def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True, replan: Optional[int] = None,
-               sequential=None, exploration=PLAIN, execute_steps: Optional[int] = None):
+               sequential=None, exploration=PLAIN, execute_steps: Optional[int] = None,
+               ensemble: Optional[float] = None):
   """The acting policy of a model, made by its builder: hierarchical for ril, flat otherwise.
 
   It takes the environment's observation (mapped to the model's layout inside the actor).
@@ -250,11 +254,13 @@ def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True, replan
   finetuning's `--explore-std`/`--explore-temperature` do.
   `execute_steps`: actions executed per predicted chunk by the levels that predict chunks (None:
   as trained). 1 re-predicts at every step (closed loop); the subgoal cadence is `replan`'s.
+  `ensemble`: those levels predict at every step and act with a temporal ensemble of their last k
+  chunks, weight exp(-ensemble * age) (`GoalPolicyFn.with_execute_steps`; None: off).
   """
   if sequential is not None:
     from relay_agents import sequencing  # pylint: disable=import-outside-toplevel
     return sequencing.SequentialGoalActor(make_actor(model_dir, seed, deterministic, replan, exploration=exploration,
-                                                     execute_steps=execute_steps), sequential)
+                                                     execute_steps=execute_steps, ensemble=ensemble), sequential)
   from relay_agents.gcbc import builder as gcbc_builder  # pylint: disable=import-outside-toplevel
   record = read_record(model_dir)
   obs_fn = observation_fn(record)
@@ -262,7 +268,7 @@ def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True, replan
   builders, policies, sources = {}, {}, {}
   for level in record.levels:
     fn, params = policy_fn(os.path.join(model_dir, level), deterministic, exploration)
-    fn = _executing(fn, execute_steps, os.path.join(model_dir, level))
+    fn = _executing(fn, execute_steps, os.path.join(model_dir, level), ensemble)
     builders[level] = gcbc_builder.GoalBCBuilder(fn.config, observation_fn=obs_fn)
     policies[level], sources[level] = fn, SavedVariables(params)
   if record.agent == "ril":

@@ -272,6 +272,97 @@ def test_chunked_policy_serves_its_queue_and_repredicts_on_a_new_goal():
   assert len(calls) == 4
 
 
+def test_temporal_ensemble_averages_what_the_last_k_chunks_say_about_this_step():
+  """ACT's temporal ensembling: a prediction every step; the action is the exp(-m * age)-weighted
+  mean over the chunks still covering this step; a new goal or episode forgets them."""
+  calls = []
+
+  class Fn:
+    config = GoalBCConfig(action_chunk=3, execute_steps=1)
+    ensemble = 0.5
+
+    def __call__(self, params, observation, goal, key, deterministic=None):
+      calls.append(1)
+      n = len(calls)  # chunk n says 10n + i about the i-th step after it (1-d actions)
+      return np.array([10 * n, 10 * n + 1, 10 * n + 2], np.float32)
+
+  policy = acting.GoalPolicy(Fn(), params=None)
+  g1, g2 = np.zeros(2, np.float32), np.ones(2, np.float32)
+  w = lambda *ages: np.exp(-0.5 * np.array(ages)) / np.exp(-0.5 * np.array(ages)).sum()
+  np.testing.assert_allclose(policy(None, g1, None), [10])
+  np.testing.assert_allclose(policy(None, g1, None), [w(1, 0) @ [11, 20]], rtol=1e-6)
+  np.testing.assert_allclose(policy(None, g1, None), [w(2, 1, 0) @ [12, 21, 30]], rtol=1e-6)
+  # Chunk 1 covers 3 steps only: from the fourth step on, the last 3 chunks vote.
+  np.testing.assert_allclose(policy(None, g1, None), [w(2, 1, 0) @ [22, 31, 40]], rtol=1e-6)
+  np.testing.assert_allclose(policy(None, g2, None), [50])  # a new subgoal starts afresh
+  policy.reset()
+  np.testing.assert_allclose(policy(None, g2, None), [60])  # so does a new episode
+  assert len(calls) == 6
+  # The weights: normalized, uniform at m = 0, and finite for any decay (no underflow to 0/0).
+  np.testing.assert_allclose(acting.ensemble_weights([2, 1, 0], 0.0), [1 / 3] * 3)
+  for decay in (-1e4, 0.01, 1e4):
+    weights = acting.ensemble_weights([9, 3, 0], decay)
+    assert np.isfinite(weights).all() and np.isclose(weights.sum(), 1)
+  assert acting.ensemble_weights([9, 3, 0], 1e4)[-1] == 1  # a large decay keeps the newest only
+
+
+def test_temporal_ensemble_chosen_at_deployment_acts_checks_and_keys_its_rollouts(
+    chunked_ee_model, tiny_ril_model, kitchen_play_tiny, cli, tmp_path):
+  """`relay eval --temporal-ensemble M` / `make_actor(ensemble=M)`: the trained low level predicts
+  at every step and acts with the ensemble, on the same compiled policy; bad values, a clash
+  with --execute-steps and a model without chunks are refused before any rollout."""
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  for ensemble in (None, 0.0):
+    actor = models.make_actor(chunked_ee_model, execute_steps=1 if ensemble is None else None, ensemble=ensemble)
+    calls, inner = [], actor.low_policy.fn
+    assert inner.config.execute_steps == 1 and inner.ensemble == ensemble
+
+    class Counting:  # the low level's compiled policy, counting its predictions
+      config, ensemble = inner.config, inner.ensemble  # pylint: disable=cell-var-from-loop
+
+      def __call__(self, *args):
+        calls.append(1)
+        return inner(*args)  # pylint: disable=cell-var-from-loop
+
+    actor.low_policy.fn = Counting()
+    result = evaluation.rollout(actor, goal, max_steps=9, seed=0)
+    assert result.steps == 9 and actor.replans == [0, 5] and len(calls) == 9
+  fn, params = models.policy_fn(os.path.join(chunked_ee_model, "low"))
+  ensembled = fn.with_execute_steps(None, ensemble=0.0)
+  assert ensembled._act is fn._act and ensembled.ensemble == 0.0 and fn.ensemble is None
+  assert ensembled.config.execute_steps == 1
+  # One observation, goal and key: the first step acts the fresh chunk's first action; the second
+  # averages the old chunk's second action with the new chunk's first (m = 0: a plain mean).
+  obs = next(rlds_io.iter_episodes(kitchen_play_tiny, 0, 1))["observation"][0].astype(np.float32)
+  sub, key = np.asarray(goal.goal_state, np.float32), np.zeros(2, np.uint32)
+  first = fn(params, obs, sub, key).reshape(fn.config.action_chunk, -1)
+  mean = acting.GoalPolicy(ensembled, params)
+  np.testing.assert_allclose(mean(obs, sub, key), first[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(mean(obs, sub, key), (first[1] + first[0]) / 2, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(first[1], first[0])  # so the mean is not the plain closed-loop action
+  with pytest.raises(DataError, match=r"low/policy.pkl: cannot execute a temporal ensemble.*must be 1"):
+    models.make_actor(chunked_ee_model, execute_steps=2, ensemble=0.0)
+  base = evaluation.log_key("m", [goal], "p", 9, 0, False, execute_steps=1)
+  assert evaluation.log_key("m", [goal], "p", 9, 0, False, execute_steps=1, ensemble=None) == base
+  assert evaluation.log_key("m", [goal], "p", 9, 0, False, execute_steps=1, ensemble=0.0) != base
+  for flags, what in ((["--temporal-ensemble", "nan"], "finite"),
+                      (["--temporal-ensemble", "0", "--execute-steps", "2"], "--execute-steps 2"),
+                      (["--temporal-ensemble", "x"], "invalid float")):
+    r = cli("eval", "--model", chunked_ee_model, "--play", kitchen_play_tiny, *flags)
+    assert r.returncode == 2 and what in r.stderr, r.stderr
+  r = cli("eval", "--model", tiny_ril_model, "--play", kitchen_play_tiny, "--temporal-ensemble", "0")
+  assert r.returncode == 2 and "one action at a time" in r.stderr and tiny_ril_model in r.stderr, r.stderr
+  out = str(tmp_path / "te.json")
+  cli("eval", "--model", chunked_ee_model, "--play", kitchen_play_tiny, "--goals", "1", "--no-heldout",
+      "--rollouts", "1", "--max-steps", "4", "--temporal-ensemble", "0.1", "--json", out, "--no-progress", check=True)
+  with open(out) as f:
+    [result] = json.load(f).values()
+  assert [len(g["completions"]) for g in result["per_goal"]] == [1]
+  r = cli("diagnose", "oracle", "--model", chunked_ee_model, "--play", kitchen_play_tiny, "--episodes", "1",
+          "--extra-steps", "0", "--temporal-ensemble", "0", "--execute-steps", "3", "--no-progress")
+  assert r.returncode == 2 and "--temporal-ensemble" in r.stderr, r.stderr
+
+
 def test_options_are_checked_against_the_data(datasets, chunked_ee_model, tmp_path, cli):
   with pytest.raises(DataError, match="relabel it with --action-chunk 3"):
     train.train_agent("ril", {"low": datasets["low"], "high": datasets["high"]}, str(tmp_path / "m"),

@@ -29,6 +29,7 @@ class GoalPolicyFn:
 
   def __init__(self, networks: GoalBCNetworks, config: GoalBCConfig, deterministic: bool = True):
     self.networks, self.config, self.deterministic = networks, config, deterministic
+    self.ensemble: Optional[float] = None  # temporal-ensemble decay (`with_execute_steps`); None: off
 
     def act(params, observation, goal, key, deterministic):
       inputs = policy_inputs(observation, goal, config.use_goal, jax.numpy.concatenate)
@@ -38,17 +39,35 @@ class GoalPolicyFn:
 
     self._act = jax.jit(act)
 
-  def with_execute_steps(self, execute_steps: Optional[int]) -> "GoalPolicyFn":
+  def with_execute_steps(self, execute_steps: Optional[int],
+                         ensemble: Optional[float] = None) -> "GoalPolicyFn":
     """The same compiled policy serving `execute_steps` actions of each predicted chunk (None:
     as trained). How many of a chunk's k actions run open-loop is a choice at deployment (as in
-    Diffusion Policy); the network, and what it was trained on, stay the same."""
-    if execute_steps is None or execute_steps == self.config.execute_steps:
+    Diffusion Policy); the network, and what it was trained on, stay the same.
+
+    `ensemble` = m turns on temporal ensembling (as in ACT, Zhao et al. 2023): the policy predicts
+    a chunk at every step and acts with the weighted mean of what each of the last k chunks says
+    about this step, weight exp(-m * age), age in steps since that chunk was predicted (m = 0: a
+    plain mean; m > 0 trusts fresher chunks more). It re-predicts every step, so it implies
+    `execute_steps` 1 and refuses any other count."""
+    if ensemble is not None:
+      if not np.isfinite(ensemble):
+        raise ValueError(f"the temporal-ensemble decay must be a finite number, got {ensemble}")
+      if self.config.action_chunk <= 1:
+        raise ValueError("temporal ensembling needs a policy that predicts chunks of actions (this one "
+                         "predicts 1)")
+      if execute_steps not in (None, 1):
+        raise ValueError(f"temporal ensembling predicts at every step: execute_steps must be 1, got "
+                         f"{execute_steps}")
+      execute_steps = 1
+    if (execute_steps is None or execute_steps == self.config.execute_steps) and ensemble is None:
       return self
     if not 1 <= execute_steps <= self.config.action_chunk:
       raise ValueError(f"execute_steps must be in 1..{self.config.action_chunk} (the policy predicts chunks of "
                        f"{self.config.action_chunk} actions), got {execute_steps}")
     other = copy.copy(self)
     other.config = dataclasses.replace(self.config, execute_steps=execute_steps)
+    other.ensemble = None if ensemble is None else float(ensemble)
     return other
 
   def __call__(self, params, observation, goal, key, deterministic: Optional[bool] = None) -> np.ndarray:
@@ -64,12 +83,15 @@ class GoalPolicy:
   A policy that predicts chunks of k actions (`config.action_chunk`) returns them one per call:
   it predicts, then serves the first `config.execute_steps` actions of the chunk from a queue,
   and predicts again when the queue is empty, when the goal changes (a new subgoal must act at
-  once) or after `reset()` (a new episode). One instance per actor: the queue is its state.
+  once) or after `reset()` (a new episode). With temporal ensembling (`fn.ensemble`) it predicts
+  at every step and averages what the chunks of the last k steps say about this step; a goal
+  change or `reset()` forgets them. One instance per actor: the queue is its state.
   """
 
   def __init__(self, fn: GoalPolicyFn, params):
     self.fn, self.params = fn, params
     self._queue, self._goal = [], None
+    self._chunks = []  # temporal ensembling: (chunk [k, A], age in steps), newest last
 
   @property
   def config(self) -> GoalBCConfig:
@@ -77,7 +99,7 @@ class GoalPolicy:
 
   def reset(self) -> None:
     """Drops the queued actions of a chunk (call at an episode's start)."""
-    self._queue, self._goal = [], None
+    self._queue, self._goal, self._chunks = [], None, []
 
   def __call__(self, observation, goal, key, deterministic: Optional[bool] = None) -> np.ndarray:
     chunk = getattr(self.config, "action_chunk", 1)
@@ -86,11 +108,31 @@ class GoalPolicy:
     goal_now = None if goal is None else np.asarray(goal, np.float32)
     same_goal = (goal_now is None and self._goal is None) or (
         goal_now is not None and self._goal is not None and np.array_equal(goal_now, self._goal))
+    if getattr(self.fn, "ensemble", None) is not None:
+      return self._ensembled(observation, goal, key, deterministic, chunk, goal_now, same_goal)
     if not self._queue or not same_goal:
       out = self.fn(self.params, observation, goal, key, deterministic)
       self._queue = list(out.reshape(chunk, -1)[:self.config.execute_steps])
       self._goal = goal_now
     return self._queue.pop(0)
+
+  def _ensembled(self, observation, goal, key, deterministic, chunk, goal_now, same_goal) -> np.ndarray:
+    out = self.fn(self.params, observation, goal, key, deterministic).reshape(chunk, -1)
+    kept = [(c, age + 1) for c, age in self._chunks if age + 1 < chunk] if same_goal else []
+    self._chunks, self._goal = kept + [(out, 0)], goal_now
+    ages = np.array([age for _, age in self._chunks], np.float64)
+    weights = ensemble_weights(ages, self.fn.ensemble)
+    actions = np.stack([c[age] for c, age in self._chunks]).astype(np.float64)
+    return (weights @ actions).astype(out.dtype)
+
+
+def ensemble_weights(ages: np.ndarray, decay: float) -> np.ndarray:
+  """Temporal-ensemble weights exp(-decay * age), normalized to sum to 1 (pure; ages >= 0).
+  Shifted by the youngest age so a large decay cannot underflow every weight to zero."""
+  ages = np.asarray(ages, np.float64)
+  logits = -decay * (ages - ages.min())
+  w = np.exp(logits - logits.max())
+  return w / w.sum()
 
 
 class _GoalActor(core.Actor):
