@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--replan", type=int, default=None,
                       help="ril models: the actors' high level picks a new subgoal every N steps (default: every W_l, "
                            "the paper's); evaluate the result with the same `relay eval --replan N`")
+  parser.add_argument("--execute-steps", type=int, default=None,
+                      help="a level predicting chunks of k actions executes N of each (1..k) before predicting "
+                           "again (default: as trained); the learner scores decisions on that schedule and the "
+                           "finetuned model keeps it (as `relay eval --execute-steps`)")
   parser.add_argument("--eps", type=float, default=None,
                       help=f"sparse radius in goal space (default: the {d.eps_quantile:g} quantile of the demo "
                            "windows' reach, see --eps-quantile)")
@@ -89,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     raise UsageError("--env-steps must be positive")
   if args.actors <= 0:
     raise UsageError("--actors must be positive")
+  if args.execute_steps is not None and args.execute_steps <= 0:
+    raise UsageError("--execute-steps must be positive")
   try:
     elements = env_lib.parse_goal(args.goal)  # before the heavy imports: a typo fails fast
   except ValueError as e:
@@ -100,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
                             max_episode_steps=args.max_episode_steps, kl_delta=args.kl, lambda0=args.lambda0,
                             lambda1=args.lambda1, explore_std=args.explore_std,
                             explore_temperature=args.explore_temperature, replan=args.replan,
+                            execute_steps=args.execute_steps,
                             own_fraction=args.own_fraction, bc_steps=args.bc_steps,
                             bc_learning_rate=args.bc_learning_rate)
     summary = run_lib.finetune(

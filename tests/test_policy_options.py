@@ -205,6 +205,62 @@ def test_a_chunked_model_is_finetuned_by_its_decisions(chunked_ee_model):
     server.stop()
 
 
+def test_finetune_executes_the_chosen_actions_per_chunk_and_its_model_keeps_them(chunked_ee_model, tmp_path, cli):
+  """`relay finetune --execute-steps 1`: the actors' low level predicts at every step, the learner
+  scores one decision per step (`semi_mdp`), the finetuned model acts so by default, and a resume
+  with another count or a count beyond the chunk is refused."""
+  model = policy_io.load_model(chunked_ee_model, execute_steps=1)
+  assert model.levels["low"].config.execute_steps == 1 and model.levels["high"].config.action_chunk == 1
+  assert policy_io.load_model(chunked_ee_model).levels["low"].config.execute_steps == 2  # as trained
+  with pytest.raises(DataError, match=r"low/policy.pkl: cannot execute 4 actions per chunk.*1\.\.3"):
+    policy_io.load_model(chunked_ee_model, execute_steps=4)
+  horizon = 8
+  config = FinetuneConfig(variant="npg", episodes_per_iteration=2, max_episode_steps=horizon, execute_steps=1)
+  builder = ft_builder.FinetuneBuilder(config, model)
+  server = reverb.Server(builder.make_replay_tables())
+  try:
+    client = reverb.Client(f"localhost:{server.port}")
+    learner = builder.make_learner(jax.random.PRNGKey(0), client, 0.5, ["microwave"])
+    actor = builder.make_actor(0, learner, builder.make_adder(client))
+    steps = []
+    inner = actor._policies["low"].fn  # pylint: disable=protected-access
+
+    class Recording:
+      config = inner.config
+
+      def __call__(self, *args, **kwargs):
+        steps.append(actor._steps)  # pylint: disable=protected-access
+        return inner(*args, **kwargs)
+
+    actor._policies["low"].fn = Recording()  # pylint: disable=protected-access
+    env = ft_env.GoalKitchenEnv(["microwave"], max_episode_steps=horizon)
+    ft_acting.run_episode(env, actor, 0, seed=0)
+    assert steps == list(range(horizon))
+    ft_acting.run_episode(env, actor, 1, seed=0)
+    samples = list(client.sample(config.trajectory_table, 2, emit_timesteps=False, unpack_as_table_signature=True))
+    decisions = learning.level_transitions(learning.episodes_from_samples(samples), "low", model, config, 0.5)
+    assert decisions["actions"].shape == (2, horizon, 27)  # one decision per step: the first 9 dims executed
+    assert not np.isnan(decisions["actions"][..., :9]).any() and np.isnan(decisions["actions"][..., 9:]).all()
+  finally:
+    server.stop()
+  run = str(tmp_path / "run")
+  flags = ["finetune", "--model", chunked_ee_model, "--goal", "microwave", "--variant", "npg", "--env-steps", "16",
+           "--episodes-per-iteration", "2", "--max-episode-steps", "8", "--out", run, "--no-progress"]
+  cli(*flags, "--execute-steps", "1", check=True)
+  with open(os.path.join(run, "run.json")) as f:
+    assert json.load(f)["config"]["execute_steps"] == 1
+  finetuned = os.path.join(run, "model")
+  assert models.read_record(finetuned).finetuned["execute_steps"] == 1
+  assert models.load_policy(os.path.join(finetuned, "low"))["config"].execute_steps == 1
+  assert models.make_actor(finetuned).low_policy.config.execute_steps == 1  # acts as finetuned by default
+  again = cli(*flags, "--execute-steps", "2")  # resuming that run with another count
+  assert again.returncode != 0 and "execute_steps=1" in again.stderr, again.stderr
+  for bad, code, message in (("0", 2, "--execute-steps must be positive"), ("4", 1, "low/policy.pkl")):
+    r = cli(*flags[:-3], "--out", str(tmp_path / f"bad{bad}"), "--no-progress", "--execute-steps", bad)
+    assert r.returncode == code and message in r.stderr, r.stderr
+  assert not os.path.exists(tmp_path / "bad4" / "model")
+
+
 def test_execute_steps_chosen_at_deployment_changes_how_often_the_low_level_predicts(
     chunked_ee_model, kitchen_play_tiny, cli, tmp_path):
   """`relay eval --execute-steps N` (and `make_actor(execute_steps=N)`): the trained low level runs

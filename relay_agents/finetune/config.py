@@ -28,6 +28,9 @@ class FinetuneConfig:
   replan: the actors' high level picks a new subgoal every `replan` steps (None: every W_l, the
     paper's); the high level's decisions and the low level's segments follow it. Beyond the paper,
     as `relay eval --replan`: a model that acts best re-planning every step is finetuned acting so.
+  execute_steps: a level predicting chunks of k actions executes this many of each (1..k) before
+    predicting again (None: as trained), as `relay eval --execute-steps`; the learner scores the
+    decisions on that schedule (`semi_mdp`) and the finetuned model keeps it as its own.
   kl_delta: bound on the mean KL between consecutive policies; the step is scaled so that the
     quadratic KL estimate 0.5 * x^T F x equals it (mjrl's normalized step is 2 * kl_delta).
   fisher_samples: actions drawn per state from the old policy to measure a mixture step's KL
@@ -44,6 +47,7 @@ class FinetuneConfig:
   eps: Optional[float] = None
   eps_quantile: float = 0.25
   replan: Optional[int] = None
+  execute_steps: Optional[int] = None
   episodes_per_iteration: int = 8
   max_episode_steps: int = 280
   gamma: float = 0.995
@@ -91,6 +95,8 @@ class FinetuneConfig:
                        "that level's examples only")
     if self.replan is not None and not self.replan > 0:
       raise ValueError(f"replan must be positive, got {self.replan}")
+    if self.execute_steps is not None and not self.execute_steps > 0:
+      raise ValueError(f"execute_steps must be positive, got {self.execute_steps}")
     if self.eps is not None and not self.eps > 0:
       raise ValueError(f"eps must be positive, got {self.eps}")
     if not 0 < self.eps_quantile < 1:

@@ -46,10 +46,12 @@ def _run_record(run_dir: str) -> Dict:
 
 
 def run_model(run_dir: str, record: Optional[Dict] = None) -> policy_io.Model:
-  """RUN/model as the run's actors acted with it: its exploration settings and re-plan cadence."""
+  """RUN/model as the run's actors acted with it: its exploration settings, re-plan cadence and
+  actions executed per chunk."""
   config = (record or _run_record(run_dir))["config"]
   return policy_io.load_model(os.path.join(run_dir, "model"), config.get("explore_std", 1.0),
-                              config.get("explore_temperature", 1.0), config.get("replan"))
+                              config.get("explore_temperature", 1.0), config.get("replan"),
+                              config.get("execute_steps"))
 
 
 def run_rollouts(run_dir: str, rollouts: int, seed: int = 0, progress: bool = False) -> List[Dict]:

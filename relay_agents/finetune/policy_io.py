@@ -103,9 +103,15 @@ class Model:
 
 
 def _load_level(model_dir: str, record: models.ModelRecord, name: str, explore_std: float = 1.0,
-                explore_temperature: float = 1.0) -> Level:
+                explore_temperature: float = 1.0, execute_steps: Optional[int] = None) -> Level:
   level_dir = os.path.join(model_dir, name)
   networks, params, config, dims = models.load_networks(level_dir, (explore_std, explore_temperature))
+  if execute_steps is not None and config.action_chunk > 1:  # a level predicting one action ignores it
+    if not 1 <= execute_steps <= config.action_chunk:
+      raise DataError(f"cannot execute {execute_steps} actions per chunk: the policy predicts chunks of "
+                      f"{config.action_chunk} actions (use 1..{config.action_chunk})",
+                      path=os.path.join(level_dir, models.POLICY))
+    config = dataclasses.replace(config, execute_steps=execute_steps)
   if getattr(config, "gripper_head", False):
     raise ValueError(f"{level_dir}: finetuning a policy with a gripper head is not supported (its policy "
                      "gradient would need the finger class's probability of each executed action)")
@@ -118,12 +124,14 @@ def _load_level(model_dir: str, record: models.ModelRecord, name: str, explore_s
 
 
 def load_model(model_dir: str, explore_std: float = 1.0, explore_temperature: float = 1.0,
-               replan: Optional[int] = None) -> Model:
+               replan: Optional[int] = None, execute_steps: Optional[int] = None) -> Model:
   """The model in `model_dir`; a one-line DataError for a broken directory or a model that cannot
   act in the finetuning environment, a ValueError for one that cannot be finetuned toward a goal.
   Its levels' networks act and score with the exploration settings (`FinetuneConfig.explore_std`,
   `explore_temperature`; `gcbc.networks.with_exploration`). A relay model's high level re-plans
-  every `replan` steps (None: W_l); a flat model has no high level and ignores it."""
+  every `replan` steps (None: W_l); a flat model has no high level and ignores it. A level that
+  predicts chunks executes `execute_steps` of each (None: as trained; out of 1..k: a one-line
+  DataError naming its policy.pkl), and a finetuned model saved from it keeps that count."""
   if replan is not None and not replan > 0:
     raise ValueError(f"replan must be positive, got {replan}")
   record = models.read_record(model_dir)
@@ -134,7 +142,7 @@ def load_model(model_dir: str, explore_std: float = 1.0, explore_temperature: fl
                     path=os.path.join(model_dir, models.RECORD))
   if record.agent == "ril" and not record.window:
     raise DataError("ril model without a window (W_l)", path=os.path.join(model_dir, models.RECORD))
-  levels = {n: _load_level(model_dir, record, n, explore_std, explore_temperature) for n in names}
+  levels = {n: _load_level(model_dir, record, n, explore_std, explore_temperature, execute_steps) for n in names}
   if "policy" in levels and not levels["policy"].config.use_goal:
     raise ValueError(f"{model_dir}: a goal-free BC policy cannot be finetuned toward a goal")
   return Model(record, levels, os.path.abspath(model_dir), models.fingerprint(model_dir),

@@ -151,7 +151,7 @@ def actor_spec(run: RunConfig, config: FinetuneConfig, goal_state: np.ndarray, m
           "max_episode_steps": config.max_episode_steps, "episodes_per_iteration": config.episodes_per_iteration,
           "trajectory_table": config.trajectory_table, "variables_table": config.variables_table,
           "explore_std": config.explore_std, "explore_temperature": config.explore_temperature,
-          "replan": config.replan}
+          "replan": config.replan, "execute_steps": config.execute_steps}
 
 
 def start_actor_processes(address: str, count: int, log_dir: str) -> List[subprocess.Popen]:
@@ -194,7 +194,8 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
   """Runs (or resumes) finetuning until `run.env_steps` env steps; returns a summary."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   elements = env_lib.parse_goal(",".join(run.elements))
-  model = policy_io.load_model(run.model_dir, config.explore_std, config.explore_temperature, config.replan)
+  model = policy_io.load_model(run.model_dir, config.explore_std, config.explore_temperature, config.replan,
+                               config.execute_steps)
   builder = FinetuneBuilder(config, model)
   eps, demo_dir = resolve_eps(model, config, run.demos)
   os.makedirs(run.out_dir, exist_ok=True)
@@ -261,7 +262,8 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
     policy_io.save_model(model, params, os.path.join(run.out_dir, "model"),
                          {"goal": list(elements), "variant": config.variant, "levels": learner.trained,
                           "env_steps": learner.env_steps, "iterations": learner.iteration, "seed": run.seed,
-                          "reward": config.reward, "eps": eps, "demos": demo_dir, "replan": config.replan})
+                          "reward": config.reward, "eps": eps, "demos": demo_dir, "replan": config.replan,
+                          "execute_steps": config.execute_steps})
     curve = plot_curve(outputs.records, os.path.join(run.out_dir, "curve.png"), len(elements),
                        f"{config.variant} on {'+'.join(elements)}") if outputs.records else None
     last = outputs.records[-1] if outputs.records else {}
@@ -296,7 +298,7 @@ def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
   client = replay_io.connect(address)
   spec = acting.read_spec(address, FinetuneConfig.spec_table)
   model = policy_io.load_model(model_dir or spec["model"], spec.get("explore_std", 1.0),
-                               spec.get("explore_temperature", 1.0), spec.get("replan"))
+                               spec.get("explore_temperature", 1.0), spec.get("replan"), spec.get("execute_steps"))
   if spec.get("model_fingerprint") not in (None, model.fingerprint):
     raise ValueError(f"model {model.path} is {model.fingerprint}, the run at {address} finetunes "
                      f"{spec['model_fingerprint']}: point --model at the run's model")
