@@ -261,6 +261,15 @@ def test_finetune_executes_the_chosen_actions_per_chunk_and_its_model_keeps_them
   assert not os.path.exists(tmp_path / "bad4" / "model")
 
 
+def _one_rollout_eval(cli, model, play, out, *flags):
+  """`relay eval` with `flags` on one goal, one 4-step rollout: it runs and writes that rollout."""
+  cli("eval", "--model", model, "--play", play, "--goals", "1", "--no-heldout", "--rollouts", "1", "--max-steps",
+      "4", "--json", out, "--no-progress", *flags, check=True)
+  with open(out) as f:
+    [result] = json.load(f).values()
+  assert [len(g["completions"]) for g in result["per_goal"]] == [1]
+
+
 def test_execute_steps_chosen_at_deployment_changes_how_often_the_low_level_predicts(
     chunked_ee_model, kitchen_play_tiny, cli, tmp_path):
   """`relay eval --execute-steps N` (and `make_actor(execute_steps=N)`): the trained low level runs
@@ -297,12 +306,7 @@ def test_execute_steps_chosen_at_deployment_changes_how_often_the_low_level_pred
   for bad in ("0", "4"):
     r = cli("eval", "--model", chunked_ee_model, "--play", kitchen_play_tiny, "--execute-steps", bad)
     assert r.returncode == 2 and "--execute-steps" in r.stderr, r.stderr
-  out = str(tmp_path / "x1.json")
-  cli("eval", "--model", chunked_ee_model, "--play", kitchen_play_tiny, "--goals", "1", "--no-heldout",
-      "--rollouts", "1", "--max-steps", "4", "--execute-steps", "1", "--json", out, "--no-progress", check=True)
-  with open(out) as f:
-    [result] = json.load(f).values()
-  assert [len(g["completions"]) for g in result["per_goal"]] == [1]
+  _one_rollout_eval(cli, chunked_ee_model, kitchen_play_tiny, str(tmp_path / "x1.json"), "--execute-steps", "1")
   r = cli("diagnose", "oracle", "--model", chunked_ee_model, "--play", kitchen_play_tiny, "--episodes", "1",
           "--extra-steps", "0", "--execute-steps", "4", "--no-progress")
   assert r.returncode != 0 and "execute" in r.stderr and "policy.pkl" in r.stderr, r.stderr
@@ -408,12 +412,7 @@ def test_temporal_ensemble_chosen_at_deployment_acts_checks_and_keys_its_rollout
     assert r.returncode == 2 and what in r.stderr, r.stderr
   r = cli("eval", "--model", tiny_ril_model, "--play", kitchen_play_tiny, "--temporal-ensemble", "0")
   assert r.returncode == 2 and "one action at a time" in r.stderr and tiny_ril_model in r.stderr, r.stderr
-  out = str(tmp_path / "te.json")
-  cli("eval", "--model", chunked_ee_model, "--play", kitchen_play_tiny, "--goals", "1", "--no-heldout",
-      "--rollouts", "1", "--max-steps", "4", "--temporal-ensemble", "0.1", "--json", out, "--no-progress", check=True)
-  with open(out) as f:
-    [result] = json.load(f).values()
-  assert [len(g["completions"]) for g in result["per_goal"]] == [1]
+  _one_rollout_eval(cli, chunked_ee_model, kitchen_play_tiny, str(tmp_path / "te.json"), "--temporal-ensemble", "0.1")
   r = cli("diagnose", "oracle", "--model", chunked_ee_model, "--play", kitchen_play_tiny, "--episodes", "1",
           "--extra-steps", "0", "--temporal-ensemble", "0", "--execute-steps", "3", "--no-progress")
   assert r.returncode == 2 and "--temporal-ensemble" in r.stderr, r.stderr
