@@ -10,8 +10,9 @@
    A third row, the same episodes acted in this process without Reverb, splits the gap into
    the policy's share and the writes' share. Targets: >= 0.9x with 1 process, >= 1.8x with 2 (on
    a box with at least 2 free cores).
-2. NPG update time per 10k on-policy decisions (the shipped low level: mixture head, 512x3,
-   chunks of 10 executing 5, so one decision is 5 env steps): the jitted update (gradient, 10 CG
+2. NPG update time per 10k on-policy decisions (the shipped low level: mixture head, 1024x3,
+   chunks of 10 executing 1 since session 33, so one decision is one env step; 512x3 executing
+   5 before): the jitted update (gradient, 10 CG
    iterations of KL-Hessian-vector products, step) after warm-up.
 """
 import os
@@ -35,10 +36,10 @@ EPISODES = 16  # measured episodes per actor (after its warm-up one): ~3 s windo
 
 
 def _random_ril_model(root: str) -> str:
-  """A relay model with the shipped policy options (`GoalBCConfig()` defaults: 512x3 MLP, mixture
-  head, chunks of 10 executing 5, end-effector input), trained for a few steps on kitchen-shaped
-  random episodes through the real path (RLDS write, Beam relabeling, Reverb, model record):
-  only its size and format matter for throughput, and a model built by hand would drift from
+  """A relay model with the shipped policy options (`GoalBCConfig()` defaults: 1024x3 MLP, mixture
+  head, chunks of 10 executing 1, end-effector input; 512x3 executing 5 before session 33),
+  trained for a few steps on kitchen-shaped random episodes through the real path (RLDS write,
+  Beam relabeling, Reverb, model record): only its size and format matter for throughput, and a model built by hand would drift from
   the format `relay train-il` writes."""
   from pipelines import relabel as relabel_pipeline  # pylint: disable=import-outside-toplevel
   from relay_agents import train  # pylint: disable=import-outside-toplevel

@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            f"relabeled with the same --action-chunk (relay relabel's default is also "
                            f"{d.action_chunk}). 1: one action per step, the paper's. Default {d.action_chunk}")
   parser.add_argument("--execute-steps", type=int, default=None,
-                      help="with --action-chunk k: actions executed per prediction (1..k; default ceil(k/2))")
+                      help="with --action-chunk k: actions executed per prediction (1..k; default 1: re-predict "
+                           "every step and act the chunk's first action, measured best; `relay eval` can change it)")
   parser.add_argument("--gripper-head", action="store_true",
                       help="kitchen data: the fingers get their own binary close/open head (class-balanced) "
                            "instead of two dims of the continuous head, which then models the arm alone "

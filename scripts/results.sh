@@ -9,7 +9,7 @@
 # extend a table on a dataset an older generator made in $OUT.
 #
 # Policy options (applied to every method alike, so the comparison stays fair). Unset, they are
-# `relay train-il`'s defaults (MLP 512x512x512, chunks of 10 actions executing 5, end-effector
+# `relay train-il`'s defaults (MLP 1024x1024x1024, chunks of 10 actions executing 1, end-effector
 # input on kitchen data). PAPER=1 trains the paper's plain policy instead (`--paper`: MLP 256x256,
 # one action per step, no end-effector input). HIDDEN sizes, CHUNK = k actions predicted per step
 # (the action datasets are relabeled with the same --action-chunk k), EXECUTE = m executed, EE

@@ -436,7 +436,8 @@ def test_options_are_checked_against_the_data(datasets, chunked_ee_model, tmp_pa
 
 def test_defaults_are_the_measured_options_and_old_policies_keep_theirs():
   config = GoalBCConfig()
-  assert (config.hidden_sizes, config.action_chunk, config.execute_steps) == ((512, 512, 512), 10, 5)
+  assert (config.hidden_sizes, config.action_chunk, config.execute_steps) == ((1024, 1024, 1024), 10, 1)
+  assert GoalBCConfig(action_chunk=4).execute_steps == 1  # closed loop whatever the chunk
   assert config.end_effector is None  # auto: resolved from the data by relay_agents.train
   assert GoalBCConfig(target="subgoal").action_chunk == 1
   assert relabeled.RelabelConfig("low").action_chunk == relabel.DEFAULT_ACTION_CHUNK == config.action_chunk
