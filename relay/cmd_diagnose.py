@@ -94,6 +94,15 @@ def _add_gradient_arguments(grad: argparse.ArgumentParser) -> None:
   grad.add_argument("--reward", default=d.reward, choices=list(REWARDS), help=f"low-level reward (default {d.reward})")
   grad.add_argument("--replan", type=int, default=None,
                     help="ril models: the high level picks a subgoal every N steps (default W_l), as `relay finetune --replan`")
+  grad.add_argument("--execute-steps", type=int, default=None,
+                    help="a level predicting chunks of k actions executes N of each (1..k) before predicting again "
+                         "(default: as trained), as `relay finetune --execute-steps`: the episodes are acted, and "
+                         "their decisions scored, on that schedule")
+  grad.add_argument("--residual", default=None, metavar="HIDDEN",
+                    help="measure a step on a new residual of these hidden sizes over the low level's frozen mode "
+                         "instead of on the level itself, as `relay finetune --residual` trains (default: off)")
+  grad.add_argument("--residual-std", type=float, default=d.residual_std,
+                    help=f"--residual: its std as a fraction of the demos' action spread (default {d.residual_std:g})")
   grad.add_argument("--eps", type=float, default=None, help="sparse radius (default: calibrated as `relay finetune` does)")
   grad.add_argument("--kl", type=float, default=d.kl_delta, help=f"KL bound of the step (default {d.kl_delta:g})")
   grad.add_argument("--probe-kl", type=float, default=None,
@@ -208,6 +217,7 @@ def _fit_sizes(text: str):
 def run_gradient(args: argparse.Namespace) -> int:
   import numpy as np  # pylint: disable=import-outside-toplevel
   from relay_agents.finetune import acting, gradient_signal, policy_io  # pylint: disable=import-outside-toplevel
+  from relay_agents.gcbc import residual as residual_lib  # pylint: disable=import-outside-toplevel
   from relay_agents.finetune import env as env_lib, run as run_lib  # pylint: disable=import-outside-toplevel
   from relay_agents.finetune.config import FinetuneConfig  # pylint: disable=import-outside-toplevel
   from relay_data.errors import DataError  # pylint: disable=import-outside-toplevel
@@ -223,10 +233,13 @@ def run_gradient(args: argparse.Namespace) -> int:
     paths.check_output(args.json, "--json", sources=[args.model], overwrite=True, kind="file")
   try:
     elements = env_lib.parse_goal(args.goal)
+    residual = None if args.residual is None else residual_lib.hidden_sizes(args.residual)
     config = FinetuneConfig(reward=args.reward, eps=args.eps, kl_delta=args.kl, max_episode_steps=args.max_episode_steps,
                             explore_std=args.explore_std, explore_temperature=args.explore_temperature,
-                            replan=args.replan)
-    model = policy_io.load_model(args.model, config.explore_std, config.explore_temperature, config.replan)
+                            replan=args.replan, execute_steps=args.execute_steps, residual=residual,
+                            residual_std=args.residual_std)
+    model = policy_io.load_model(args.model, config.explore_std, config.explore_temperature, config.replan,
+                                 config.execute_steps, config.residual_config)
     eps, _ = run_lib.resolve_eps(model, config)
   except DataError:
     raise  # a broken model or its demos gone: one line naming the file, exit 1
@@ -237,8 +250,12 @@ def run_gradient(args: argparse.Namespace) -> int:
   done = episodes["reward"].sum(-1)
   level = model.levels[acting.low_name(model)]
   batches = gradient_signal.level_batches(model, episodes, config, eps)
+  networks, head, params = level.networks, level.config.head, level.params
+  if level.residual_networks is not None:  # the residual's Gaussian, its inputs carrying the base's action
+    batches = gradient_signal.residual_batches(level, batches)
+    networks, head, params = level.residual_networks, "gaussian", level.params["residual"]
   try:
-    gains, probed = (gradient_signal.held_out_gains(level.networks, level.config.head, level.params, batches, sizes,
+    gains, probed = (gradient_signal.held_out_gains(networks, head, params, batches, sizes,
                                                     kl, args.splits, args.seed) for kl in (config.kl_delta, probe_kl))
   except ValueError as e:
     raise UsageError(f"{args.episodes} episodes of {args.max_episode_steps} steps: {e}") from None

@@ -80,6 +80,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--explore-temperature", type=float, default=d.explore_temperature,
                       help="temperature of a mixture policy's component weights while finetuning; below 1 draws the "
                            f"likeliest component more often (default {d.explore_temperature:g})")
+  parser.add_argument("--residual", default=None, metavar="HIDDEN",
+                      help="finetune a residual policy over the acting level's frozen mode instead of the level "
+                           "itself: comma-separated hidden sizes of the residual MLP, e.g. 256,256 (default: off, the "
+                           "paper's). The base re-predicts at every step (--execute-steps 1); --explore-std and "
+                           "--explore-temperature do not apply, the residual explores with its own learned std")
+  parser.add_argument("--residual-std", type=float, default=d.residual_std,
+                      help="--residual: the residual's initial std per action dimension, as a fraction of the demos' "
+                           f"action spread in that dimension (default {d.residual_std:g})")
   parser.add_argument("--demos", default=None,
                       help="relabeled low-level dataset for dapg/iril and eps (default: the one the model was trained on)")
   parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
@@ -100,6 +108,13 @@ def run(args: argparse.Namespace) -> int:
   except ValueError as e:
     raise UsageError(str(e)) from e
   from relay_agents.finetune import run as run_lib  # pylint: disable=import-outside-toplevel
+  residual = None
+  if args.residual is not None:
+    from relay_agents.gcbc import residual as residual_lib  # pylint: disable=import-outside-toplevel
+    try:
+      residual = residual_lib.hidden_sizes(args.residual)
+    except ValueError as e:
+      raise UsageError(f"--residual: {e}") from None
   try:
     config = FinetuneConfig(variant=args.variant, finetune=args.finetune, reward=args.reward, eps=args.eps,
                             eps_quantile=args.eps_quantile, episodes_per_iteration=args.episodes_per_iteration,
@@ -108,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
                             explore_temperature=args.explore_temperature, replan=args.replan,
                             execute_steps=args.execute_steps,
                             own_fraction=args.own_fraction, bc_steps=args.bc_steps,
-                            bc_learning_rate=args.bc_learning_rate)
+                            bc_learning_rate=args.bc_learning_rate, residual=residual,
+                            residual_std=args.residual_std)
     summary = run_lib.finetune(
         run_lib.RunConfig(args.model, elements, args.out, args.env_steps, actors=args.actors,
                           actor_processes=args.actor_processes, seed=args.seed, demos=args.demos,

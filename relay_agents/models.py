@@ -31,6 +31,7 @@ from relay_data.errors import DataError
 FORMAT = 2
 RECORD = "agent.json"
 POLICY = "policy.pkl"
+RESIDUAL = "residual.pkl"  # a level's finetuned residual (relay_agents.gcbc.residual.FILE), if it has one
 
 
 @dataclasses.dataclass
@@ -168,24 +169,35 @@ def load_networks(level_dir: str, exploration=PLAIN):
 
 
 @functools.lru_cache(maxsize=32)
-def _policy_fn(path: str, mtime_ns: int, size: int, deterministic: bool, exploration):  # pylint: disable=unused-argument
+def _policy_fn(path: str, version, deterministic: bool, exploration):  # pylint: disable=unused-argument
   """(jitted GoalPolicyFn, params) of a policy file version: built and compiled once per process,
   so an evaluation that makes an actor per rollout does not re-compile. The params are put on the
   device once: numpy leaves would be copied in by every policy call (4 MB for the shipped low
-  level)."""
+  level). A level with a residual (a finetuned one, `gcbc.residual`) is composed with it."""
   import jax  # pylint: disable=import-outside-toplevel
-  from relay_agents.gcbc import builder as gcbc_builder  # pylint: disable=import-outside-toplevel
-  networks, params, config, dims = load_networks(os.path.dirname(path), exploration)
+  from relay_agents.gcbc import builder as gcbc_builder, residual  # pylint: disable=import-outside-toplevel
+  level_dir = os.path.dirname(path)
+  networks, params, config, dims = load_networks(level_dir, exploration)
   fn = gcbc_builder.GoalBCBuilder(config, dims).make_policy(networks, evaluation=deterministic)
+  extra = residual.load(level_dir)
+  if extra is not None:
+    fn, params = residual.compose(fn, load_policy(level_dir), params, extra)
   return fn, jax.device_put(params)
 
 
+def _version(path: str):
+  stat = os.stat(path)
+  return stat.st_mtime_ns, stat.st_size
+
+
 def policy_fn(level_dir: str, deterministic: bool = True, exploration=PLAIN):
+  from relay_agents.gcbc import residual  # pylint: disable=import-outside-toplevel
   path = os.path.abspath(os.path.join(level_dir, POLICY))
   if not os.path.isfile(path):
     raise DataError("missing (trained policy)", path=path)
-  stat = os.stat(path)
-  return _policy_fn(path, stat.st_mtime_ns, stat.st_size, deterministic, tuple(map(float, exploration)))
+  extra = os.path.join(os.path.dirname(path), residual.FILE)
+  version = (_version(path), _version(extra) if os.path.exists(extra) else None)
+  return _policy_fn(path, version, deterministic, tuple(map(float, exploration)))
 
 
 def load_goal_policy(level_dir: str, deterministic: bool = True, execute_steps: Optional[int] = None,
@@ -217,7 +229,7 @@ def fingerprint(model_dir: str) -> str:
   h = hashlib.sha256()
   for root, _, files in sorted(os.walk(model_dir)):
     for name in sorted(files):
-      if name in (RECORD, POLICY):
+      if name in (RECORD, POLICY, RESIDUAL):
         with open(os.path.join(root, name), "rb") as f:
           h.update(os.path.relpath(os.path.join(root, name), model_dir).encode() + f.read())
   return h.hexdigest()[:16]

@@ -832,13 +832,15 @@ def test_cli_diagnose_gradient_in_the_kitchen(ril_model, cli, tmp_path):
   out = tmp_path / "gradient.json"
   # The euclidean reward: the tiny model's 15-step episodes never come within the sparse eps.
   proc = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave,kettle", "--episodes", "4",
-             "--fit", "1,2", "--splits", "1", "--max-episode-steps", "15", "--reward", "euclidean", "--json", str(out))
+             "--fit", "1,2", "--splits", "1", "--max-episode-steps", "15", "--reward", "euclidean", "--execute-steps", "1",
+             "--json", str(out))
   assert proc.returncode == 0, proc.stderr
   assert "on the other half's" in proc.stdout
   result = json.loads(out.read_text())
   assert [g["fit"] for g in result["gains"]] == [1, 2] and all(g["fits"] == 2 for g in result["gains"])
   assert all(g["in_sample"] > 0 and np.isfinite(g["held_out"]) for g in result["gains"])
   assert result["eps"] is None and result["episodes"] == 4 and result["config"]["reward"] == "euclidean"
+  assert result["config"]["execute_steps"] == 1  # acted and scored as `relay finetune --execute-steps 1` would
   assert "first order (the step's direction)" in proc.stdout and result["probe_kl"] == pytest.approx(1e-4)
   for o, g in zip(result["orders"], result["gains"]):
     assert o["fit"] == g["fit"] and o["held_out_first"] + o["held_out_second"] == pytest.approx(g["held_out"], abs=1e-6)
@@ -855,5 +857,7 @@ def test_cli_diagnose_gradient_in_the_kitchen(ril_model, cli, tmp_path):
   assert no_reward.returncode == 2 and "every advantage is zero" in no_reward.stderr
   errors = [line for line in no_reward.stderr.splitlines() if "error" in line]
   assert len(errors) == 1 and errors[0].startswith("relay diagnose: error: 2 episodes of 5 steps"), no_reward.stderr
+  bad_execute = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave", "--execute-steps", "0")
+  assert bad_execute.returncode == 2 and "execute_steps must be positive, got 0" in bad_execute.stderr
   bad_goal = cli("diagnose", "gradient", "--model", ril_model, "--goal", "microwave,oven")
   assert bad_goal.returncode == 2 and "oven" in bad_goal.stderr

@@ -35,6 +35,12 @@ class FinetuneConfig:
     quadratic KL estimate 0.5 * x^T F x equals it (mjrl's normalized step is 2 * kl_delta).
   fisher_samples: actions drawn per state from the old policy to measure a mixture step's KL
     (Monte Carlo; the step itself uses an analytic KL bound, see `npg`).
+  residual: hidden sizes of a residual policy over the acting level's frozen mode (`gcbc.residual`;
+    None: the level itself is finetuned, the paper's). With it NPG, the KL bound and the DAPG term
+    apply to the residual alone, the base re-predicts at every step (execute_steps 1), and
+    `explore_std`/`explore_temperature` (which narrow the base's own distribution) do not apply:
+    the residual explores with its own Gaussian, whose std starts at `residual_std` times the
+    demos' action spread per dimension and is learned. Beyond the paper (docs/results.md).
   explore_std, explore_temperature: the finetuned policy's distribution is the trained one with
     every std times `explore_std` and its mixture logits divided by `explore_temperature`
     (`gcbc.networks.with_exploration`): actors sample from it and NPG, KL and DAPG score it. 1, 1
@@ -58,6 +64,8 @@ class FinetuneConfig:
   fisher_samples: int = 4
   explore_std: float = 1.0
   explore_temperature: float = 1.0
+  residual: Optional[Tuple[int, ...]] = None
+  residual_std: float = 0.25
   lambda0: float = 0.1
   lambda1: float = 0.95
   demo_batch_size: int = 256
@@ -83,7 +91,7 @@ class FinetuneConfig:
     for name in ("episodes_per_iteration", "max_episode_steps", "cg_iters", "fisher_samples",
                  "demo_batch_size", "value_epochs", "value_batch_size", "iril_goals_per_step", "kl_delta",
                  "explore_std", "explore_temperature", "bc_steps", "bc_learning_rate",
-                 "own_max_examples"):
+                 "own_max_examples", "residual_std"):
       if not getattr(self, name) > 0:  # `not > 0`, not `<= 0`: a NaN kl_delta is refused too
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
     if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
@@ -97,10 +105,27 @@ class FinetuneConfig:
       raise ValueError(f"replan must be positive, got {self.replan}")
     if self.execute_steps is not None and not self.execute_steps > 0:
       raise ValueError(f"execute_steps must be positive, got {self.execute_steps}")
+    if self.residual is not None:
+      if not self.residual or any(not int(h) > 0 for h in self.residual):
+        raise ValueError(f"residual hidden sizes must be positive, got {list(self.residual)}")
+      if self.variant == "filtered":
+        raise ValueError("variant filtered trains the level's own networks by behaviour cloning; a residual is "
+                         "trained by the policy-gradient variants (npg, dapg, iril)")
+      if self.execute_steps not in (None, 1):
+        raise ValueError(f"a residual corrects every executed action, so its base re-predicts at every step: "
+                         f"execute_steps must be 1, got {self.execute_steps}")
     if self.eps is not None and not self.eps > 0:
       raise ValueError(f"eps must be positive, got {self.eps}")
     if not 0 < self.eps_quantile < 1:
       raise ValueError(f"eps_quantile must be in (0, 1), got {self.eps_quantile}")
+
+  @property
+  def residual_config(self):
+    """The `gcbc.residual.ResidualConfig` of a residual run, else None."""
+    if self.residual is None:
+      return None
+    from relay_agents.gcbc import residual  # pylint: disable=import-outside-toplevel
+    return residual.ResidualConfig(tuple(self.residual), self.residual_std)
 
   @property
   def uses_demos(self) -> bool:

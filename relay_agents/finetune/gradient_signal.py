@@ -73,6 +73,18 @@ def level_batches(model: policy_io.Model, episodes: Dict[str, np.ndarray], confi
   return {"inputs": tr["inputs"], "actions": tr["actions"], "advantages": adv, "mask": tr["mask"]}
 
 
+def residual_batches(level: policy_io.Level, batches: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """`level_batches` of a level with a residual (`gcbc.residual`), as its learner scores them: the
+  inputs carry the base's mode action, the actions are the executed ones (a chunk's first)."""
+  from relay_agents.gcbc import residual  # pylint: disable=import-outside-toplevel
+  a_dim = level.residual_networks.action_dim
+  base = residual.make_base_actions(level.fn.base, a_dim)
+  inputs = np.asarray(batches["inputs"], np.float32)
+  flat = residual.augment(base, level.params["base"], inputs.reshape((-1, inputs.shape[-1])))
+  actions = np.nan_to_num(np.asarray(batches["actions"], np.float32)[..., :a_dim])
+  return dict(batches, inputs=flat.reshape(inputs.shape[:-1] + (flat.shape[-1],)), actions=actions)
+
+
 @dataclasses.dataclass
 class Gain:
   """One fit size: mean surrogate gains of a step on its own episodes and on the held-out half."""

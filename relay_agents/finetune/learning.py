@@ -29,7 +29,7 @@ from acme.utils import loggers
 from relay_agents.finetune import acting, npg, policy_io, rewards, semi_mdp
 from relay_agents.finetune import networks as ft_networks
 from relay_agents.finetune.config import FinetuneConfig
-from relay_agents.gcbc import networks as gcbc_networks
+from relay_agents.gcbc import networks as gcbc_networks, residual as residual_lib
 from relay_data import kitchen, relabel
 
 
@@ -179,10 +179,14 @@ class NPGLearner(IterationLearner):
                                                         else []))
     key, *value_keys = jax.random.split(random_key, 1 + len(self._trained))
     self._updates, self._value_nets, self._value_fits = {}, {}, {}
-    self._value_params, self._value_opt = {}, {}
+    self._value_params, self._value_opt, self._base_actions = {}, {}, {}
     for name, vkey in zip(self._trained, value_keys):
       level = model.levels[name]
-      self._updates[name] = npg.make_npg_update(level.networks, level.config.head, config.kl_delta,
+      networks, head = level.networks, level.config.head
+      if level.residual_networks is not None:  # NPG on the residual alone (gcbc.residual): a Gaussian
+        networks, head = level.residual_networks, "gaussian"
+        self._base_actions[name] = residual_lib.make_base_actions(level.fn.base, networks.action_dim)
+      self._updates[name] = npg.make_npg_update(networks, head, config.kl_delta,
                                                 config.cg_iters, config.cg_damping, config.fisher_samples)
       vnet = ft_networks.make_value_network(level.networks.input_dim, level.networks.normalization,
                                             config.value_hidden,
@@ -232,8 +236,20 @@ class NPGLearner(IterationLearner):
     on = {"inputs": inputs, "actions": flat(tr["actions"]), "advantages": flat(npg.normalize(adv, tr["mask"])),
           "mask": mask}
     demo, weight = self._demo_batch(name)
-    self._params[name], stats = self._updates[name](self._params[name], on, demo, np.float32(weight),
-                                                    self._next_key())
+    if name in self._base_actions:  # the residual's inputs carry the base's action; it scores executed actions
+      base = self._params[name]["base"]
+      a_dim = self._model.levels[name].residual_networks.action_dim
+      # (padding rows carry NaN actions, which a masked Gaussian log-likelihood would still propagate)
+      on = dict(on, inputs=residual_lib.augment(self._base_actions[name], base, on["inputs"]),
+                actions=np.nan_to_num(on["actions"][:, :a_dim]))
+      demo = {"inputs": residual_lib.augment(self._base_actions[name], base, demo["inputs"]),
+              "actions": np.asarray(demo["actions"], np.float32)[:, :a_dim]}
+      new, stats = self._updates[name](self._params[name]["residual"], on, demo, np.float32(weight),
+                                       self._next_key())
+      self._params[name] = {"base": base, "residual": new}
+    else:
+      self._params[name], stats = self._updates[name](self._params[name], on, demo, np.float32(weight),
+                                                      self._next_key())
     seed = int(np.asarray(self._next_key())[-1])
     self._value_params[name], self._value_opt[name], value_loss = self._value_fits[name](
         self._value_params[name], self._value_opt[name], inputs, elapsed, flat(targets), mask, seed)

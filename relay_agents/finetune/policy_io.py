@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from relay_agents import models
-from relay_agents.gcbc import acting, builder as gcbc_builder, networks as gcbc_networks
+from relay_agents.gcbc import acting, builder as gcbc_builder, networks as gcbc_networks, residual as residual_lib
 from relay_data import atomic, goal_space, kitchen, relabeled
 from relay_data.errors import DataError
 
@@ -42,10 +42,19 @@ class Level:
   saved: Dict             # the rest of its policy.pkl (normalization, input_dim, train_key, steps)
   data: Dict              # {path, fingerprint, relabel, source, spec, env_settings}
   fn: acting.GoalPolicyFn = None
+  residual: Optional[residual_lib.ResidualConfig] = None  # set: params are {"base", "residual"}
 
   def __post_init__(self):
     if self.fn is None:  # sampling by default: finetuning acts on-policy
       self.fn = gcbc_builder.GoalBCBuilder(self.config, self.dims).make_policy(self.networks, evaluation=False)
+      if self.residual is not None:  # the base acts with its mode, the residual samples
+        self.fn = residual_lib.ResidualPolicyFn(self.fn, residual_lib.make_networks(self.fn, self.saved,
+                                                                                    self.residual))
+
+  @property
+  def residual_networks(self) -> Optional[residual_lib.ResidualNetworks]:
+    """What finetuning trains when the level has a residual (None: the level's own networks)."""
+    return self.fn.residual if isinstance(self.fn, residual_lib.ResidualPolicyFn) else None
 
   @property
   def source(self) -> Optional[str]:
@@ -103,9 +112,21 @@ class Model:
 
 
 def _load_level(model_dir: str, record: models.ModelRecord, name: str, explore_std: float = 1.0,
-                explore_temperature: float = 1.0, execute_steps: Optional[int] = None) -> Level:
+                explore_temperature: float = 1.0, execute_steps: Optional[int] = None,
+                residual: Optional[residual_lib.ResidualConfig] = None) -> Level:
   level_dir = os.path.join(model_dir, name)
   networks, params, config, dims = models.load_networks(level_dir, (explore_std, explore_temperature))
+  saved_residual = residual_lib.load(level_dir)
+  if saved_residual is not None or residual is not None:
+    if config.action_chunk > 1 and execute_steps not in (None, 1):
+      raise ValueError(f"{level_dir}: a residual corrects every executed action, so its base re-predicts at every "
+                       f"step: execute_steps must be 1, got {execute_steps}")
+    execute_steps = 1
+    if saved_residual is not None:
+      if residual is not None and residual.hidden != saved_residual[1].hidden:
+        raise ValueError(f"{level_dir}: has a residual of hidden sizes {list(saved_residual[1].hidden)}, "
+                         f"not {list(residual.hidden)}")
+      residual = saved_residual[1]
   if execute_steps is not None and config.action_chunk > 1:  # a level predicting one action ignores it
     if not 1 <= execute_steps <= config.action_chunk:
       raise DataError(f"cannot execute {execute_steps} actions per chunk: the policy predicts chunks of "
@@ -120,18 +141,26 @@ def _load_level(model_dir: str, record: models.ModelRecord, name: str, explore_s
   if dims.get("observation") != width:
     raise DataError(f"policy takes {dims.get('observation')}-d observations but the model's record says "
                     f"{record.data_spec.describe()}", path=os.path.join(level_dir, models.POLICY))
-  return Level(networks, params, config, dict(dims), saved, dict(record.sources.get(name) or {}))
+  level = Level(networks, params, config, dict(dims), saved, dict(record.sources.get(name) or {}), residual=residual)
+  if residual is not None:  # a new residual starts at zero: the level acts as its base's mode
+    level.params = {"base": params, "residual": saved_residual[0] if saved_residual is not None else
+                    residual_lib.init_params(level.residual_networks, jax.random.PRNGKey(0))}
+  return level
 
 
 def load_model(model_dir: str, explore_std: float = 1.0, explore_temperature: float = 1.0,
-               replan: Optional[int] = None, execute_steps: Optional[int] = None) -> Model:
+               replan: Optional[int] = None, execute_steps: Optional[int] = None,
+               residual: Optional[residual_lib.ResidualConfig] = None) -> Model:
   """The model in `model_dir`; a one-line DataError for a broken directory or a model that cannot
   act in the finetuning environment, a ValueError for one that cannot be finetuned toward a goal.
   Its levels' networks act and score with the exploration settings (`FinetuneConfig.explore_std`,
   `explore_temperature`; `gcbc.networks.with_exploration`). A relay model's high level re-plans
   every `replan` steps (None: W_l); a flat model has no high level and ignores it. A level that
   predicts chunks executes `execute_steps` of each (None: as trained; out of 1..k: a one-line
-  DataError naming its policy.pkl), and a finetuned model saved from it keeps that count."""
+  DataError naming its policy.pkl), and a finetuned model saved from it keeps that count.
+  `residual`: the acting level (the low level, or a flat policy) gets a new residual of these
+  settings over its frozen mode (`gcbc.residual`), what finetuning then trains; a level saved with
+  a residual always has it (a finetuned one, which then continues from it)."""
   if replan is not None and not replan > 0:
     raise ValueError(f"replan must be positive, got {replan}")
   record = models.read_record(model_dir)
@@ -142,7 +171,8 @@ def load_model(model_dir: str, explore_std: float = 1.0, explore_temperature: fl
                     path=os.path.join(model_dir, models.RECORD))
   if record.agent == "ril" and not record.window:
     raise DataError("ril model without a window (W_l)", path=os.path.join(model_dir, models.RECORD))
-  levels = {n: _load_level(model_dir, record, n, explore_std, explore_temperature, execute_steps) for n in names}
+  levels = {n: _load_level(model_dir, record, n, explore_std, explore_temperature, execute_steps,
+                           residual if n == names[0] else None) for n in names}
   if "policy" in levels and not levels["policy"].config.use_goal:
     raise ValueError(f"{model_dir}: a goal-free BC policy cannot be finetuned toward a goal")
   return Model(record, levels, os.path.abspath(model_dir), models.fingerprint(model_dir),
@@ -200,9 +230,13 @@ def save_model(model: Model, params: Dict[str, object], out_dir: str, finetuned:
     for name, level in model.levels.items():
       changed = name in params
       saved = level.saved
-      models.save_policy(os.path.join(tmp, name), jax.device_get(params[name] if changed else level.params),
+      level_params = params[name] if changed else level.params
+      base = level_params["base"] if level.residual is not None else level_params
+      models.save_policy(os.path.join(tmp, name), jax.device_get(base),
                          saved["normalization"], level.config, level.dims, saved["input_dim"],
                          _key(saved.get("train_key"), info) if changed else saved.get("train_key"),
                          saved.get("steps"))
+      if level.residual is not None:  # the base as it was, its residual beside it
+        residual_lib.save(os.path.join(tmp, name), level_params["residual"], level.residual)
     models.write_record(tmp, record)  # last, as train-il does: marks the model complete
   return out_dir

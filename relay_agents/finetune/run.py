@@ -151,7 +151,8 @@ def actor_spec(run: RunConfig, config: FinetuneConfig, goal_state: np.ndarray, m
           "max_episode_steps": config.max_episode_steps, "episodes_per_iteration": config.episodes_per_iteration,
           "trajectory_table": config.trajectory_table, "variables_table": config.variables_table,
           "explore_std": config.explore_std, "explore_temperature": config.explore_temperature,
-          "replan": config.replan, "execute_steps": config.execute_steps}
+          "replan": config.replan, "execute_steps": config.execute_steps,
+          "residual": None if config.residual is None else list(config.residual), "residual_std": config.residual_std}
 
 
 def start_actor_processes(address: str, count: int, log_dir: str) -> List[subprocess.Popen]:
@@ -195,7 +196,7 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   elements = env_lib.parse_goal(",".join(run.elements))
   model = policy_io.load_model(run.model_dir, config.explore_std, config.explore_temperature, config.replan,
-                               config.execute_steps)
+                               config.execute_steps, config.residual_config)
   builder = FinetuneBuilder(config, model)
   eps, demo_dir = resolve_eps(model, config, run.demos)
   os.makedirs(run.out_dir, exist_ok=True)
@@ -263,7 +264,8 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
                          {"goal": list(elements), "variant": config.variant, "levels": learner.trained,
                           "env_steps": learner.env_steps, "iterations": learner.iteration, "seed": run.seed,
                           "reward": config.reward, "eps": eps, "demos": demo_dir, "replan": config.replan,
-                          "execute_steps": config.execute_steps})
+                          "execute_steps": config.execute_steps,
+                          "residual": None if config.residual is None else list(config.residual)})
     curve = plot_curve(outputs.records, os.path.join(run.out_dir, "curve.png"), len(elements),
                        f"{config.variant} on {'+'.join(elements)}") if outputs.records else None
     last = outputs.records[-1] if outputs.records else {}
@@ -297,8 +299,11 @@ def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
   from acme.jax import variable_utils  # pylint: disable=import-outside-toplevel
   client = replay_io.connect(address)
   spec = acting.read_spec(address, FinetuneConfig.spec_table)
+  residual = None if spec.get("residual") is None else FinetuneConfig(
+      residual=tuple(spec["residual"]), residual_std=spec.get("residual_std", 0.25)).residual_config
   model = policy_io.load_model(model_dir or spec["model"], spec.get("explore_std", 1.0),
-                               spec.get("explore_temperature", 1.0), spec.get("replan"), spec.get("execute_steps"))
+                               spec.get("explore_temperature", 1.0), spec.get("replan"), spec.get("execute_steps"),
+                               residual)
   if spec.get("model_fingerprint") not in (None, model.fingerprint):
     raise ValueError(f"model {model.path} is {model.fingerprint}, the run at {address} finetunes "
                      f"{spec['model_fingerprint']}: point --model at the run's model")
