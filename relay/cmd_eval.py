@@ -130,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
       if args.execute_steps is not None and chunks[-1] > 1 and args.execute_steps > chunks[-1]:
         raise UsageError(f"--execute-steps {args.execute_steps}: {os.path.join(m, level)} predicts chunks of "
                          f"{chunks[-1]} actions (use 1..{chunks[-1]})")
+      if os.path.exists(os.path.join(m, level, models.RESIDUAL)) and (
+          args.temporal_ensemble is not None or args.execute_steps not in (None, 1)):
+        flag = "--temporal-ensemble" if args.temporal_ensemble is not None else f"--execute-steps {args.execute_steps}"
+        raise UsageError(f"{flag}: {os.path.join(m, level)} has a residual (finetuned with --residual), which "
+                         "corrects every step's own prediction: it acts with 1 action per chunk, no ensemble")
     if args.temporal_ensemble is not None and max(chunks) <= 1:
       raise UsageError(f"--temporal-ensemble: {m} predicts one action at a time (no chunks to ensemble)")
     models.check_goal_source(records[m], m, args.play)

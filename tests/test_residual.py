@@ -98,6 +98,10 @@ def test_residual_finetuning_moves_only_the_residual_and_evaluates_with_it(ril_m
     low.fn.with_execute_steps(3)
   with pytest.raises(ValueError, match="cannot ensemble"):
     low.fn.with_execute_steps(1, ensemble=0.1)
+  for flags in (["--execute-steps", "3"], ["--temporal-ensemble", "0.1"]):  # bad flags for a residual: exit 2
+    refused = cli("eval", "--model", os.path.join(out, "model"), "--play", kitchen_play_tiny, "--goals", "1",
+                  "--no-heldout", "--rollouts", "1", "--max-steps", "5", *flags)
+    assert refused.returncode == 2 and "has a residual" in refused.stderr and flags[0] in refused.stderr, flags
   # A torn residual file is one line naming it.
   with open(os.path.join(tuned, residual.FILE), "r+b") as f:
     f.truncate(20)
