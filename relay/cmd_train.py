@@ -81,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the paper's plain policy: MLP 256x256, one action per step, no end-effector input "
                            "(sets --hidden 256,256 --action-chunk 1 --end-effector off unless given)")
   parser.add_argument("--max-replay-size", type=int, default=d.max_replay_size,
-                      help=f"examples kept in Reverb (default {d.max_replay_size:,}; FIFO beyond)")
+                      help=f"examples fed to Reverb (default {d.max_replay_size:,}): a larger dataset is used in "
+                           "part, a seeded subset, and a warning says so")
   parser.add_argument("--reverb-address", default=None, help="host:port of a running Reverb server")
   parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
   parser.add_argument("--checkpoint-every", type=int, default=1000,

@@ -21,6 +21,7 @@ untrusted networks, firewall the port; see `start_server`. Clients check the add
 within a bounded time (`connect`) instead of hanging on an unreachable one.
 """
 import dataclasses
+import sys
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -153,6 +154,9 @@ def feed(address: str, table: str, source: Union[str, tf.data.Dataset, Chunks], 
   """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   keys = list(keys)
+  if isinstance(source, str) and limit is not None:
+    from relay_data import relabeled  # pylint: disable=import-outside-toplevel
+    warn_if_truncated(source, relabeled.num_examples(source), limit)
   client = connect(address, timeout_s)
   written = 0
   bar = tqdm(total=min(x for x in (limit, total, float("inf")) if x is not None), desc=f"feeding {table}",
@@ -169,6 +173,20 @@ def feed(address: str, table: str, source: Union[str, tf.data.Dataset, Chunks], 
     writer.flush()
   bar.close()
   return written
+
+
+def warn_if_truncated(data_dir: str, total: int, capacity: int) -> None:
+  """Says on stderr when a relabeled dataset holds more examples than its Reverb table keeps.
+
+  The table is filled once, so the examples beyond its capacity are never seen: training then
+  uses a seeded subset. Said rather than refused, since a capped table is a legitimate bound on
+  memory; silent, it was a data-loss path (`relay relabel` without `--goals-per-step` emits every
+  goal of the window: ~3.5M low-level examples from 400 play episodes, 3.5x the default table)."""
+  if total > capacity:
+    print(f"warning: {data_dir} holds {total:,} examples but its Reverb table keeps {capacity:,} "
+          f"(`relay train-il --max-replay-size`): only {capacity / total:.0%} of them, a seeded subset, are "
+          f"used; raise the table size to {total:,} or relabel with fewer --goals-per-step to use them all",
+          file=sys.stderr)
 
 
 def _limited(chunks: Chunks, keys: Sequence[str], limit: Optional[int]) -> Chunks:

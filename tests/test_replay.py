@@ -67,6 +67,20 @@ def test_feed_limit_and_tf_dataset_source(dataset):
     server.stop()
 
 
+def test_feeding_a_dataset_beyond_the_tables_capacity_says_so(dataset, capsys):
+  total = relabeled.num_examples(dataset)
+  server, address = replay.start_server([replay.make_table("t", DIMS, 100_000, 8)])
+  try:
+    assert replay.feed(address, "t", dataset, sorted(DIMS), 8, limit=total, progress=False) == total
+    assert "warning" not in capsys.readouterr().err  # all of it fits: nothing to say
+    assert replay.feed(address, "t", dataset, sorted(DIMS), 8, limit=total // 2, progress=False) == total // 2
+    err = capsys.readouterr().err
+    assert f"warning: {dataset} holds {total:,} examples but its Reverb table keeps {total // 2:,}" in err
+    assert "50%" in err and "--goals-per-step" in err
+  finally:
+    server.stop()
+
+
 def test_unreachable_address_fails_within_bounded_time(dataset):
   address = f"127.0.0.1:{portpicker.pick_unused_port()}"  # nothing listens there
   for call in (lambda: replay.connect(address, timeout_s=2),

@@ -107,7 +107,7 @@ class GoalBCConfig:
   batch_size: int = 256
   num_sgd_steps_per_step: int = 1
   table_name: str = "relabeled"
-  max_replay_size: int = 1_000_000   # examples kept in Reverb (FIFO beyond): bounds memory
+  max_replay_size: int = 1_000_000   # examples fed to Reverb (a seeded subset beyond, warned): bounds memory
   examples_per_item: Optional[int] = None  # examples per Reverb item; None: batch_size (see above)
   max_in_flight_samples_per_worker: int = 512
   end_effector: Optional[bool] = None
