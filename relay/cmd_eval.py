@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--sample-temperature", type=float, default=1.0,
                       help="--sample: temperature of a mixture's component weights (default 1; as "
                            "`relay finetune --explore-temperature`)")
+  parser.add_argument("--sample-level", choices=("high", "low"), default=None,
+                      help="--sample, ril models: sample only this level; the other acts with its likeliest "
+                           "mode (default: both sample). `high` samples the subgoal, as the paper's high level "
+                           "does, and keeps the low level's deterministic actions")
   parser.add_argument("--replan", type=int, default=None,
                       help="ril models: the high level picks a new subgoal every N steps (default: every W_l, the "
                            "paper's); flat models are unaffected. Beyond the paper: re-planning more often than W_l "
@@ -110,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
   exploration = (args.sample_std, args.sample_temperature)
   if exploration != (1.0, 1.0) and not args.sample:
     raise UsageError("--sample-std and --sample-temperature shape sampled actions: add --sample")
+  if args.sample_level and not args.sample:
+    raise UsageError("--sample-level picks the level that samples: add --sample")
   for text in args.goal or []:  # a typo fails before any model is read
     try:
       kitchen.parse_goal(text)
@@ -137,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
                          "corrects every step's own prediction: it acts with 1 action per chunk, no ensemble")
     if args.temporal_ensemble is not None and max(chunks) <= 1:
       raise UsageError(f"--temporal-ensemble: {m} predicts one action at a time (no chunks to ensemble)")
+    if args.sample_level and records[m].agent != "ril":
+      raise UsageError(f"--sample-level: {m} is a flat {records[m].agent} model (one level; only ril models have "
+                       "a high and a low level)")
     models.check_goal_source(records[m], m, args.play)
   if args.goal:
     goals = evaluation.named_goals(args.play, args.goal)
@@ -154,8 +163,11 @@ def run(args: argparse.Namespace) -> int:
     replan = args.replan if records[model].agent == "ril" else None
     key = evaluation.log_key(models.fingerprint(model), goals, play_fingerprint, args.max_steps, args.seed,
                              args.sample, replan, sequential=args.sequential, exploration=exploration,
-                             execute_steps=args.execute_steps, ensemble=args.temporal_ensemble)
+                             execute_steps=args.execute_steps, ensemble=args.temporal_ensemble,
+                             sample_level=args.sample_level)
+    sampled_levels = (args.sample_level,) if args.sample_level else None
     results = evaluation.evaluate(functools.partial(models.make_actor, model, deterministic=not args.sample,
+                                                    sampled_levels=sampled_levels,
                                                     replan=replan, sequential=order, exploration=exploration,
                                                     execute_steps=args.execute_steps,
                                                     ensemble=args.temporal_ensemble),

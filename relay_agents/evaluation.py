@@ -189,12 +189,13 @@ def _rollout_task(task):
 def log_key(model_fingerprint: str, goals: Sequence[EvalGoal], play_fingerprint: str, max_steps: int,
             seed: int, sample: bool, replan: Optional[int] = None, sequential: bool = False,
             exploration=(1.0, 1.0), execute_steps: Optional[int] = None,
-            ensemble: Optional[float] = None) -> str:
+            ensemble: Optional[float] = None, sample_level: Optional[str] = None) -> str:
   """What a logged rollout depends on: the model's fingerprint, the goal vectors (and names), the
   play dataset's fingerprint, the horizon, the seed, the action mode, a re-plan interval other
   than the model's W_l, one-element-at-a-time goals, a sampled policy's (std scale,
-  temperature), actions executed per chunk other than the model's and a temporal ensemble's decay
-  (the last five absent from the key when not set, so earlier logs still match)."""
+  temperature), actions executed per chunk other than the model's, a temporal ensemble's decay
+  and the one level that samples (the last six absent from the key when not set, so earlier
+  logs still match)."""
   import hashlib  # pylint: disable=import-outside-toplevel
   h = hashlib.sha256()
   for g in goals:
@@ -211,6 +212,8 @@ def log_key(model_fingerprint: str, goals: Sequence[EvalGoal], play_fingerprint:
     key["execute_steps"] = execute_steps
   if ensemble is not None:
     key["ensemble"] = float(ensemble)
+  if sample and sample_level is not None:
+    key["sample_level"] = sample_level
   return json.dumps(key, sort_keys=True)
 
 

@@ -23,7 +23,7 @@ import json
 import math
 import os
 import pickle
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from relay_data import atomic, goal_space
 from relay_data.errors import DataError
@@ -253,7 +253,7 @@ def observation_fn(record: ModelRecord):
 
 def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True, replan: Optional[int] = None,
                sequential=None, exploration=PLAIN, execute_steps: Optional[int] = None,
-               ensemble: Optional[float] = None):
+               ensemble: Optional[float] = None, sampled_levels: Optional[Sequence[str]] = None):
   """The acting policy of a model, made by its builder: hierarchical for ril, flat otherwise.
 
   It takes the environment's observation (mapped to the model's layout inside the actor).
@@ -268,18 +268,28 @@ def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True, replan
   as trained). 1 re-predicts at every step (closed loop); the subgoal cadence is `replan`'s.
   `ensemble`: those levels predict at every step and act with a temporal ensemble of their last k
   chunks, weight exp(-ensemble * age) (`GoalPolicyFn.with_execute_steps`; None: off).
+  `sampled_levels`: with `deterministic` False, the levels that sample (None: every level); the
+  others act with their mean / likeliest mode. E.g. ("high",) samples a ril model's subgoals, as
+  the paper's high level does, while its low level acts on its likeliest mode.
   """
+  if sampled_levels is not None:
+    levels = read_record(model_dir).levels
+    unknown = sorted(set(sampled_levels) - set(levels))
+    if unknown:
+      raise ValueError(f"{model_dir} has no level {', '.join(unknown)} to sample (levels: {', '.join(levels)})")
   if sequential is not None:
     from relay_agents import sequencing  # pylint: disable=import-outside-toplevel
     return sequencing.SequentialGoalActor(make_actor(model_dir, seed, deterministic, replan, exploration=exploration,
-                                                     execute_steps=execute_steps, ensemble=ensemble), sequential)
+                                                     execute_steps=execute_steps, ensemble=ensemble,
+                                                     sampled_levels=sampled_levels), sequential)
   from relay_agents.gcbc import builder as gcbc_builder  # pylint: disable=import-outside-toplevel
   record = read_record(model_dir)
   obs_fn = observation_fn(record)
   key = (0, seed)  # an Acme random_key stand-in: the actor seeds its numpy stream with the last entry
   builders, policies, sources = {}, {}, {}
   for level in record.levels:
-    fn, params = policy_fn(os.path.join(model_dir, level), deterministic, exploration)
+    level_deterministic = deterministic or (sampled_levels is not None and level not in sampled_levels)
+    fn, params = policy_fn(os.path.join(model_dir, level), level_deterministic, exploration)
     fn = _executing(fn, execute_steps, os.path.join(model_dir, level), ensemble)
     builders[level] = gcbc_builder.GoalBCBuilder(fn.config, observation_fn=obs_fn)
     policies[level], sources[level] = fn, SavedVariables(params)

@@ -489,3 +489,47 @@ def test_eval_samples_the_narrowed_policy_finetuning_explores_with(ril_model, ki
     assert proc.returncode == 2 and "must be positive" in proc.stderr
   proc = cli(*args[:-3], "--sample-std", "0.5")  # without --sample
   assert proc.returncode == 2 and "add --sample" in proc.stderr
+
+
+def test_sampling_one_level_keeps_the_other_on_its_likeliest_mode(ril_model, kitchen_play_tiny, cli, tmp_path):
+  """`sampled_levels` / `relay eval --sample-level`: sampling only the high level draws subgoals off
+  the deterministic one while the low level acts exactly as the deterministic low level does
+  toward that subgoal; sampling only the low level keeps the deterministic subgoals. The rollouts
+  get their own log key; the flag without --sample, or a level the model lacks, is refused."""
+  import dm_env
+  goal = evaluation.named_goals(kitchen_play_tiny, ["kettle"])[0]
+  env = evaluation._goal_env(goal, 20, False, None, kitchen.DEFAULT_SETTINGS)  # pylint: disable=protected-access
+  obs, _ = env.reset(seed=0)
+  observation = obs["observation"].astype(np.float32)
+
+  def first_step(**kwargs):
+    actor = models.make_actor(ril_model, seed=3, **kwargs)
+    actor.set_goal(goal.goal_state)
+    actor.observe_first(dm_env.restart(observation))
+    return actor.select_action(observation), actor.subgoal.copy()
+
+  action, subgoal = first_step()
+  high_action, high_subgoal = first_step(deterministic=False, sampled_levels=("high",))
+  low_action, low_subgoal = first_step(deterministic=False, sampled_levels=("low",))
+  assert np.abs(high_subgoal - subgoal).max() > 1e-3  # a drawn subgoal, not the mode
+  low = models.load_goal_policy(os.path.join(ril_model, "low"), deterministic=True)
+  as_trained = models.observation_fn(models.read_record(ril_model)) or (lambda o: o)  # env -> the model's layout
+  toward_drawn = np.clip(low(as_trained(observation), high_subgoal, np.zeros(2, np.uint32)), -1, 1)
+  np.testing.assert_allclose(high_action, toward_drawn, atol=1e-5)  # the low level on its mode
+  np.testing.assert_allclose(low_subgoal, subgoal, atol=1e-6)  # the high level on its mode
+  assert np.abs(low_action - action).max() > 1e-3  # while the low level samples
+  with pytest.raises(ValueError, match="no level middle"):
+    models.make_actor(ril_model, deterministic=False, sampled_levels=("middle",))
+
+  log = str(tmp_path / "sampled.jsonl")
+  args = ("eval", "--model", ril_model, "--play", kitchen_play_tiny, "--goals", "1", "--no-heldout", "--rollouts", "1",
+          "--max-steps", "4", "--resume-log", log)
+  cli(*args, "--sample", "--sample-level", "high", check=True)
+  cli(*args, "--sample", check=True)
+  with open(log) as f:
+    keys = [json.loads(json.loads(line)["key"]) for line in f]
+  assert [k.get("sample_level") for k in keys] == ["high", None]
+  proc = cli(*args, "--sample-level", "high")  # without --sample
+  assert proc.returncode == 2 and "add --sample" in proc.stderr
+  proc = cli(*args, "--sample", "--sample-level", "middle")
+  assert proc.returncode == 2 and "invalid choice" in proc.stderr

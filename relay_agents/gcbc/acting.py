@@ -193,11 +193,17 @@ class FlatActor(_GoalActor):
 
 
 class HierarchicalActor(_GoalActor):
-  """Relay policy: π_h picks a subgoal every `window` (W_l) steps, π_l acts toward it."""
+  """Relay policy: π_h picks a subgoal every `window` (W_l) steps, π_l acts toward it.
+
+  `deterministic` is the low level's mode; `high_deterministic` the high level's (None: the
+  same). Why apart: the paper's high level samples its subgoal while a low level acting on
+  its likeliest mode is the measured best, so the two modes can be chosen per level."""
 
   def __init__(self, high: GoalPolicy, low: GoalPolicy, window: int, action_low=-1.0,
-               action_high=1.0, seed: int = 0, deterministic: bool = True, observation_fn=None):
+               action_high=1.0, seed: int = 0, deterministic: bool = True, observation_fn=None,
+               high_deterministic: Optional[bool] = None):
     super().__init__(seed, deterministic, observation_fn)
+    self.high_deterministic = deterministic if high_deterministic is None else high_deterministic
     if window <= 0:
       raise ValueError(f"window (W_l) must be positive, got {window}")
     self.high, self.low_policy, self.window = high, low, window
@@ -216,7 +222,7 @@ class HierarchicalActor(_GoalActor):
   def select_action(self, observation):
     observation = self._observation(observation)
     if self.steps % self.window == 0:
-      self.subgoal = self.high(observation, self.goal, self._next_key(), self.deterministic)
+      self.subgoal = self.high(observation, self.goal, self._next_key(), self.high_deterministic)
       self.replans.append(self.steps)
     action = self.low_policy(observation, self.subgoal, self._next_key(), self.deterministic)
     return np.clip(action, self.action_low, self.action_high).astype(np.float32)

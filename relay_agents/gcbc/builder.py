@@ -98,5 +98,6 @@ class RelayBuilder:
              for level in self.LEVELS}
     return acting.HierarchicalActor(bound["high"], bound["low"], window=self.window, seed=_seed(random_key),
                                     deterministic=policy_network["low"].deterministic,
+                                    high_deterministic=policy_network["high"].deterministic,
                                     observation_fn=self.levels["low"].observation_fn)
 
