@@ -135,7 +135,7 @@ def test_stale_model_dir_is_refused_or_retrained_never_reused(datasets, tmp_path
     run("low_b", 50)
 
 
-def test_model_record_and_actor(datasets, tmp_path):
+def test_model_record_and_actor(datasets, tmp_path, kitchen_play_tiny, cli):
   from relay_agents.gcbc import acting
   model = str(tmp_path / "gcbc")
   # The low-level data is a valid 'flat' example set too, but the level check wants its lineage.
@@ -157,6 +157,11 @@ def test_model_record_and_actor(datasets, tmp_path):
   actor.set_goal(np.zeros(30, np.float32))
   action = actor.select_action(np.zeros(59, np.float32))
   assert action.shape == (9,) and np.all(np.abs(action) <= 1)
+  # One level of a flat model cannot be sampled apart: it has one level, not a high and a low.
+  with pytest.raises(ValueError, match="no level high to sample"):
+    models.make_actor(model, deterministic=False, sampled_levels=("high",))
+  proc = cli("eval", "--model", model, "--play", kitchen_play_tiny, "--sample", "--sample-level", "high")
+  assert proc.returncode == 2 and "is a flat gcbc model" in proc.stderr
   fp = models.fingerprint(model)
   os.remove(os.path.join(model, "policy", "policy.pkl"))
   with pytest.raises(DataError, match="policy.pkl: missing"):
