@@ -8,7 +8,9 @@
    cost of the policy, the adder and the process boundary. Random actions were the baseline
    before: they change `mj_step`'s own cost (contacts), which made the ratio meaningless.
    A third row, the same episodes acted in this process without Reverb, splits the gap into
-   the policy's share and the writes' share. Targets: >= 0.9x with 1 process, >= 1.8x with 2 (on
+   the policy's share and the writes' share. Each setting is measured with one environment per
+   process (`relay actor --envs 1`) and with `LANES` lockstep environments whose policy calls
+   are batched (`--envs LANES`, session 38). Targets: >= 0.9x with 1 process, >= 1.8x with 2 (on
    a box with at least 2 free cores).
 2. NPG update time per 10k on-policy decisions (the shipped low level: mixture head, 1024x3,
    chunks of 10 executing 1 since session 33, so one decision is one env step; 512x3 executing
@@ -32,7 +34,8 @@ from relay_agents.gcbc.config import GoalBCConfig
 
 GOAL = ["microwave", "kettle", "light switch", "slide cabinet"]
 HORIZON = 80
-EPISODES = 16  # measured episodes per actor (after its warm-up one): ~3 s windows; 6 gave 1.3 s and ratios +-0.1
+EPISODES = 16  # measured episodes per actor (after its warm-up wave): ~3 s windows; 6 gave 1.3 s and ratios +-0.1
+LANES = 4  # lockstep environments per actor in the batched rows (`relay actor --envs`)
 
 
 def _random_ril_model(root: str) -> str:
@@ -65,27 +68,35 @@ def _env(model):
   return env_lib.GoalKitchenEnv(GOAL, env_lib.default_goal_state(GOAL), HORIZON, seed=0, settings=model.env_settings)
 
 
-def _episode_indices(processes: int, episodes_each: int):
-  """The (actor id, episode index) pairs a fleet run acts (its warm-up episodes included)."""
-  return [(a, run_lib.actor_episode_index(a, d)) for a in range(processes) for d in range(episodes_each + 1)]
+def _episode_indices(processes: int, lanes: int, episodes_each: int = EPISODES):
+  """Per actor process, the episode indices a fleet run acts: its warm-up wave (one episode per
+  lane: start-up and compilation) and `episodes_each` measured ones."""
+  return [[run_lib.actor_episode_index(a, d) for d in range(lanes + episodes_each)] for a in range(processes)]
 
 
-def record_fleet_episodes(model, processes: int, episodes_each: int = EPISODES):
-  """The fleet's episodes acted in this process (untimed): [(env episode index, [steps, 9] actions)]."""
-  environment, out = _env(model), []
-  for actor_id, index in _episode_indices(processes, episodes_each):
-    actor = acting.fixed_actor(model, seed=actor_id)
-    out.append((index, acting.run_episode(environment, actor, index, 0, record=True)["actions"]))
+def _lanes(model, lanes: int):
+  environments = [_env(model) for _ in range(lanes)]
+  return environments, acting.fixed_actors(model, lanes)
+
+
+def record_fleet_episodes(model, processes: int, lanes: int, episodes_each: int = EPISODES):
+  """The fleet's episodes acted in this process as its processes act them (untimed): [(env episode
+  index, [steps, 9] actions)]."""
+  out = []
+  for indices in _episode_indices(processes, lanes, episodes_each):
+    environments, actors = _lanes(model, lanes)
+    out += [(i, r["actions"]) for i, r in acting.run_episodes(environments, actors, indices, 0, record=True)]
   return out
 
 
-def in_process_steps_per_s(model, episodes) -> float:
-  """The same episodes sampled by an in-process actor (policy + env, no Reverb)."""
-  environment, steps = _env(model), 0
-  actor = acting.fixed_actor(model)
-  start = time.perf_counter()
-  for index, _ in episodes:
-    steps += acting.run_episode(environment, actor, index, 0)["steps"]
+def in_process_steps_per_s(model, episodes, lanes: int) -> float:
+  """The same episodes sampled in this process by `lanes` lockstep actors (policy + env, no Reverb)."""
+  environments, actors = _lanes(model, lanes)
+  for _ in acting.run_episodes(environments, actors, [episodes[0][0]] * lanes, 0):  # compile this batch shape
+    pass
+  steps, start = 0, time.perf_counter()
+  for _, result in acting.run_episodes(environments, actors, [i for i, _ in episodes], 0):
+    steps += result["steps"]
   return steps / (time.perf_counter() - start)
 
 
@@ -102,11 +113,12 @@ def replay_steps_per_s(model, episodes) -> float:
   return steps / (time.perf_counter() - start)
 
 
-def fleet_env_steps_per_s(model_dir: str, processes: int, episodes_each: int = EPISODES) -> float:
-  """Starts `processes` actors against a fresh server; times the episodes after each actor's
-  first (start-up and compilation excluded) by the table's insert count."""
+def fleet_env_steps_per_s(model_dir: str, processes: int, lanes: int, episodes_each: int = EPISODES) -> float:
+  """Starts `processes` actors of `lanes` environments each against a fresh server; times the
+  episodes after every actor's warm-up wave (start-up and compilation excluded) by the table's
+  insert count."""
   model = policy_io.load_model(model_dir)
-  total = processes * (episodes_each + 1)
+  total = processes * (lanes + episodes_each)
   config = FinetuneConfig(variant="npg", episodes_per_iteration=total, max_episode_steps=HORIZON)
   builder = FinetuneBuilder(config, model)
   server, address = replay_io.start_server(builder.make_replay_tables())
@@ -120,10 +132,12 @@ def fleet_env_steps_per_s(model_dir: str, processes: int, episodes_each: int = E
     names = acting.variable_names(model)
     acting.publish_variables(client, config.variables_table, 0, [model.levels[n].params for n in names])
     procs = [subprocess.Popen([sys.executable, "-m", "relay", "actor", "--reverb-address", address,
-                               "--actor-id", str(i), "--episodes", str(episodes_each + 1)],
+                               "--actor-id", str(i), "--episodes", str(lanes + episodes_each), "--envs", str(lanes)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(processes)]
     size = lambda: client.server_info()[config.trajectory_table].current_size
-    while size() < processes:  # every actor has written its first (warm-up) episode
+    while size() < processes * lanes:  # every actor has written its warm-up wave (about: lanes end together)
+      if any(p.poll() not in (None, 0) for p in procs):
+        raise RuntimeError("an actor process failed")
       time.sleep(0.05)
     start, first = time.perf_counter(), size()
     while size() < total:
@@ -162,14 +176,17 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     model_dir = _random_ril_model(tmp)
     model = policy_io.load_model(model_dir)
-    episodes = record_fleet_episodes(model, 2)  # the 2-process fleet's episodes include the 1-process one's
-    raw_before = replay_steps_per_s(model, episodes)
-    local = in_process_steps_per_s(model, episodes)
-    fleet = {k: fleet_env_steps_per_s(model_dir, k) for k in (1, 2)}
-    raw = (raw_before + replay_steps_per_s(model, episodes)) / 2  # before and after: load on the box drifts
-    report("in-process actor, no Reverb", local, "raw env steps (replayed fleet actions)", raw, "-")
-    report("actor fleet, 1 process", fleet[1], "raw env steps (replayed fleet actions)", raw, ">= 0.9x")
-    report("actor fleet, 2 processes", fleet[2], "raw env steps (replayed fleet actions)", raw, ">= 1.8x")
+    for lanes in (1, LANES):
+      # The 2-process fleet's episodes include the 1-process one's; only the measured ones are replayed.
+      episodes = record_fleet_episodes(model, 2, lanes)
+      raw_before = replay_steps_per_s(model, episodes)
+      local = in_process_steps_per_s(model, episodes, lanes)
+      fleet = {k: fleet_env_steps_per_s(model_dir, k, lanes) for k in (1, 2)}
+      raw = (raw_before + replay_steps_per_s(model, episodes)) / 2  # before and after: load on the box drifts
+      tag = f"{lanes} env{'s' if lanes > 1 else ''} per actor"
+      report(f"in-process actor, no Reverb, {tag}", local, "raw env steps (replayed fleet actions)", raw, "-")
+      report(f"actor fleet, 1 process, {tag}", fleet[1], "raw env steps (replayed fleet actions)", raw, ">= 0.9x")
+      report(f"actor fleet, 2 processes, {tag}", fleet[2], "raw env steps (replayed fleet actions)", raw, ">= 1.8x")
     print(f"NPG update (shipped low level, 10 CG iterations): {npg_seconds_per_10k(model_dir):.2f} s per 10k "
           f"decisions  (cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f})", flush=True)
 

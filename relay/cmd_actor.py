@@ -1,11 +1,15 @@
 """A finetuning actor in its own process, pointed at a running finetune's Reverb server.
 
-  relay actor --reverb-address HOST:PORT [--actor-id I] [--episodes N]
+  relay actor --reverb-address HOST:PORT [--actor-id I] [--episodes N] [--envs E]
 
 It reads the run's description (model directory, goal, horizon) from the server, then acts
 episode after episode with the newest parameters the learner published there, writing each whole
 episode into the trajectory table. `relay finetune --actor-processes` starts these itself; start
 more by hand (on this or another machine that sees the model directory) to scale out.
+
+With --envs E the process steps E environments in lockstep and calls each policy level once for
+all of them: the network's cost is paid once per E env steps instead of at every step, which is
+most of what separates an actor from the raw environment's speed (`python -m benchmarks finetune`).
 """
 import argparse
 import sys
@@ -18,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--reverb-address", required=True, help="HOST:PORT of the finetune run's Reverb server")
   parser.add_argument("--actor-id", type=int, default=0, help="this actor's index: seeds its episodes (default 0)")
   parser.add_argument("--episodes", type=int, default=None, help="stop after N episodes (default: until the server stops)")
+  parser.add_argument("--envs", type=int, default=1,
+                      help="environments stepped in lockstep, their policy calls batched (default 1)")
   parser.add_argument("--model", default=None,
                       help="model directory, if not at the path the run recorded (it must be the same model: "
                            "its fingerprint is checked against the run's)")
@@ -30,10 +36,12 @@ def run(args: argparse.Namespace) -> int:
     raise UsageError("--episodes must be positive")
   if args.actor_id < 0:
     raise UsageError("--actor-id must be >= 0")
+  if args.envs <= 0:
+    raise UsageError("--envs must be positive")
   # Heavy (JAX, Reverb, MuJoCo): imported only once the flags are known good, so a typo fails fast.
   from relay_agents.finetune import run as run_lib  # pylint: disable=import-outside-toplevel
   try:
-    done = run_lib.run_actor(args.reverb_address, args.actor_id, args.episodes, args.model)
+    done = run_lib.run_actor(args.reverb_address, args.actor_id, args.episodes, args.model, args.envs)
   except ConnectionError as e:
     print(f"relay actor: error: {e}", file=sys.stderr)
     return 1

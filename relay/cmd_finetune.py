@@ -16,8 +16,10 @@ task: the task's progress, as a flat policy); the high level (--finetune both) f
 by the environment's completion test. Beyond the paper, --replan N makes the high level pick a
 subgoal every N steps instead of every W_l, as `relay eval --replan` (with --replan 1 no subgoal
 is ever reached: use --reward task).
-Actors run in this process (--actors K, one after another) or as K `relay actor` processes
-(--actor-processes) writing whole episodes into the run's Reverb server.
+Actors run in this process (--actors K) or as K `relay actor` processes (--actor-processes)
+writing whole episodes into the run's Reverb server. Each steps --envs-per-actor environments in
+lockstep with one policy call per level for all of them (in this process, all K x E environments
+are one lockstep loop).
 
 OUT gets checkpoint.pkl (a rerun resumes from it), log.jsonl (one record per iteration),
 tensorboard/, curve.png (success rate and elements done vs env steps), run.json and model/
@@ -40,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--env-steps", type=int, required=True,
                       help="env-step budget; the run stops at the first iteration that reaches it")
   parser.add_argument("--actors", type=int, default=1, help="number of actors (default 1)")
+  parser.add_argument("--envs-per-actor", type=int, default=1,
+                      help="environments each actor steps in lockstep, its policy calls batched across them "
+                           "(default 1)")
   parser.add_argument("--actor-processes", action="store_true",
                       help="run the actors as separate `relay actor` processes (default: in this process, "
                            "deterministic and exactly resumable)")
@@ -101,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     raise UsageError("--env-steps must be positive")
   if args.actors <= 0:
     raise UsageError("--actors must be positive")
+  if args.envs_per_actor <= 0:
+    raise UsageError("--envs-per-actor must be positive")
   if args.execute_steps is not None and args.execute_steps <= 0:
     raise UsageError("--execute-steps must be positive")
   try:
@@ -127,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                             residual_std=args.residual_std)
     summary = run_lib.finetune(
         run_lib.RunConfig(args.model, elements, args.out, args.env_steps, actors=args.actors,
-                          actor_processes=args.actor_processes, seed=args.seed, demos=args.demos,
+                          actor_processes=args.actor_processes, envs_per_actor=args.envs_per_actor, seed=args.seed, demos=args.demos,
                           progress=not args.no_progress), config)
   except DataError:
     raise  # a broken model or dataset: one line naming the file, exit 1

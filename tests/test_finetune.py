@@ -21,7 +21,7 @@ import reverb
 
 from relay_agents import models
 from relay_agents.finetune import acting, builder as builder_lib, env as env_lib, learning, npg
-from relay_agents.finetune import policy_io, rewards
+from relay_agents.finetune import policy_io, rewards, run as run_lib
 from relay_agents.finetune.config import FinetuneConfig
 from relay_agents.gcbc import networks as gcbc_networks
 from relay_agents.gcbc.config import GoalBCConfig
@@ -465,6 +465,126 @@ def test_actor_process_writes_trajectories_to_a_server_it_reaches_by_address(ril
     server.stop()
 
 
+def _lone_episode(model, index, params=None, steps=12, record=True):
+  """Episode `index` acted by one actor alone (the reference lanes must reproduce)."""
+  source = acting.FixedVariableSource(model)
+  if params is not None:
+    source._params = params  # pylint: disable=protected-access
+  from acme.jax import variable_utils  # pylint: disable=import-outside-toplevel
+  actor = acting.FinetuneActor(model, variable_utils.VariableClient(source, acting.variable_names(model)), seed=9)
+  environment = env_lib.GoalKitchenEnv(GOAL, env_lib.default_goal_state(GOAL), steps, seed=0,
+                                       settings=model.env_settings)
+  return acting.run_episode(environment, actor, index, 0, record=record)
+
+
+class _TwoVersions:
+  """A variable source whose parameters change after its first fetch (a learner publishing mid-run)."""
+
+  def __init__(self, first, then):
+    self.versions, self.calls = [first, then], 0
+
+  def get_variables(self, names):
+    params = self.versions[min(self.calls, 1)]
+    self.calls += 1
+    return [params[n] for n in names]
+
+
+def test_lanes_act_the_episodes_lone_actors_act_with_one_batched_call_per_level(ril_model):
+  """`run_episodes` steps several environments in lockstep and batches their policy calls; each
+  episode must be the one a lone actor acts for that index (up to a batched product's rounding),
+  every index acted once, and a lane that starts its episode after newer parameters were fetched
+  acts with those while the others keep theirs."""
+  from acme.jax import variable_utils  # pylint: disable=import-outside-toplevel
+  model = policy_io.load_model(ril_model)
+  names = acting.variable_names(model)
+  base = acting.FixedVariableSource(model)._params  # pylint: disable=protected-access
+  newer = {n: jax.tree_util.tree_map(lambda x: x * 1.05, base[n]) for n in names}
+  calls = {"batch": 0, "single": 0}
+  fns = {n: model.levels[n].fn for n in names}
+  for n, fn in fns.items():  # count the network calls (the real jitted functions still run)
+    batch, single = fn.batch, fn.__call__
+    fn.batch = lambda *a, _b=batch, **k: (calls.__setitem__("batch", calls["batch"] + 1), _b(*a, **k))[1]
+  try:
+    client = variable_utils.VariableClient(_TwoVersions(base, newer), names)  # one client, as in `relay actor`
+    lanes = 3
+    actors = [acting.FinetuneActor(model, client, seed=9) for _ in range(lanes)]
+    environments = [env_lib.GoalKitchenEnv(GOAL, env_lib.default_goal_state(GOAL), 12, seed=0,
+                                           settings=model.env_settings) for _ in range(lanes)]
+    indices = [4, 5, 6, 7]
+    done = dict(acting.run_episodes(environments, actors, indices, 0, record=True))
+  finally:
+    for fn in fns.values():
+      fn.__dict__.pop("batch", None)
+  assert sorted(done) == indices  # each index once; lane 0 acts 4, then whichever lane ends first acts 7
+  # Lane 0 fetched first (the original parameters); lanes 1, 2 and the fourth episode the newer ones.
+  for index in indices:
+    want = _lone_episode(model, index, base if index == 4 else newer)
+    got = done[index]
+    assert got["steps"] == want["steps"] == 12
+    np.testing.assert_allclose(got["actions"], want["actions"], atol=1e-3)
+    np.testing.assert_allclose(got["observations"], want["observations"], atol=1e-3)
+  # 12 steps x (two parameter versions for the first episodes, one after): far fewer calls than
+  # 4 episodes x 12 steps x a call per level a lone actor would make.
+  assert 0 < calls["batch"] <= 2 * 12 * 2 + 12 * 2
+  assert not np.allclose(done[4]["actions"], _lone_episode(model, 4, newer)["actions"], atol=1e-3)
+  with pytest.raises(ValueError, match="one environment per actor"):
+    next(acting.run_episodes(environments[:1], actors, indices, 0))
+
+
+def test_actor_process_with_several_environments_writes_the_episodes_of_a_lone_actor(ril_model):
+  """`relay actor --envs 2`: three episodes from two lockstep environments, the indices and
+  contents a one-environment actor process writes."""
+  model = policy_io.load_model(ril_model)
+  config = FinetuneConfig(variant="npg", episodes_per_iteration=3, max_episode_steps=12)
+  _, server, address = _server_for(config, model)
+  try:
+    client = reverb.Client(address)
+    goal_state = env_lib.default_goal_state(GOAL)
+    acting.publish_spec(client, config.spec_table, {
+        "model": ril_model, "elements": GOAL, "goal_state": goal_state.tolist(), "seed": 0, "max_episode_steps": 12,
+        "episodes_per_iteration": 3, "trajectory_table": config.trajectory_table,
+        "variables_table": config.variables_table})
+    names = acting.variable_names(model)
+    acting.publish_variables(client, config.variables_table, 0, [model.levels[n].params for n in names])
+    proc = subprocess.run([sys.executable, "-m", "relay", "actor", "--reverb-address", address, "--episodes", "3",
+                           "--envs", "2", "--actor-id", "1"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 episodes written" in proc.stdout
+    samples = list(client.sample(config.trajectory_table, 3, emit_timesteps=False, unpack_as_table_signature=True))
+    episodes = learning.episodes_from_samples(samples)
+    np.testing.assert_array_equal(learning.episode_lengths(episodes), [12, 12, 12])
+    lone = [_lone_episode(model, run_lib.actor_episode_index(1, d)) for d in range(3)]
+    for got in episodes["observation"]:  # arrival order is completion order: match by content
+      dist = [np.abs(got - want["observations"]).max() for want in lone]
+      assert min(dist) < 1e-3, dist
+    assert len({int(np.argmin([np.abs(g - w["observations"]).max() for w in lone]))
+                for g in episodes["observation"]}) == 3
+  finally:
+    server.stop()
+
+
+@pytest.mark.parametrize("residual", [None, (16,)])
+def test_finetune_in_process_lanes_act_the_episodes_of_one_lane(ril_model, tmp_path, residual):
+  """`relay finetune --envs-per-actor 3` in this process: the iteration's 4 episodes go through
+  3 lockstep lanes (one lane acts two), and the iteration sees what one lane sees, up to
+  rounding (the episodes are the same indices; a residual level batches too)."""
+  config = FinetuneConfig(variant="npg", reward="euclidean", episodes_per_iteration=4, max_episode_steps=10,
+                          residual=residual)
+  records = {}
+  for lanes in (1, 3):
+    out = str(tmp_path / f"lanes{lanes}")
+    summary = run_lib.finetune(run_lib.RunConfig(ril_model, GOAL, out, env_steps=40, envs_per_actor=lanes, seed=0,
+                                                 progress=False), config)
+    assert summary["iterations"] == 1 and summary["env_steps"] == 40
+    with open(os.path.join(out, "log.jsonl")) as f:
+      records[lanes] = [json.loads(line) for line in f]
+  one, three = records[1][0], records[3][0]
+  assert one["elements_done"] == three["elements_done"]
+  assert three["low/reward"] == pytest.approx(one["low/reward"], rel=1e-3, abs=1e-4)
+  with pytest.raises(ValueError, match="envs_per_actor must be positive"):
+    run_lib.RunConfig(ril_model, GOAL, str(tmp_path / "x"), env_steps=40, envs_per_actor=0)
+
+
 def test_variables_through_reverb_arrive_on_the_device_and_act_as_the_model_does(ril_model):
   """What a separate actor process gets from `ReverbVariableSource` is the published parameters as
   device arrays (numpy leaves were copied into every policy call: a fleet actor ran 20 % slower
@@ -693,6 +813,12 @@ def test_cli_finetune_rejects_bad_flags(cli, ril_model, tmp_path):
     bad = cli("finetune", "--model", ril_model, "--goal", "microwave", "--env-steps", "10", "--variant", "filtered",
               *flags, "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and message in bad.stderr, (flags, bad.stderr[-500:])
+  bad_envs = cli("finetune", "--model", ril_model, "--goal", "microwave", "--env-steps", "10", "--envs-per-actor", "0",
+                 "--out", str(tmp_path / "x"))
+  assert bad_envs.returncode == 2 and "--envs-per-actor must be positive" in bad_envs.stderr
+  assert not os.path.exists(tmp_path / "x")
+  bad_lanes = cli("actor", "--reverb-address", "127.0.0.1:1", "--envs", "0")
+  assert bad_lanes.returncode == 2 and "--envs must be positive" in bad_lanes.stderr
   bad_address = cli("actor", "--reverb-address", "nohostport")
   assert bad_address.returncode == 2 and "HOST:PORT" in bad_address.stderr
   nobody = cli("actor", "--reverb-address", "127.0.0.1:1")

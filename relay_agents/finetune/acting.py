@@ -17,7 +17,7 @@ one-item Reverb table and their version into another (`publish_variables`), so a
 nothing but the server address, and re-reads the variables only when their version changed.
 """
 import json
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import reverb
@@ -51,6 +51,7 @@ class FinetuneActor(core.Actor):
     self._client, self._adder = variable_client, adder
     self._rng = np.random.default_rng(seed)
     self._steps, self._subgoal, self._extras = 0, None, None
+    self._episode_params: Optional[Dict[str, object]] = None  # what the running episode acts with
 
   def start_episode(self, seed: int) -> None:
     """Makes this episode's samples a function of `seed` alone (resumable, actor-independent)."""
@@ -66,24 +67,46 @@ class FinetuneActor(core.Actor):
 
   def observe_first(self, timestep) -> None:
     self._steps, self._subgoal = 0, None
+    # The episode acts with the parameters it starts with, even when other lanes sharing this
+    # actor's variable client fetch newer ones mid-episode (`run_episodes`).
+    self._episode_params = self._params()
     for policy in self._policies.values():
       policy.reset()  # a chunked policy's queue belongs to the episode that filled it
     if self._adder is not None:
       self._adder.add_first(timestep)
 
   def select_action(self, observation):
-    params = self._params()
-    obs, goal = self._observation(observation["observation"]), observation["goal"]
+    return select_actions([self], [observation])[0]
+
+  # select_action in phases, so that `select_actions` can batch the network calls of many actors.
+  def _acting_params(self) -> Dict[str, object]:
+    return self._episode_params if self._episode_params is not None else self._params()
+
+  def _high_request(self, observation):
+    """(model-layout observation, goal, key) when the high level picks a subgoal this step, else
+    None; a flat model's "subgoal" is the compound goal itself."""
+    self._obs = self._observation(observation["observation"])
     if self._replan is None:
-      self._subgoal = goal
-    elif self._steps % self._replan == 0:
-      high = self._policies["high"]
-      high.params = params["high"]
-      self._subgoal = high(obs, goal, self._key(), deterministic=False).astype(np.float32)
-      self._policies["low"].reset()  # a chunked low level decides anew at every re-plan (semi_mdp)
-    low = self._policies[self._names[0]]
-    low.params = params[self._names[0]]
-    action = low(obs, self._subgoal, self._key(), deterministic=False).astype(np.float32)
+      self._subgoal = observation["goal"]
+      return None
+    if self._steps % self._replan:
+      return None
+    return self._obs, observation["goal"], self._key()
+
+  def _set_subgoal(self, subgoal) -> None:
+    self._subgoal = np.asarray(subgoal).astype(np.float32)
+    self._policies["low"].reset()  # a chunked low level decides anew at every re-plan (semi_mdp)
+
+  def _low_request(self):
+    """(observation, subgoal, key) when the acting level needs its network this step, else None
+    (a chunk's queued action). A key is drawn at every step either way, so an episode's samples
+    do not depend on when its chunks are re-predicted."""
+    key = self._key()
+    policy = self._policies[self._names[0]]
+    return (self._obs, self._subgoal, key) if policy.needs_prediction(self._subgoal) else None
+
+  def _act(self, prediction) -> np.ndarray:
+    action = self._policies[self._names[0]].take(prediction, self._subgoal).astype(np.float32)
     self._extras = {"subgoal": np.asarray(self._subgoal, np.float32), "valid": np.float32(1.0)}
     return action
 
@@ -110,8 +133,66 @@ class FixedVariableSource:
 def fixed_actor(model: policy_io.Model, seed: int = 0, adder=None) -> FinetuneActor:
   """An actor sampling `model` as it is (evaluation, distillation, benchmarks, `relay diagnose
   gradient`), recording with `adder` if one is given."""
-  names = variable_names(model)
-  return FinetuneActor(model, variable_utils.VariableClient(FixedVariableSource(model), names), adder, seed=seed)
+  return fixed_actors(model, 1, seed, [adder])[0]
+
+
+def fixed_actors(model: policy_io.Model, count: int, seed: int = 0, adders=None) -> List[FinetuneActor]:
+  """`count` lanes for `run_episodes` sampling `model` as it is, sharing one variable client (so
+  their policy calls batch together), lane i recording with `adders[i]` if given."""
+  client = variable_utils.VariableClient(FixedVariableSource(model), variable_names(model))
+  adders = adders or [None] * count
+  return [FinetuneActor(model, client, adders[i], seed=seed) for i in range(count)]
+
+
+def _batched_outputs(actors, level: str, requests, size: int) -> Dict[int, np.ndarray]:
+  """{lane: network output} for the lanes with a request: one network call per group of lanes
+  acting with the same parameters (all of them, unless an episode began before the newest fetch),
+  padded to `size` rows so that a shrinking batch compiles no new shape. With `size` 1 (a lone
+  actor) the policy is called unbatched, exactly as `GoalPolicy` calls it. Lanes are grouped by
+  the identity of their parameters: lanes sharing a variable client hold the same objects until
+  their source's parameters change (the learner's, `FixedVariableSource`'s and
+  `ReverbVariableSource`'s do), while lanes with clients of their own are called one by one."""
+  out, groups = {}, {}
+  params = {lane: actors[lane]._acting_params()[level] for lane in requests}  # pylint: disable=protected-access
+  for lane in requests:
+    groups.setdefault(id(params[lane]), []).append(lane)
+  for lanes in groups.values():
+    fn = actors[lanes[0]]._policies[level].fn  # pylint: disable=protected-access
+    if size == 1:
+      obs, goal, key = requests[lanes[0]]
+      out[lanes[0]] = fn(params[lanes[0]], obs, goal, key, deterministic=False)
+      continue
+    rows = [requests[lane] for lane in lanes]
+    goals = None if rows[0][1] is None else np.stack([r[1] for r in rows])
+    batch = fn.batch(params[lanes[0]], np.stack([r[0] for r in rows]), goals, np.stack([r[2] for r in rows]),
+                     deterministic=False, size=size)
+    out.update(zip(lanes, batch))
+  return out
+
+
+def select_actions(actors: Sequence[FinetuneActor], observations: Sequence,
+                   size: Optional[int] = None) -> List[np.ndarray]:
+  """`select_action` of each actor (lane) for its observation, the network calls of all lanes made
+  at once per level: the high level for the lanes that re-plan this step, then the acting level
+  for the lanes that need a prediction. Each lane draws its keys from its own generator in the
+  order a lone actor does, so its episode is the one it would act alone up to the float rounding
+  of a batched matrix product. The actors must act one model (the same networks). `size`: the
+  batch shape to pad to (default: the number of actors)."""
+  size = size or len(actors)
+  high = {}
+  for lane, (actor, observation) in enumerate(zip(actors, observations)):
+    request = actor._high_request(observation)  # pylint: disable=protected-access
+    if request is not None:
+      high[lane] = request
+  for lane, subgoal in _batched_outputs(actors, "high", high, size).items():
+    actors[lane]._set_subgoal(subgoal)  # pylint: disable=protected-access
+  low = {}
+  for lane, actor in enumerate(actors):
+    request = actor._low_request()  # pylint: disable=protected-access
+    if request is not None:
+      low[lane] = request
+  predictions = _batched_outputs(actors, actors[0]._names[0], low, size)  # pylint: disable=protected-access
+  return [actor._act(predictions.get(lane)) for lane, actor in enumerate(actors)]  # pylint: disable=protected-access
 
 
 def extras_spec():
@@ -125,25 +206,62 @@ def run_episode(environment, actor: FinetuneActor, episode_index: int, seed: int
   """One episode (Acme's actor protocol, as `EnvironmentLoop.run_episode`) with both the env
   and the actor seeded by (seed, episode_index). Returns steps, task reward and elements done
   (and, with `record`, the [steps + 1, 59] observations and [steps, 9] sampled actions)."""
-  environment.seed, environment.episode_index = seed, episode_index
-  actor.start_episode(env_lib.episode_seed(seed + 1, episode_index))
-  actor.update(wait=True)  # on-policy: act with the newest parameters
-  timestep = environment.reset()
-  actor.observe_first(timestep)
-  steps, ret, observations, actions = 0, 0.0, [timestep.observation["observation"]], []
-  while not timestep.last():
-    action = actor.select_action(timestep.observation)
-    timestep = environment.step(action)
-    actor.observe(action, timestep)
-    steps += 1
-    ret += float(timestep.reward)
-    if record:
-      observations.append(timestep.observation["observation"])
-      actions.append(action)
-  out = {"steps": steps, "return": ret, "completed": list(environment.completed)}
-  if record:
-    out["observations"], out["actions"] = np.stack(observations), np.stack(actions)
-  return out
+  return next(run_episodes([environment], [actor], [episode_index], seed, record))[1]
+
+
+def run_episodes(environments: Sequence, actors: Sequence[FinetuneActor], episode_indices: Iterable[int], seed: int,
+                 record: bool = False) -> Iterator[Tuple[int, Dict]]:
+  """Acts the episodes `episode_indices` in lanes (lane i: `environments[i]` and `actors[i]`,
+  stepped in lockstep, their network calls batched by `select_actions`), yielding (episode
+  index, `run_episode`'s result) as each ends; a lane whose episode ended starts the next index.
+  Each episode is seeded by (seed, its index) as `run_episode` seeds it, so which lane acts it
+  does not change it (beyond a batched product's float rounding). Why lanes: a policy call costs
+  about as much for 8 states as for 1, so one process stepping N environments pays the network
+  once per N env steps (the actor fleet's throughput, `benchmarks/bench_finetune.py`).
+
+  Each lane fetches the newest parameters when its episode starts (`update`), and the episode
+  acts with them to its end; lanes sharing a variable client may act with two versions at once,
+  and are then batched per version. `episode_indices` may be endless (an actor process)."""
+  if len(environments) != len(actors) or not actors:
+    raise ValueError(f"need one environment per actor, got {len(environments)} and {len(actors)}")
+  pending = iter(episode_indices)
+  lanes = [None] * len(actors)  # per lane: the running episode's state, or None when idle
+
+  def start(lane: int) -> None:
+    index = next(pending, None)
+    if index is None:
+      lanes[lane] = None
+      return
+    environment, actor = environments[lane], actors[lane]
+    environment.seed, environment.episode_index = seed, index
+    actor.start_episode(env_lib.episode_seed(seed + 1, index))
+    actor.update(wait=True)  # on-policy: act with the newest parameters
+    timestep = environment.reset()
+    actor.observe_first(timestep)
+    lanes[lane] = {"index": index, "timestep": timestep, "steps": 0, "return": 0.0,
+                   "observations": [timestep.observation["observation"]], "actions": []}
+
+  for lane in range(len(actors)):
+    start(lane)
+  while any(lanes):
+    active = [lane for lane, state in enumerate(lanes) if state is not None]
+    actions = select_actions([actors[lane] for lane in active],
+                             [lanes[lane]["timestep"].observation for lane in active], size=len(actors))
+    for lane, action in zip(active, actions):
+      state = lanes[lane]
+      timestep = environments[lane].step(action)
+      actors[lane].observe(action, timestep)
+      state["timestep"], state["steps"], state["return"] = timestep, state["steps"] + 1, state["return"] + float(
+          timestep.reward)
+      if record:
+        state["observations"].append(timestep.observation["observation"])
+        state["actions"].append(action)
+      if timestep.last():
+        out = {"steps": state["steps"], "return": state["return"], "completed": list(environments[lane].completed)}
+        if record:
+          out["observations"], out["actions"] = np.stack(state["observations"]), np.stack(state["actions"])
+        start(lane)
+        yield state["index"], out
 
 
 # --- variables and the run's spec through Reverb (for actors in other processes) ----------------

@@ -10,7 +10,7 @@ Tables on one server (all reached by address, so actors may live in other proces
   actor_spec    one item: the run's description (model, goal, horizon, table names), so
                 `relay actor --reverb-address HOST:PORT` needs nothing else.
 """
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import reverb
 
@@ -72,8 +72,13 @@ class FinetuneBuilder:
     return adder_lib.EpisodeWriter(client, self.config.trajectory_table, self.sequence_length)
 
   def make_actor(self, seed: int, variable_source, adder=None) -> acting.FinetuneActor:
+    return self.make_actors([seed], variable_source, [adder])[0]
+
+  def make_actors(self, seeds: Sequence[int], variable_source, adders: Sequence) -> List[acting.FinetuneActor]:
+    """Lanes for `acting.run_episodes`: one actor per seed, sharing one variable client so that
+    their policy calls batch together, each recording with its own adder."""
     client = variable_utils.VariableClient(variable_source, acting.variable_names(self.model))
-    return acting.FinetuneActor(self.model, client, adder, seed=seed)
+    return [acting.FinetuneActor(self.model, client, adder, seed=seed) for seed, adder in zip(seeds, adders)]
 
   def feed_demos(self, address: str, data_dir: str, progress: bool = True, seed: int = 0) -> int:
     return replay_io.feed_demos(address, self.config.demo_table, data_dir, self.demo_keys, self.examples_per_item,

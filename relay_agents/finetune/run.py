@@ -13,14 +13,16 @@ The model is read through `policy_io` (`relay_agents.models`): the environment i
 settings its data was recorded under, its policies see the environment's observation in their
 own layout, and DAPG/IRIL's demos are the relabeled data its record names (or --demos).
 
-Actors run in this process by default, one after another (episode k is seeded by (seed, k), so
-an npg run is deterministic and resumes exactly; dapg/iril also draw demo batches from Reverb,
+Actors run in this process by default: the K actors' environments (K x `envs_per_actor`) are
+lanes of one lockstep loop whose policy calls are batched (`acting.run_episodes`; episode k is
+seeded by (seed, k) whichever lane acts it, so an npg run is deterministic and resumes exactly; dapg/iril also draw demo batches from Reverb,
 whose uniform sampling is not seeded, so they resume from the same state but not bit for bit). With `actor_processes`, K `relay actor` processes
 are started against the server's address instead; they fetch the newest parameters through the
 variables table before each episode (the learner publishes after every iteration), so an episode
 can be one iteration stale, and the order in which episodes arrive is not deterministic.
 """
 import dataclasses
+import itertools
 import json
 import os
 import pickle
@@ -47,13 +49,14 @@ class RunConfig:
   env_steps: int
   actors: int = 1
   actor_processes: bool = False
+  envs_per_actor: int = 1             # environments each actor steps in lockstep (`acting.run_episodes`)
   seed: int = 0
   demos: Optional[str] = None         # relabeled demo dataset; default: the one the record names
   progress: bool = True
 
   def __post_init__(self):
-    if self.env_steps <= 0 or self.actors <= 0:
-      raise ValueError("env_steps and actors must be positive")
+    if self.env_steps <= 0 or self.actors <= 0 or self.envs_per_actor <= 0:
+      raise ValueError("env_steps, actors and envs_per_actor must be positive")
 
 
 def calibrate_eps(demo_dir: str, quantile: float, spec: goal_space.DataSpec, max_examples: int = 50_000) -> float:
@@ -155,12 +158,12 @@ def actor_spec(run: RunConfig, config: FinetuneConfig, goal_state: np.ndarray, m
           "residual": None if config.residual is None else list(config.residual), "residual_std": config.residual_std}
 
 
-def start_actor_processes(address: str, count: int, log_dir: str) -> List[subprocess.Popen]:
+def start_actor_processes(address: str, count: int, log_dir: str, envs: int = 1) -> List[subprocess.Popen]:
   procs = []
   for i in range(count):
     log = open(os.path.join(log_dir, f"actor{i}.log"), "w")  # pylint: disable=consider-using-with
     procs.append(subprocess.Popen([sys.executable, "-m", "relay", "actor", "--reverb-address", address,
-                                   "--actor-id", str(i)], stdout=log, stderr=subprocess.STDOUT))
+                                   "--actor-id", str(i), "--envs", str(envs)], stdout=log, stderr=subprocess.STDOUT))
   return procs
 
 
@@ -236,19 +239,21 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
 
     actors = []
     if run.actor_processes:
-      procs = start_actor_processes(address, run.actors, run.out_dir)
-    else:
-      adder = builder.make_adder(client)
+      procs = start_actor_processes(address, run.actors, run.out_dir, run.envs_per_actor)
+    else:  # every actor's environments are lanes of one lockstep loop, each lane its own writer
+      lanes = run.actors * run.envs_per_actor
       envs += [env_lib.GoalKitchenEnv(elements, goal_state, config.max_episode_steps, run.seed,
-                                      settings=model.env_settings) for _ in range(run.actors - 1)]
-      actors = [builder.make_actor(run.seed + i, learner, adder) for i in range(run.actors)]
+                                      settings=model.env_settings) for _ in range(lanes - 1)]
+      actors = builder.make_actors([run.seed + i for i in range(lanes)], learner,
+                                   [builder.make_adder(client) for _ in range(lanes)])
 
     bar = tqdm(total=run.env_steps, initial=min(learner.env_steps, run.env_steps), unit="env step",
                desc=f"finetune {config.variant}", disable=not run.progress)
     while learner.env_steps < run.env_steps:
-      if actors:  # in-process acting, one episode after another
-        for i in range(config.episodes_per_iteration):
-          acting.run_episode(envs[i % len(envs)], actors[i % len(actors)], learner.episodes + i, run.seed)
+      if actors:  # in-process acting: the iteration's episodes through the lanes
+        first = learner.episodes
+        for _ in acting.run_episodes(envs, actors, range(first, first + config.episodes_per_iteration), run.seed):
+          pass
       else:  # the processes act by themselves; wait for a batch (noticing if they die)
         _wait_for_episodes(client, config.trajectory_table, config.episodes_per_iteration, procs, run.out_dir)
       before = learner.env_steps
@@ -291,10 +296,16 @@ def actor_episode_index(actor_id: int, done: int) -> int:
 
 
 def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
-              model_dir: Optional[str] = None) -> int:
+              model_dir: Optional[str] = None, envs: int = 1) -> int:
   """An actor process: reads the run's spec from the server at `address`, then acts episode after
   episode with the newest published parameters, writing each into the trajectory table, until
-  `episodes` are done or the server goes away. Returns the number of episodes written."""
+  `episodes` are done or the server goes away. Returns the number of episodes written.
+
+  `envs` > 1 steps that many environments in lockstep, one policy call per level for all of them
+  (`acting.run_episodes`): the process acts the same episode indices a one-environment actor
+  would, several at a time."""
+  if envs <= 0:
+    raise ValueError(f"envs must be positive, got {envs}")
   from relay_agents import acme_compat  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from acme.jax import variable_utils  # pylint: disable=import-outside-toplevel
   client = replay_io.connect(address)
@@ -315,16 +326,17 @@ def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
   source = acting.ReverbVariableSource(address, config.variables_table,
                                        [model.levels[n].params for n in names])
   source.bind_names(names)
-  actor = acting.FinetuneActor(model, variable_utils.VariableClient(source, names), builder.make_adder(client),
-                               seed=actor_id)
-  environment = env_lib.GoalKitchenEnv(spec["elements"], np.asarray(spec["goal_state"], np.float32),
-                                       config.max_episode_steps, seed=spec["seed"], settings=model.env_settings)
+  variables = variable_utils.VariableClient(source, names)  # one fetch serves every lane
+  actors = [acting.FinetuneActor(model, variables, builder.make_adder(client), seed=actor_id) for _ in range(envs)]
+  environments = [env_lib.GoalKitchenEnv(spec["elements"], np.asarray(spec["goal_state"], np.float32),
+                                         config.max_episode_steps, seed=spec["seed"], settings=model.env_settings)
+                  for _ in range(envs)]
+  indices = (actor_episode_index(actor_id, d) for d in (range(episodes) if episodes is not None else
+                                                          itertools.count()))
   done = 0
-  while episodes is None or done < episodes:
-    try:
-      acting.run_episode(environment, actor, actor_episode_index(actor_id, done), spec["seed"])
-    except (reverb.errors.DeadlineExceededError, reverb.errors.ReverbError, RuntimeError) as e:
-      print(f"actor {actor_id}: server gone ({type(e).__name__}); stopping after {done} episodes")
-      break
-    done += 1
+  try:
+    for _ in acting.run_episodes(environments, actors, indices, spec["seed"]):
+      done += 1
+  except (reverb.errors.DeadlineExceededError, reverb.errors.ReverbError, RuntimeError) as e:
+    print(f"actor {actor_id}: server gone ({type(e).__name__}); stopping after {done} episodes")
   return done

@@ -37,7 +37,13 @@ class GoalPolicyFn:
       sampled = networks.sample(output, key)[0]
       return jax.numpy.where(deterministic, networks.mean(output)[0], sampled)
 
+    self._compile(act)
+
+  def _compile(self, act) -> None:
+    """Jits `act(params, observation, goal, key, deterministic)` for one state and, vmapped over
+    (observation, goal, key), for a batch of states (`batch`)."""
     self._act = jax.jit(act)
+    self._act_batch = jax.jit(jax.vmap(act, in_axes=(None, 0, 0, 0, None)))
 
   def with_execute_steps(self, execute_steps: Optional[int],
                          ensemble: Optional[float] = None) -> "GoalPolicyFn":
@@ -76,6 +82,22 @@ class GoalPolicyFn:
     return np.asarray(self._act(params, np.asarray(observation, np.float32), np.asarray(goal, np.float32), key,
                                 mode))
 
+  def batch(self, params, observations, goals, keys, deterministic: Optional[bool] = None,
+            size: Optional[int] = None) -> np.ndarray:
+    """The outputs for a batch of states: row i is what `__call__` gives for row i (one network
+    call for all, so up to float rounding: a batched matrix product may round differently).
+    `goals` None: goal-free rows. `size`: pad the batch to this many rows (repeating the last), so
+    a caller whose batch shrinks compiles one shape; the padding's outputs are dropped."""
+    observations = np.asarray(observations, np.float32)
+    n = len(observations)
+    goals = np.zeros((n, 0), np.float32) if goals is None else np.asarray(goals, np.float32)
+    keys = np.asarray(keys, np.uint32)
+    if size is not None and size > n:
+      pad = lambda x: np.concatenate([x, np.repeat(x[-1:], size - n, 0)])
+      observations, goals, keys = pad(observations), pad(goals), pad(keys)
+    mode = self.deterministic if deterministic is None else deterministic
+    return np.asarray(self._act_batch(params, observations, goals, keys, mode))[:n]
+
 
 class GoalPolicy:
   """A trained goal-conditioned policy: a `GoalPolicyFn` bound to its parameters.
@@ -102,22 +124,39 @@ class GoalPolicy:
     self._queue, self._goal, self._chunks = [], None, []
 
   def __call__(self, observation, goal, key, deterministic: Optional[bool] = None) -> np.ndarray:
+    prediction = self.fn(self.params, observation, goal, key, deterministic) if self.needs_prediction(goal) else None
+    return self.take(prediction, goal)
+
+  def _same_goal(self, goal) -> bool:
+    return (goal is None and self._goal is None) or (
+        goal is not None and self._goal is not None and np.array_equal(np.asarray(goal, np.float32), self._goal))
+
+  def needs_prediction(self, goal) -> bool:
+    """Whether the next action toward `goal` needs the network's output for this step: always for
+    a one-action or ensembling policy; for a chunked one, when its queue is empty or the goal
+    changed. `__call__` is `take(fn(...) if needs_prediction(goal) else None, goal)`; batched
+    actors (`relay_agents.finetune.acting.select_actions`) call the network for every lane that
+    needs it at once, then `take`."""
+    if getattr(self.config, "action_chunk", 1) <= 1 or getattr(self.fn, "ensemble", None) is not None:
+      return True
+    return not self._queue or not self._same_goal(goal)
+
+  def take(self, prediction: Optional[np.ndarray], goal) -> np.ndarray:
+    """The next action toward `goal`, given the network's output for this step when
+    `needs_prediction(goal)` said so (None otherwise: the action comes from the queued chunk)."""
     chunk = getattr(self.config, "action_chunk", 1)
     if chunk <= 1:
-      return self.fn(self.params, observation, goal, key, deterministic)
+      return prediction
     goal_now = None if goal is None else np.asarray(goal, np.float32)
-    same_goal = (goal_now is None and self._goal is None) or (
-        goal_now is not None and self._goal is not None and np.array_equal(goal_now, self._goal))
     if getattr(self.fn, "ensemble", None) is not None:
-      return self._ensembled(observation, goal, key, deterministic, chunk, goal_now, same_goal)
-    if not self._queue or not same_goal:
-      out = self.fn(self.params, observation, goal, key, deterministic)
-      self._queue = list(out.reshape(chunk, -1)[:self.config.execute_steps])
+      return self._ensembled(prediction, chunk, goal_now, self._same_goal(goal))
+    if prediction is not None:
+      self._queue = list(prediction.reshape(chunk, -1)[:self.config.execute_steps])
       self._goal = goal_now
     return self._queue.pop(0)
 
-  def _ensembled(self, observation, goal, key, deterministic, chunk, goal_now, same_goal) -> np.ndarray:
-    out = self.fn(self.params, observation, goal, key, deterministic).reshape(chunk, -1)
+  def _ensembled(self, prediction, chunk, goal_now, same_goal) -> np.ndarray:
+    out = prediction.reshape(chunk, -1)
     kept = [(c, age + 1) for c, age in self._chunks if age + 1 < chunk] if same_goal else []
     self._chunks, self._goal = kept + [(out, 0)], goal_now
     ages = np.array([age for _, age in self._chunks], np.float64)

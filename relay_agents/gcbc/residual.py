@@ -146,7 +146,7 @@ class ResidualPolicyFn(acting.GoalPolicyFn):
       first = jnp.where(deterministic, residual.mean(output)[0], residual.sample(output, key)[0])
       return chunk.at[:a_dim].set(first)
 
-    self._act = jax.jit(act)
+    self._compile(act)
 
   def with_execute_steps(self, execute_steps: Optional[int], ensemble: Optional[float] = None):
     if ensemble is not None or execute_steps not in (None, 1):
