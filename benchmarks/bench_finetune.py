@@ -9,8 +9,8 @@
    before: they change `mj_step`'s own cost (contacts), which made the ratio meaningless.
    A third row, the same episodes acted in this process without Reverb, splits the gap into
    the policy's share and the writes' share. Each setting is measured with one environment per
-   process (`relay actor --envs 1`) and with `LANES` lockstep environments whose policy calls
-   are batched (`--envs LANES`, session 38). Targets: >= 0.9x with 1 process, >= 1.8x with 2 (on
+   process (`relay actor --envs 1`, as before session 38) and with the default 8 lockstep
+   environments whose policy calls are batched (`--envs 8`). Targets: >= 0.9x with 1 process, >= 1.8x with 2 (on
    a box with at least 2 free cores).
 2. NPG update time per 10k on-policy decisions (the shipped low level: mixture head, 1024x3,
    chunks of 10 executing 1 since session 33, so one decision is one env step; 512x3 executing
@@ -29,13 +29,13 @@ import numpy as np
 from benchmarks.common import report
 from relay_agents.finetune import acting, env as env_lib, npg, policy_io, replay_io, run as run_lib
 from relay_agents.finetune.builder import FinetuneBuilder
-from relay_agents.finetune.config import FinetuneConfig
+from relay_agents.finetune.config import DEFAULT_LANES, FinetuneConfig
 from relay_agents.gcbc.config import GoalBCConfig
 
 GOAL = ["microwave", "kettle", "light switch", "slide cabinet"]
 HORIZON = 80
 EPISODES = 16  # measured episodes per actor (after its warm-up wave): ~3 s windows; 6 gave 1.3 s and ratios +-0.1
-LANES = 4  # lockstep environments per actor in the batched rows (`relay actor --envs`)
+LANES = DEFAULT_LANES  # lockstep environments per actor in the batched rows (`relay actor --envs`, default 8)
 
 
 def _random_ril_model(root: str) -> str:

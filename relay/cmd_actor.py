@@ -22,8 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--reverb-address", required=True, help="HOST:PORT of the finetune run's Reverb server")
   parser.add_argument("--actor-id", type=int, default=0, help="this actor's index: seeds its episodes (default 0)")
   parser.add_argument("--episodes", type=int, default=None, help="stop after N episodes (default: until the server stops)")
-  parser.add_argument("--envs", type=int, default=1,
-                      help="environments stepped in lockstep, their policy calls batched (default 1)")
+  from relay_agents.finetune.config import DEFAULT_LANES  # pylint: disable=import-outside-toplevel
+  parser.add_argument("--envs", type=int, default=DEFAULT_LANES,
+                      help=f"environments stepped in lockstep, their policy calls batched (default {DEFAULT_LANES}; "
+                           "at most the run's episodes per iteration)")
   parser.add_argument("--model", default=None,
                       help="model directory, if not at the path the run recorded (it must be the same model: "
                            "its fingerprint is checked against the run's)")

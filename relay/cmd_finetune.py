@@ -32,7 +32,7 @@ from relay_data.errors import DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  from relay_agents.finetune.config import LEVELS, REWARDS, VARIANTS, FinetuneConfig  # pylint: disable=import-outside-toplevel
+  from relay_agents.finetune.config import DEFAULT_LANES, LEVELS, REWARDS, VARIANTS, FinetuneConfig  # pylint: disable=import-outside-toplevel
   d = FinetuneConfig()
   parser.add_argument("--model", required=True, help="trained model directory (from `relay train-il`)")
   parser.add_argument("--goal", required=True,
@@ -42,9 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--env-steps", type=int, required=True,
                       help="env-step budget; the run stops at the first iteration that reaches it")
   parser.add_argument("--actors", type=int, default=1, help="number of actors (default 1)")
-  parser.add_argument("--envs-per-actor", type=int, default=1,
+  parser.add_argument("--envs-per-actor", type=int, default=DEFAULT_LANES,
                       help="environments each actor steps in lockstep, its policy calls batched across them "
-                           "(default 1)")
+                           f"(default {DEFAULT_LANES}; at most --episodes-per-iteration are made)")
   parser.add_argument("--actor-processes", action="store_true",
                       help="run the actors as separate `relay actor` processes (default: in this process, "
                            "deterministic and exactly resumable)")
@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
                             residual_std=args.residual_std)
     summary = run_lib.finetune(
         run_lib.RunConfig(args.model, elements, args.out, args.env_steps, actors=args.actors,
-                          actor_processes=args.actor_processes, envs_per_actor=args.envs_per_actor, seed=args.seed, demos=args.demos,
+                          actor_processes=args.actor_processes,
+                          envs_per_actor=args.envs_per_actor, seed=args.seed, demos=args.demos,
                           progress=not args.no_progress), config)
   except DataError:
     raise  # a broken model or dataset: one line naming the file, exit 1

@@ -819,6 +819,9 @@ def test_cli_finetune_rejects_bad_flags(cli, ril_model, tmp_path):
   assert not os.path.exists(tmp_path / "x")
   bad_lanes = cli("actor", "--reverb-address", "127.0.0.1:1", "--envs", "0")
   assert bad_lanes.returncode == 2 and "--envs must be positive" in bad_lanes.stderr
+  from relay_agents.finetune.config import DEFAULT_LANES  # pylint: disable=import-outside-toplevel
+  assert f"default {DEFAULT_LANES}" in " ".join(cli("actor", "--help", check=True).stdout.split())
+  assert run_lib.RunConfig(ril_model, GOAL, "x", env_steps=1).envs_per_actor == DEFAULT_LANES
   bad_address = cli("actor", "--reverb-address", "nohostport")
   assert bad_address.returncode == 2 and "HOST:PORT" in bad_address.stderr
   nobody = cli("actor", "--reverb-address", "127.0.0.1:1")

@@ -7,6 +7,14 @@ REWARDS = ("sparse", "euclidean", "element-wise", "task")
 LEVELS = ("low", "both")
 
 
+# Environments per actor, stepped in lockstep with one policy call per level for all (`acting.run_episodes`).
+# Why 8: the shipped 1024x3 policy costs about as much per call for 8 states as for 1, so 8 lanes
+# pay ~1/8 of it per env step. `python -m benchmarks finetune`, alternated 1 and 8 lanes, three
+# rounds on an idle box (session 38): 1 process 0.85-0.88x of raw env steps against 0.70-0.73x,
+# 2 processes 1.58-1.65x against 1.12-1.37x. More lanes than an iteration's episodes are not made.
+DEFAULT_LANES = 8
+
+
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
   """Hyper-parameters of one finetuning run (defaults follow mjrl's NPG/DAPG where they exist).

@@ -37,7 +37,7 @@ import reverb
 
 from relay_agents.finetune import acting, env as env_lib, policy_io, replay_io, rewards
 from relay_agents.finetune.builder import FinetuneBuilder
-from relay_agents.finetune.config import FinetuneConfig
+from relay_agents.finetune.config import DEFAULT_LANES, FinetuneConfig
 from relay_data import atomic, goal_space, relabeled
 
 
@@ -49,7 +49,7 @@ class RunConfig:
   env_steps: int
   actors: int = 1
   actor_processes: bool = False
-  envs_per_actor: int = 1             # environments each actor steps in lockstep (`acting.run_episodes`)
+  envs_per_actor: int = DEFAULT_LANES  # environments each actor steps in lockstep (`acting.run_episodes`)
   seed: int = 0
   demos: Optional[str] = None         # relabeled demo dataset; default: the one the record names
   progress: bool = True
@@ -158,7 +158,7 @@ def actor_spec(run: RunConfig, config: FinetuneConfig, goal_state: np.ndarray, m
           "residual": None if config.residual is None else list(config.residual), "residual_std": config.residual_std}
 
 
-def start_actor_processes(address: str, count: int, log_dir: str, envs: int = 1) -> List[subprocess.Popen]:
+def start_actor_processes(address: str, count: int, log_dir: str, envs: int = DEFAULT_LANES) -> List[subprocess.Popen]:
   procs = []
   for i in range(count):
     log = open(os.path.join(log_dir, f"actor{i}.log"), "w")  # pylint: disable=consider-using-with
@@ -241,7 +241,7 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
     if run.actor_processes:
       procs = start_actor_processes(address, run.actors, run.out_dir, run.envs_per_actor)
     else:  # every actor's environments are lanes of one lockstep loop, each lane its own writer
-      lanes = run.actors * run.envs_per_actor
+      lanes = min(run.actors * run.envs_per_actor, config.episodes_per_iteration)
       envs += [env_lib.GoalKitchenEnv(elements, goal_state, config.max_episode_steps, run.seed,
                                       settings=model.env_settings) for _ in range(lanes - 1)]
       actors = builder.make_actors([run.seed + i for i in range(lanes)], learner,
@@ -296,14 +296,14 @@ def actor_episode_index(actor_id: int, done: int) -> int:
 
 
 def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
-              model_dir: Optional[str] = None, envs: int = 1) -> int:
+              model_dir: Optional[str] = None, envs: int = DEFAULT_LANES) -> int:
   """An actor process: reads the run's spec from the server at `address`, then acts episode after
   episode with the newest published parameters, writing each into the trajectory table, until
   `episodes` are done or the server goes away. Returns the number of episodes written.
 
   `envs` > 1 steps that many environments in lockstep, one policy call per level for all of them
   (`acting.run_episodes`): the process acts the same episode indices a one-environment actor
-  would, several at a time."""
+  would, several at a time (no more lanes than the run's episodes per iteration, or `episodes`)."""
   if envs <= 0:
     raise ValueError(f"envs must be positive, got {envs}")
   from relay_agents import acme_compat  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
@@ -327,6 +327,7 @@ def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
                                        [model.levels[n].params for n in names])
   source.bind_names(names)
   variables = variable_utils.VariableClient(source, names)  # one fetch serves every lane
+  envs = min(envs, config.episodes_per_iteration, episodes or envs)
   actors = [acting.FinetuneActor(model, variables, builder.make_adder(client), seed=actor_id) for _ in range(envs)]
   environments = [env_lib.GoalKitchenEnv(spec["elements"], np.asarray(spec["goal_state"], np.float32),
                                          config.max_episode_steps, seed=spec["seed"], settings=model.env_settings)
