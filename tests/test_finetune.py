@@ -432,19 +432,26 @@ def relabeled_rows(observations):
   return relabel.relabel_indices(len(observations), WINDOW, 3)[0]
 
 
-def test_actor_process_writes_trajectories_to_a_server_it_reaches_by_address(ril_model):
+def _run_server_for_actors(ril_model, episodes_per_iteration):
+  """A finetune run's server as `relay actor` finds it: the run's spec and the model's variables
+  published. Returns (model, config, server, address, client, goal_state)."""
   model = policy_io.load_model(ril_model)
-  config = FinetuneConfig(variant="npg", episodes_per_iteration=2, max_episode_steps=12)
-  builder, server, address = _server_for(config, model)
+  config = FinetuneConfig(variant="npg", episodes_per_iteration=episodes_per_iteration, max_episode_steps=12)
+  _, server, address = _server_for(config, model)
+  client = reverb.Client(address)
+  goal_state = env_lib.default_goal_state(GOAL)
+  acting.publish_spec(client, config.spec_table, {
+      "model": ril_model, "elements": GOAL, "goal_state": goal_state.tolist(), "seed": 0, "max_episode_steps": 12,
+      "episodes_per_iteration": episodes_per_iteration, "trajectory_table": config.trajectory_table,
+      "variables_table": config.variables_table})
+  names = acting.variable_names(model)
+  acting.publish_variables(client, config.variables_table, 0, [model.levels[n].params for n in names])
+  return model, config, server, address, client, goal_state
+
+
+def test_actor_process_writes_trajectories_to_a_server_it_reaches_by_address(ril_model):
+  model, config, server, address, client, goal_state = _run_server_for_actors(ril_model, 2)
   try:
-    client = reverb.Client(address)
-    goal_state = env_lib.default_goal_state(GOAL)
-    spec = {"model": ril_model, "elements": GOAL, "goal_state": goal_state.tolist(), "seed": 0,
-            "max_episode_steps": 12, "episodes_per_iteration": 2, "trajectory_table": config.trajectory_table,
-            "variables_table": config.variables_table}
-    acting.publish_spec(client, config.spec_table, spec)
-    names = acting.variable_names(model)
-    acting.publish_variables(client, config.variables_table, 0, [model.levels[n].params for n in names])
     proc = subprocess.run([sys.executable, "-m", "relay", "actor", "--reverb-address", address, "--episodes", "2"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -534,18 +541,8 @@ def test_lanes_act_the_episodes_lone_actors_act_with_one_batched_call_per_level(
 def test_actor_process_with_several_environments_writes_the_episodes_of_a_lone_actor(ril_model):
   """`relay actor --envs 2`: three episodes from two lockstep environments, the indices and
   contents a one-environment actor process writes."""
-  model = policy_io.load_model(ril_model)
-  config = FinetuneConfig(variant="npg", episodes_per_iteration=3, max_episode_steps=12)
-  _, server, address = _server_for(config, model)
+  model, config, server, address, client, _ = _run_server_for_actors(ril_model, 3)
   try:
-    client = reverb.Client(address)
-    goal_state = env_lib.default_goal_state(GOAL)
-    acting.publish_spec(client, config.spec_table, {
-        "model": ril_model, "elements": GOAL, "goal_state": goal_state.tolist(), "seed": 0, "max_episode_steps": 12,
-        "episodes_per_iteration": 3, "trajectory_table": config.trajectory_table,
-        "variables_table": config.variables_table})
-    names = acting.variable_names(model)
-    acting.publish_variables(client, config.variables_table, 0, [model.levels[n].params for n in names])
     proc = subprocess.run([sys.executable, "-m", "relay", "actor", "--reverb-address", address, "--episodes", "3",
                            "--envs", "2", "--actor-id", "1"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
