@@ -9,9 +9,11 @@
    before: they change `mj_step`'s own cost (contacts), which made the ratio meaningless.
    A third row, the same episodes acted in this process without Reverb, splits the gap into
    the policy's share and the writes' share. Each setting is measured with one environment per
-   process (`relay actor --envs 1`, as before session 38) and with the default 8 lockstep
-   environments whose policy calls are batched (`--envs 8`). Targets: >= 0.9x with 1 process, >= 1.8x with 2 (on
-   a box with at least 2 free cores).
+   process (`relay actor --envs 1`, as before session 38) and with the default 16 lockstep
+   environments whose policy calls are batched (`--envs 16`; 8 in session 38), started as `relay
+   finetune` starts them: their lanes in 2 pipelined groups when the box has a core beyond the
+   actor processes (`acting.pipeline_groups`; since session 39). Targets: >= 0.9x with 1 process,
+   >= 1.8x with 2 (on a box with at least 2 free cores).
 2. NPG update time per 10k on-policy decisions (the shipped low level: mixture head, 1024x3,
    chunks of 10 executing 1 since session 33, so one decision is one env step; 512x3 executing
    5 before): the jitted update (gradient, 10 CG
@@ -19,7 +21,6 @@
 """
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -35,7 +36,7 @@ from relay_agents.gcbc.config import GoalBCConfig
 GOAL = ["microwave", "kettle", "light switch", "slide cabinet"]
 HORIZON = 80
 EPISODES = 16  # measured episodes per actor (after its warm-up wave): ~3 s windows; 6 gave 1.3 s and ratios +-0.1
-LANES = DEFAULT_LANES  # lockstep environments per actor in the batched rows (`relay actor --envs`, default 8)
+LANES = DEFAULT_LANES  # lockstep environments per actor in the batched rows (`relay actor --envs`, default 16)
 
 
 def _random_ril_model(root: str) -> str:
@@ -75,7 +76,8 @@ def _episode_indices(processes: int, lanes: int, episodes_each: int = EPISODES):
 
 
 def _lanes(model, lanes: int):
-  environments = [_env(model) for _ in range(lanes)]
+  environments = env_lib.lanes(lanes, GOAL, env_lib.default_goal_state(GOAL), HORIZON, seed=0,
+                               settings=model.env_settings)
   return environments, acting.fixed_actors(model, lanes)
 
 
@@ -92,10 +94,11 @@ def record_fleet_episodes(model, processes: int, lanes: int, episodes_each: int 
 def in_process_steps_per_s(model, episodes, lanes: int) -> float:
   """The same episodes sampled in this process by `lanes` lockstep actors (policy + env, no Reverb)."""
   environments, actors = _lanes(model, lanes)
-  for _ in acting.run_episodes(environments, actors, [episodes[0][0]] * lanes, 0):  # compile this batch shape
+  groups = acting.pipeline_groups(1)  # as `relay finetune` acts in its own process
+  for _ in acting.run_episodes(environments, actors, [episodes[0][0]] * lanes, 0, groups=groups):  # compile
     pass
   steps, start = 0, time.perf_counter()
-  for _, result in acting.run_episodes(environments, actors, [i for i, _ in episodes], 0):
+  for _, result in acting.run_episodes(environments, actors, [i for i, _ in episodes], 0, groups=groups):
     steps += result["steps"]
   return steps / (time.perf_counter() - start)
 
@@ -131,8 +134,9 @@ def fleet_env_steps_per_s(model_dir: str, processes: int, lanes: int, episodes_e
         "trajectory_table": config.trajectory_table, "variables_table": config.variables_table})
     names = acting.variable_names(model)
     acting.publish_variables(client, config.variables_table, 0, [model.levels[n].params for n in names])
-    procs = [subprocess.Popen([sys.executable, "-m", "relay", "actor", "--reverb-address", address,
-                               "--actor-id", str(i), "--episodes", str(lanes + episodes_each), "--envs", str(lanes)],
+    # As `relay finetune --actor-processes` starts them (lane groups pipelined if a core is spare).
+    procs = [subprocess.Popen(run_lib.actor_command(address, i, processes, lanes) +
+                              ["--episodes", str(lanes + episodes_each)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(processes)]
     size = lambda: client.server_info()[config.trajectory_table].current_size
     while size() < processes * lanes:  # every actor has written its warm-up wave (about: lanes end together)

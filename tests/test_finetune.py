@@ -496,11 +496,13 @@ class _TwoVersions:
     return [params[n] for n in names]
 
 
-def test_lanes_act_the_episodes_lone_actors_act_with_one_batched_call_per_level(ril_model):
+@pytest.mark.parametrize("groups", [1, 2])
+def test_lanes_act_the_episodes_lone_actors_act_with_one_batched_call_per_level(ril_model, groups):
   """`run_episodes` steps several environments in lockstep and batches their policy calls; each
   episode must be the one a lone actor acts for that index (up to a batched product's rounding),
   every index acted once, and a lane that starts its episode after newer parameters were fetched
-  acts with those while the others keep theirs."""
+  acts with those while the others keep theirs. With 2 groups, one group's calls are dispatched
+  while the other's environments step: the episodes must not change."""
   from acme.jax import variable_utils  # pylint: disable=import-outside-toplevel
   model = policy_io.load_model(ril_model)
   names = acting.variable_names(model)
@@ -509,8 +511,8 @@ def test_lanes_act_the_episodes_lone_actors_act_with_one_batched_call_per_level(
   calls = {"batch": 0, "single": 0}
   fns = {n: model.levels[n].fn for n in names}
   for n, fn in fns.items():  # count the network calls (the real jitted functions still run)
-    batch, single = fn.batch, fn.__call__
-    fn.batch = lambda *a, _b=batch, **k: (calls.__setitem__("batch", calls["batch"] + 1), _b(*a, **k))[1]
+    batch = fn.batch_async
+    fn.batch_async = lambda *a, _b=batch, **k: (calls.__setitem__("batch", calls["batch"] + 1), _b(*a, **k))[1]
   try:
     client = variable_utils.VariableClient(_TwoVersions(base, newer), names)  # one client, as in `relay actor`
     lanes = 3
@@ -518,10 +520,10 @@ def test_lanes_act_the_episodes_lone_actors_act_with_one_batched_call_per_level(
     environments = [env_lib.GoalKitchenEnv(GOAL, env_lib.default_goal_state(GOAL), 12, seed=0,
                                            settings=model.env_settings) for _ in range(lanes)]
     indices = [4, 5, 6, 7]
-    done = dict(acting.run_episodes(environments, actors, indices, 0, record=True))
+    done = dict(acting.run_episodes(environments, actors, indices, 0, record=True, groups=groups))
   finally:
     for fn in fns.values():
-      fn.__dict__.pop("batch", None)
+      fn.__dict__.pop("batch_async", None)
   assert sorted(done) == indices  # each index once; lane 0 acts 4, then whichever lane ends first acts 7
   # Lane 0 fetched first (the original parameters); lanes 1, 2 and the fourth episode the newer ones.
   for index in indices:
@@ -530,12 +532,36 @@ def test_lanes_act_the_episodes_lone_actors_act_with_one_batched_call_per_level(
     assert got["steps"] == want["steps"] == 12
     np.testing.assert_allclose(got["actions"], want["actions"], atol=1e-3)
     np.testing.assert_allclose(got["observations"], want["observations"], atol=1e-3)
-  # 12 steps x (two parameter versions for the first episodes, one after): far fewer calls than
-  # 4 episodes x 12 steps x a call per level a lone actor would make.
-  assert 0 < calls["batch"] <= 2 * 12 * 2 + 12 * 2
+  # 12 steps x (two parameter versions for the first episodes, one after) per group: fewer calls
+  # than the 4 episodes x 12 steps x a call per level a lone actor would make.
+  assert 0 < calls["batch"] <= groups * (2 * 12 * 2 + 12 * 2) < 4 * 12 * 2 * groups
   assert not np.allclose(done[4]["actions"], _lone_episode(model, 4, newer)["actions"], atol=1e-3)
   with pytest.raises(ValueError, match="one environment per actor"):
     next(acting.run_episodes(environments[:1], actors, indices, 0))
+
+
+def test_lanes_share_one_kitchen_model_and_act_the_episodes_of_kitchens_of_their_own(ril_model):
+  """`env_lib.lanes` makes every lane step the first lane's MuJoCo model (~57 MB) with a state of
+  its own: the episodes (env seeds, policy samples, physics) must be those of separate kitchens,
+  bit for bit, and no lane's steps may leak into another's state."""
+  model = policy_io.load_model(ril_model)
+  goal_state = env_lib.default_goal_state(GOAL)
+  shared = env_lib.lanes(3, GOAL, goal_state, 12, seed=0, settings=model.env_settings)
+  separate = [env_lib.GoalKitchenEnv(GOAL, goal_state, 12, seed=0, settings=model.env_settings) for _ in range(3)]
+  physics = lambda e: e._env.unwrapped.robot_env  # pylint: disable=protected-access
+  assert physics(shared[1]).model is physics(shared[0]).model is physics(shared[2]).model
+  assert physics(shared[1]).data is not physics(shared[0]).data
+  assert physics(separate[1]).model is not physics(separate[0]).model
+  indices = [3, 4, 5, 6, 7]
+  episodes = lambda environments: dict(acting.run_episodes(environments, acting.fixed_actors(model, 3, seed=9),
+                                                           indices, 0, record=True, groups=1))
+  got, want = episodes(shared), episodes(separate)
+  for index in indices:
+    np.testing.assert_array_equal(got[index]["observations"], want[index]["observations"])
+    np.testing.assert_array_equal(got[index]["actions"], want[index]["actions"])
+  assert not np.array_equal(got[3]["observations"], got[4]["observations"])
+  with pytest.raises(ValueError, match="at least one lane"):
+    env_lib.lanes(0, GOAL)
 
 
 def test_actor_process_with_several_environments_writes_the_episodes_of_a_lone_actor(ril_model):
@@ -816,6 +842,12 @@ def test_cli_finetune_rejects_bad_flags(cli, ril_model, tmp_path):
   assert not os.path.exists(tmp_path / "x")
   bad_lanes = cli("actor", "--reverb-address", "127.0.0.1:1", "--envs", "0")
   assert bad_lanes.returncode == 2 and "--envs must be positive" in bad_lanes.stderr
+  bad_groups = cli("actor", "--reverb-address", "127.0.0.1:1", "--groups", "0")
+  assert bad_groups.returncode == 2 and "--groups must be positive" in bad_groups.stderr
+  # `relay finetune --actor-processes` pipelines lane groups only when a core is left for the network.
+  cores = len(os.sched_getaffinity(0))
+  assert run_lib.actor_command("h:1", 0, cores, 4)[-2:] == ["--groups", "1"]
+  assert run_lib.actor_command("h:1", 0, cores - 1, 4)[-2:] == ["--groups", str(acting.PIPELINE_GROUPS)]
   from relay_agents.finetune.config import DEFAULT_LANES  # pylint: disable=import-outside-toplevel
   assert f"default {DEFAULT_LANES}" in " ".join(cli("actor", "--help", check=True).stdout.split())
   assert run_lib.RunConfig(ril_model, GOAL, "x", env_steps=1).envs_per_actor == DEFAULT_LANES

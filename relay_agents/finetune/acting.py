@@ -17,7 +17,8 @@ one-item Reverb table and their version into another (`publish_variables`), so a
 nothing but the server address, and re-reads the variables only when their version changed.
 """
 import json
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+import os
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import reverb
@@ -144,15 +145,16 @@ def fixed_actors(model: policy_io.Model, count: int, seed: int = 0, adders=None)
   return [FinetuneActor(model, client, adders[i], seed=seed) for i in range(count)]
 
 
-def _batched_outputs(actors, level: str, requests, size: int) -> Dict[int, np.ndarray]:
-  """{lane: network output} for the lanes with a request: one network call per group of lanes
-  acting with the same parameters (all of them, unless an episode began before the newest fetch),
-  padded to `size` rows so that a shrinking batch compiles no new shape. With `size` 1 (a lone
-  actor) the policy is called unbatched, exactly as `GoalPolicy` calls it. Lanes are grouped by
-  the identity of their parameters: lanes sharing a variable client hold the same objects until
-  their source's parameters change (the learner's, `FixedVariableSource`'s and
-  `ReverbVariableSource`'s do), while lanes with clients of their own are called one by one."""
-  out, groups = {}, {}
+def _dispatch_outputs(actors, level: str, requests, size: int) -> Callable[[], Dict[int, np.ndarray]]:
+  """Dispatches the network calls for the lanes with a request and returns a function that waits
+  for their outputs ({lane: output}): one call per group of lanes acting with the same parameters
+  (all of them, unless an episode began before the newest fetch), padded to `size` rows so that a
+  shrinking batch compiles no new shape. With `size` 1 (a lone actor) the policy is called
+  unbatched, exactly as `GoalPolicy` calls it. Lanes are grouped by the identity of their
+  parameters: lanes sharing a variable client hold the same objects until their source's
+  parameters change (the learner's, `FixedVariableSource`'s and `ReverbVariableSource`'s do),
+  while lanes with clients of their own are called one by one."""
+  pending, groups = [], {}
   params = {lane: actors[lane]._acting_params()[level] for lane in requests}  # pylint: disable=protected-access
   for lane in requests:
     groups.setdefault(id(params[lane]), []).append(lane)
@@ -160,14 +162,47 @@ def _batched_outputs(actors, level: str, requests, size: int) -> Dict[int, np.nd
     fn = actors[lanes[0]]._policies[level].fn  # pylint: disable=protected-access
     if size == 1:
       obs, goal, key = requests[lanes[0]]
-      out[lanes[0]] = fn(params[lanes[0]], obs, goal, key, deterministic=False)
+      single = fn(params[lanes[0]], obs, goal, key, deterministic=False)  # waited for: nothing to overlap
+      pending.append((lanes, lambda single=single: single[None]))
       continue
     rows = [requests[lane] for lane in lanes]
     goals = None if rows[0][1] is None else np.stack([r[1] for r in rows])
-    batch = fn.batch(params[lanes[0]], np.stack([r[0] for r in rows]), goals, np.stack([r[2] for r in rows]),
-                     deterministic=False, size=size)
-    out.update(zip(lanes, batch))
-  return out
+    pending.append((lanes, fn.batch_async(params[lanes[0]], np.stack([r[0] for r in rows]), goals,
+                                          np.stack([r[2] for r in rows]), deterministic=False, size=size)))
+
+  def outputs() -> Dict[int, np.ndarray]:
+    out = {}
+    for lanes, wait in pending:
+      out.update(zip(lanes, wait()))
+    return out
+  return outputs
+
+
+def request_actions(actors: Sequence[FinetuneActor], observations: Sequence,
+                    size: Optional[int] = None) -> Callable[[], List[np.ndarray]]:
+  """`select_actions` in two halves: this call draws the lanes' keys, runs the high level for the
+  lanes that re-plan (waiting for it: the acting level needs its subgoal) and dispatches the acting
+  level; the returned function waits for that and gives the actions. Between the two the caller
+  is free to step other environments while the network runs on another core (`run_episodes`)."""
+  size = size or len(actors)
+  high = {}
+  for lane, (actor, observation) in enumerate(zip(actors, observations)):
+    request = actor._high_request(observation)  # pylint: disable=protected-access
+    if request is not None:
+      high[lane] = request
+  for lane, subgoal in _dispatch_outputs(actors, "high", high, size)().items():
+    actors[lane]._set_subgoal(subgoal)  # pylint: disable=protected-access
+  low = {}
+  for lane, actor in enumerate(actors):
+    request = actor._low_request()  # pylint: disable=protected-access
+    if request is not None:
+      low[lane] = request
+  predictions = _dispatch_outputs(actors, actors[0]._names[0], low, size)  # pylint: disable=protected-access
+
+  def actions() -> List[np.ndarray]:
+    ready = predictions()
+    return [actor._act(ready.get(lane)) for lane, actor in enumerate(actors)]  # pylint: disable=protected-access
+  return actions
 
 
 def select_actions(actors: Sequence[FinetuneActor], observations: Sequence,
@@ -178,21 +213,7 @@ def select_actions(actors: Sequence[FinetuneActor], observations: Sequence,
   order a lone actor does, so its episode is the one it would act alone up to the float rounding
   of a batched matrix product. The actors must act one model (the same networks). `size`: the
   batch shape to pad to (default: the number of actors)."""
-  size = size or len(actors)
-  high = {}
-  for lane, (actor, observation) in enumerate(zip(actors, observations)):
-    request = actor._high_request(observation)  # pylint: disable=protected-access
-    if request is not None:
-      high[lane] = request
-  for lane, subgoal in _batched_outputs(actors, "high", high, size).items():
-    actors[lane]._set_subgoal(subgoal)  # pylint: disable=protected-access
-  low = {}
-  for lane, actor in enumerate(actors):
-    request = actor._low_request()  # pylint: disable=protected-access
-    if request is not None:
-      low[lane] = request
-  predictions = _batched_outputs(actors, actors[0]._names[0], low, size)  # pylint: disable=protected-access
-  return [actor._act(predictions.get(lane)) for lane, actor in enumerate(actors)]  # pylint: disable=protected-access
+  return request_actions(actors, observations, size)()
 
 
 def extras_spec():
@@ -200,6 +221,21 @@ def extras_spec():
   from relay_data import kitchen  # pylint: disable=import-outside-toplevel
   return {"subgoal": specs.Array((kitchen.GOAL_DIM,), np.float32, "subgoal"),
           "valid": specs.Array((), np.float32, "valid")}
+
+
+# Lane groups whose network calls overlap the other groups' environment steps (`run_episodes`).
+# Why 2: the network then runs on the core the environments leave free; with 16 lanes one actor
+# process does 0.90-0.92x of raw env steps against 0.87-0.88x unpipelined (`python -m benchmarks
+# finetune`, session 39). With no core to spare (as many actor processes as cores) the overlap has
+# nothing to run on and halving the batch costs more calls: `pipeline_groups` then gives 1.
+PIPELINE_GROUPS = 2
+
+
+def pipeline_groups(processes: int = 1) -> int:
+  """The lane groups each of `processes` actor processes on this machine should pipeline
+  (`run_episodes`): `PIPELINE_GROUPS` when the machine has a core beyond those processes' own, else 1."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+  return PIPELINE_GROUPS if cores > processes else 1
 
 
 def run_episode(environment, actor: FinetuneActor, episode_index: int, seed: int, record: bool = False) -> Dict:
@@ -210,7 +246,7 @@ def run_episode(environment, actor: FinetuneActor, episode_index: int, seed: int
 
 
 def run_episodes(environments: Sequence, actors: Sequence[FinetuneActor], episode_indices: Iterable[int], seed: int,
-                 record: bool = False) -> Iterator[Tuple[int, Dict]]:
+                 record: bool = False, groups: Optional[int] = None) -> Iterator[Tuple[int, Dict]]:
   """Acts the episodes `episode_indices` in lanes (lane i: `environments[i]` and `actors[i]`,
   stepped in lockstep, their network calls batched by `select_actions`), yielding (episode
   index, `run_episode`'s result) as each ends; a lane whose episode ended starts the next index.
@@ -221,7 +257,13 @@ def run_episodes(environments: Sequence, actors: Sequence[FinetuneActor], episod
 
   Each lane fetches the newest parameters when its episode starts (`update`), and the episode
   acts with them to its end; lanes sharing a variable client may act with two versions at once,
-  and are then batched per version. `episode_indices` may be endless (an actor process)."""
+  and are then batched per version. `episode_indices` may be endless (an actor process).
+
+  `groups` (None: `PIPELINE_GROUPS`, at most one per lane) splits the lanes into that many groups
+  whose network calls overlap the other groups' environment steps: a group's actions are
+  dispatched (`request_actions`), the next group's environments step while the network runs on
+  JAX's threads, then the group waits for its actions. Each lane still acts on its own newest
+  observation, so an episode does not depend on the grouping either."""
   if len(environments) != len(actors) or not actors:
     raise ValueError(f"need one environment per actor, got {len(environments)} and {len(actors)}")
   pending = iter(episode_indices)
@@ -241,27 +283,42 @@ def run_episodes(environments: Sequence, actors: Sequence[FinetuneActor], episod
     lanes[lane] = {"index": index, "timestep": timestep, "steps": 0, "return": 0.0,
                    "observations": [timestep.observation["observation"]], "actions": []}
 
+  count = min(PIPELINE_GROUPS if groups is None else groups, len(actors))
+  if count < 1:
+    raise ValueError(f"groups must be >= 1, got {groups}")
+  members = [list(range(len(actors)))[g::count] for g in range(count)]
+  size = len(members[0])
+
+  def dispatch(group: List[int]):
+    """(the group's active lanes, a function waiting for their actions)."""
+    active = [lane for lane in group if lanes[lane] is not None]
+    if not active:
+      return active, list
+    return active, request_actions([actors[lane] for lane in active],
+                                   [lanes[lane]["timestep"].observation for lane in active], size=size)
+
   for lane in range(len(actors)):
     start(lane)
+  dispatched = [dispatch(group) for group in members]
   while any(lanes):
-    active = [lane for lane, state in enumerate(lanes) if state is not None]
-    actions = select_actions([actors[lane] for lane in active],
-                             [lanes[lane]["timestep"].observation for lane in active], size=len(actors))
-    for lane, action in zip(active, actions):
-      state = lanes[lane]
-      timestep = environments[lane].step(action)
-      actors[lane].observe(action, timestep)
-      state["timestep"], state["steps"], state["return"] = timestep, state["steps"] + 1, state["return"] + float(
-          timestep.reward)
-      if record:
-        state["observations"].append(timestep.observation["observation"])
-        state["actions"].append(action)
-      if timestep.last():
-        out = {"steps": state["steps"], "return": state["return"], "completed": list(environments[lane].completed)}
+    for g, group in enumerate(members):
+      active, wait = dispatched[g]
+      for lane, action in zip(active, wait()):
+        state = lanes[lane]
+        timestep = environments[lane].step(action)
+        actors[lane].observe(action, timestep)
+        state["timestep"], state["steps"], state["return"] = timestep, state["steps"] + 1, state["return"] + float(
+            timestep.reward)
         if record:
-          out["observations"], out["actions"] = np.stack(state["observations"]), np.stack(state["actions"])
-        start(lane)
-        yield state["index"], out
+          state["observations"].append(timestep.observation["observation"])
+          state["actions"].append(action)
+        if timestep.last():
+          out = {"steps": state["steps"], "return": state["return"], "completed": list(environments[lane].completed)}
+          if record:
+            out["observations"], out["actions"] = np.stack(state["observations"]), np.stack(state["actions"])
+          start(lane)
+          yield state["index"], out
+      dispatched[g] = dispatch(group)  # its network runs while the next group's environments step
 
 
 # --- variables and the run's spec through Reverb (for actors in other processes) ----------------

@@ -8,11 +8,15 @@ LEVELS = ("low", "both")
 
 
 # Environments per actor, stepped in lockstep with one policy call per level for all (`acting.run_episodes`).
-# Why 8: the shipped 1024x3 policy costs about as much per call for 8 states as for 1, so 8 lanes
-# pay ~1/8 of it per env step. `python -m benchmarks finetune`, alternated 1 and 8 lanes, three
-# rounds on an idle box (session 38): 1 process 0.85-0.88x of raw env steps against 0.70-0.73x,
-# 2 processes 1.58-1.65x against 1.12-1.37x. More lanes than an iteration's episodes are not made.
-DEFAULT_LANES = 8
+# Why 16: a call reads the 1024x3 policy's ~12 MB of weights anew after the environments' steps
+# have evicted them from the caches, whatever the batch, so more lanes pay that over more env
+# steps; at 24 and 32 the lanes' own MuJoCo states evict more than the batch saves (the lanes share
+# one kitchen model, `env.lanes`). Idle box, session 39 (`python -m benchmarks finetune` against
+# session 38's code, alternated, and the same functions in a loop): 1 process 0.89-0.93x of raw
+# env steps (16 lanes in 2 pipelined groups, `acting.PIPELINE_GROUPS`) against 0.82-0.83x (8 lanes);
+# 2 processes 1.63-1.79x (one group each) against 1.52-1.53x. 8 until session 38, 1 before. A run
+# never makes more lanes than an iteration's episodes (8 by default): 16 apply from 16 per iteration.
+DEFAULT_LANES = 16
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,15 +53,19 @@ class GoalKitchenEnv(dm_env.Environment):
   """FrankaKitchen-v1 toward one compound goal (elements in any order)."""
 
   def __init__(self, elements: Sequence[str], goal_state: Optional[np.ndarray] = None,
-               max_episode_steps: int = 280, seed: int = 0, settings=None, **env_kwargs):
+               max_episode_steps: int = 280, seed: int = 0, settings=None,
+               share_model_of: Optional["GoalKitchenEnv"] = None, **env_kwargs):
     """`settings`: the environment settings the model's data was recorded with (a
-    `relay_data.kitchen.EnvSettings`, passed to `kitchen.make_env`; None: its default)."""
+    `relay_data.kitchen.EnvSettings`, passed to `kitchen.make_env`; None: its default).
+    `share_model_of`: step that environment's MuJoCo model (`kitchen.share_model`; see `lanes`)."""
     self.elements = list(elements)
     if settings is not None:
       env_kwargs["settings"] = settings
     # The TimeLimit wrapper is given room to spare: truncation is ours (so it is a dm_env truncation).
     self._env = kitchen.make_env(tasks_to_complete=self.elements, max_episode_steps=max_episode_steps + 1,
                                  **env_kwargs)
+    if share_model_of is not None:
+      kitchen.share_model(self._env, share_model_of._env)  # pylint: disable=protected-access
     self.goal_state = (default_goal_state(self.elements, self._env) if goal_state is None
                        else np.asarray(goal_state, np.float32))
     if self.goal_state.shape != (kitchen.GOAL_DIM,):
@@ -110,3 +114,15 @@ class GoalKitchenEnv(dm_env.Environment):
 
   def close(self):
     self._env.close()
+
+
+def lanes(count: int, elements: Sequence[str], goal_state: Optional[np.ndarray] = None, max_episode_steps: int = 280,
+          seed: int = 0, settings=None, first: Optional[GoalKitchenEnv] = None) -> list:
+  """`count` environments toward one goal for `acting.run_episodes`'s lockstep lanes, all stepping
+  one MuJoCo model (the first's; `first`, if given, is that first lane): each lane keeps its own
+  state, and its episodes are those of a kitchen of its own."""
+  if count < 1:
+    raise ValueError(f"need at least one lane, got {count}")
+  first = first or GoalKitchenEnv(elements, goal_state, max_episode_steps, seed, settings=settings)
+  return [first] + [GoalKitchenEnv(elements, goal_state, max_episode_steps, seed, settings=settings, share_model_of=first)
+                    for _ in range(count - 1)]

@@ -158,12 +158,18 @@ def actor_spec(run: RunConfig, config: FinetuneConfig, goal_state: np.ndarray, m
           "residual": None if config.residual is None else list(config.residual), "residual_std": config.residual_std}
 
 
+def actor_command(address: str, actor_id: int, processes: int, envs: int = DEFAULT_LANES) -> List[str]:
+  """The `relay actor` command line of actor `actor_id` of `processes` on this machine: its lane
+  groups pipelined when the machine has a core to spare (`acting.pipeline_groups`)."""
+  return [sys.executable, "-m", "relay", "actor", "--reverb-address", address, "--actor-id", str(actor_id),
+          "--envs", str(envs), "--groups", str(acting.pipeline_groups(processes))]
+
+
 def start_actor_processes(address: str, count: int, log_dir: str, envs: int = DEFAULT_LANES) -> List[subprocess.Popen]:
   procs = []
   for i in range(count):
     log = open(os.path.join(log_dir, f"actor{i}.log"), "w")  # pylint: disable=consider-using-with
-    procs.append(subprocess.Popen([sys.executable, "-m", "relay", "actor", "--reverb-address", address,
-                                   "--actor-id", str(i), "--envs", str(envs)], stdout=log, stderr=subprocess.STDOUT))
+    procs.append(subprocess.Popen(actor_command(address, i, count, envs), stdout=log, stderr=subprocess.STDOUT))
   return procs
 
 
@@ -242,8 +248,8 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
       procs = start_actor_processes(address, run.actors, run.out_dir, run.envs_per_actor)
     else:  # every actor's environments are lanes of one lockstep loop, each lane its own writer
       lanes = min(run.actors * run.envs_per_actor, config.episodes_per_iteration)
-      envs += [env_lib.GoalKitchenEnv(elements, goal_state, config.max_episode_steps, run.seed,
-                                      settings=model.env_settings) for _ in range(lanes - 1)]
+      envs = env_lib.lanes(lanes, elements, goal_state, config.max_episode_steps, run.seed,
+                           settings=model.env_settings, first=envs[0])
       actors = builder.make_actors([run.seed + i for i in range(lanes)], learner,
                                    [builder.make_adder(client) for _ in range(lanes)])
 
@@ -252,7 +258,8 @@ def finetune(run: RunConfig, config: FinetuneConfig) -> Dict:
     while learner.env_steps < run.env_steps:
       if actors:  # in-process acting: the iteration's episodes through the lanes
         first = learner.episodes
-        for _ in acting.run_episodes(envs, actors, range(first, first + config.episodes_per_iteration), run.seed):
+        for _ in acting.run_episodes(envs, actors, range(first, first + config.episodes_per_iteration), run.seed,
+                                     groups=acting.pipeline_groups(1)):
           pass
       else:  # the processes act by themselves; wait for a batch (noticing if they die)
         _wait_for_episodes(client, config.trajectory_table, config.episodes_per_iteration, procs, run.out_dir)
@@ -296,16 +303,20 @@ def actor_episode_index(actor_id: int, done: int) -> int:
 
 
 def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
-              model_dir: Optional[str] = None, envs: int = DEFAULT_LANES) -> int:
+              model_dir: Optional[str] = None, envs: int = DEFAULT_LANES, groups: Optional[int] = None) -> int:
   """An actor process: reads the run's spec from the server at `address`, then acts episode after
   episode with the newest published parameters, writing each into the trajectory table, until
   `episodes` are done or the server goes away. Returns the number of episodes written.
 
   `envs` > 1 steps that many environments in lockstep, one policy call per level for all of them
   (`acting.run_episodes`): the process acts the same episode indices a one-environment actor
-  would, several at a time (no more lanes than the run's episodes per iteration, or `episodes`)."""
+  would, several at a time (no more lanes than the run's episodes per iteration, or `episodes`).
+  `groups`: lane groups whose network calls overlap the others' environment steps (None:
+  `acting.PIPELINE_GROUPS`, which assumes a core to spare; 1 when none is)."""
   if envs <= 0:
     raise ValueError(f"envs must be positive, got {envs}")
+  if groups is not None and groups <= 0:
+    raise ValueError(f"groups must be positive, got {groups}")
   from relay_agents import acme_compat  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from acme.jax import variable_utils  # pylint: disable=import-outside-toplevel
   client = replay_io.connect(address)
@@ -329,14 +340,13 @@ def run_actor(address: str, actor_id: int = 0, episodes: Optional[int] = None,
   variables = variable_utils.VariableClient(source, names)  # one fetch serves every lane
   envs = min(envs, config.episodes_per_iteration, episodes or envs)
   actors = [acting.FinetuneActor(model, variables, builder.make_adder(client), seed=actor_id) for _ in range(envs)]
-  environments = [env_lib.GoalKitchenEnv(spec["elements"], np.asarray(spec["goal_state"], np.float32),
-                                         config.max_episode_steps, seed=spec["seed"], settings=model.env_settings)
-                  for _ in range(envs)]
+  environments = env_lib.lanes(envs, spec["elements"], np.asarray(spec["goal_state"], np.float32),
+                               config.max_episode_steps, seed=spec["seed"], settings=model.env_settings)
   indices = (actor_episode_index(actor_id, d) for d in (range(episodes) if episodes is not None else
                                                           itertools.count()))
   done = 0
   try:
-    for _ in acting.run_episodes(environments, actors, indices, spec["seed"]):
+    for _ in acting.run_episodes(environments, actors, indices, spec["seed"], groups=groups):
       done += 1
   except (reverb.errors.DeadlineExceededError, reverb.errors.ReverbError, RuntimeError) as e:
     print(f"actor {actor_id}: server gone ({type(e).__name__}); stopping after {done} episodes")

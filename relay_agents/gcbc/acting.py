@@ -88,6 +88,13 @@ class GoalPolicyFn:
     call for all, so up to float rounding: a batched matrix product may round differently).
     `goals` None: goal-free rows. `size`: pad the batch to this many rows (repeating the last), so
     a caller whose batch shrinks compiles one shape; the padding's outputs are dropped."""
+    return self.batch_async(params, observations, goals, keys, deterministic, size)()
+
+  def batch_async(self, params, observations, goals, keys, deterministic: Optional[bool] = None,
+                  size: Optional[int] = None) -> Callable[[], np.ndarray]:
+    """`batch` dispatched: returns at once, while the network runs on JAX's own threads; the
+    returned function waits for the outputs. Why: a caller with other work (stepping other
+    environments, `relay_agents.finetune.acting.run_episodes`) does it meanwhile on another core."""
     observations = np.asarray(observations, np.float32)
     n = len(observations)
     goals = np.zeros((n, 0), np.float32) if goals is None else np.asarray(goals, np.float32)
@@ -96,7 +103,8 @@ class GoalPolicyFn:
       pad = lambda x: np.concatenate([x, np.repeat(x[-1:], size - n, 0)])
       observations, goals, keys = pad(observations), pad(goals), pad(keys)
     mode = self.deterministic if deterministic is None else deterministic
-    return np.asarray(self._act_batch(params, observations, goals, keys, mode))[:n]
+    out = self._act_batch(params, observations, goals, keys, mode)
+    return lambda: np.asarray(out)[:n]
 
 
 class GoalPolicy:
