@@ -38,6 +38,7 @@ SUBCOMMANDS = {
     "eval": ("relay.cmd_eval", "evaluate trained agents on multi-stage kitchen goals"),
     "finetune": ("relay.cmd_finetune", "finetune a trained model toward one compound goal by RL (NPG/DAPG/IRIL-RPL)"),
     "actor": ("relay.cmd_actor", "a finetuning actor process writing episodes to a run's Reverb server"),
+    "ensemble": ("relay.cmd_ensemble", "make one model whose level acts with the mean of several trained models' policies"),
     "distill": ("relay.cmd_distill", "distill per-goal finetuned policies into one relay policy"),
     "diagnose": ("relay.cmd_diagnose", "where an agent fails: oracle-subgoal ceiling, missed goal elements, finetuning's gradient signal"),
     "data": ("relay.cmd_data", "inspect a dataset: `relay data info DIR`"),

@@ -140,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
   play = rlds_io.resolve_dataset_dir(args.play)
   rlds_io.require_episodes(play, "--play")
   models.check_goal_source(record, args.model, play)
-  policy = models.load_goal_policy(os.path.join(args.model, "low"), deterministic=not args.sample,
-                                   execute_steps=args.execute_steps, ensemble=args.temporal_ensemble)
+  policy = models.load_level_policy(args.model, "low", deterministic=not args.sample,
+                                    execute_steps=args.execute_steps, ensemble=args.temporal_ensemble)
   settings, obs_fn = models.env_settings(record), models.observation_fn(record)
   rows = []
   episodes = rlds_io.iter_episodes(play, args.start, args.start + args.episodes)

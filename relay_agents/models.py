@@ -9,6 +9,8 @@ A model directory (written by `relay_agents.train`):
   <level>/policy.pkl        (`save_policy`) parameters, normalization, policy config, example dims,
                             steps and the key of the data + config it was trained from
   <level>/checkpoint.pkl    learner state, to resume (see `relay_agents.train`)
+  <level>.<i>/policy.pkl    a policy ensemble's (`relay_agents.ensemble`) further members of a level,
+                            listed in the record's `members`; the level acts with their mean
 
 Evaluation and finetuning read the record and refuse, with one line, an environment or dataset
 whose goal space, environment or environment settings differ (`check_fits`). The
@@ -49,6 +51,7 @@ class ModelRecord:
   code_version: str
   format: int = FORMAT
   finetuned: Optional[Dict] = None     # RL finetuning: {from: {path, fingerprint}, goal, variant, env_steps, ...}
+  members: Optional[Dict[str, List[str]]] = None  # level -> its member dirs (a policy ensemble, `relay ensemble`)
 
   @property
   def data_spec(self) -> goal_space.DataSpec:
@@ -200,6 +203,38 @@ def policy_fn(level_dir: str, deterministic: bool = True, exploration=PLAIN):
   return _policy_fn(path, version, deterministic, tuple(map(float, exploration)))
 
 
+def level_dirs(model_dir: str, record: ModelRecord, level: str) -> List[str]:
+  """The policy dirs a model's `level` acts with: its own, or its ensemble members' (in order)."""
+  names = (record.members or {}).get(level) or [level]
+  for name in names:
+    if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (".", ".."):
+      raise _record_error(model_dir, f"malformed record: member {name!r} of level {level!r} is not a directory name")
+  return [os.path.join(model_dir, name) for name in names]
+
+
+def level_policy_fn(model_dir: str, record: ModelRecord, level: str, deterministic: bool = True,
+                    exploration=PLAIN):
+  """(policy fn, params) of one level: `policy_fn` of its dir, or for an ensemble level a
+  `PolicyEnsembleFn` of its members' with their parameter sets as a tuple."""
+  dirs = level_dirs(model_dir, record, level)
+  if len(dirs) == 1:
+    return policy_fn(dirs[0], deterministic, exploration)
+  from relay_agents.gcbc import acting  # pylint: disable=import-outside-toplevel
+  pairs = [policy_fn(d, deterministic, exploration) for d in dirs]
+  try:
+    return acting.PolicyEnsembleFn([fn for fn, _ in pairs]), tuple(params for _, params in pairs)
+  except ValueError as e:
+    raise _record_error(model_dir, f"level {level!r}: {e}") from e
+
+
+def load_level_policy(model_dir: str, level: str, deterministic: bool = True, execute_steps: Optional[int] = None,
+                      ensemble: Optional[float] = None):
+  """`load_goal_policy` for a model's `level`, an ensemble level included (its members' mean)."""
+  from relay_agents.gcbc import acting  # pylint: disable=import-outside-toplevel
+  fn, params = level_policy_fn(model_dir, read_record(model_dir), level, deterministic)
+  return acting.GoalPolicy(_executing(fn, execute_steps, os.path.join(model_dir, level), ensemble), params)
+
+
 def load_goal_policy(level_dir: str, deterministic: bool = True, execute_steps: Optional[int] = None,
                      ensemble: Optional[float] = None):
   """One level's trained policy, bound to its parameters (`acting.GoalPolicy`); `execute_steps`:
@@ -289,7 +324,7 @@ def make_actor(model_dir: str, seed: int = 0, deterministic: bool = True, replan
   builders, policies, sources = {}, {}, {}
   for level in record.levels:
     level_deterministic = deterministic or (sampled_levels is not None and level not in sampled_levels)
-    fn, params = policy_fn(os.path.join(model_dir, level), level_deterministic, exploration)
+    fn, params = level_policy_fn(model_dir, record, level, level_deterministic, exploration)
     fn = _executing(fn, execute_steps, os.path.join(model_dir, level), ensemble)
     builders[level] = gcbc_builder.GoalBCBuilder(fn.config, observation_fn=obs_fn)
     policies[level], sources[level] = fn, SavedVariables(params)

@@ -55,8 +55,10 @@ def write_unvalidated(tmp_path, episodes, name="raw", corrupt=None, drop_step_fi
 WINDOW = 5  # W_l of the tiny relay-IL model (episodes of the tiny play set are ~300 steps)
 
 
-def train_tiny_ril(play_dir, root):
-  """A relay-IL model trained in seconds on `play_dir` (relabeled with W_l = WINDOW) under `root`."""
+def train_tiny_ril(play_dir, root, seed=0, relabeled_from=None):
+  """A relay-IL model trained in seconds on `play_dir` (relabeled with W_l = WINDOW) under `root`,
+  from `seed`. `relabeled_from`: the root of an earlier call on the same play data, whose relabeled
+  datasets are reused (another seed of the same data)."""
   from pipelines import relabel as relabel_pipeline  # pylint: disable=import-outside-toplevel
   from relay_agents import train  # pylint: disable=import-outside-toplevel
   from relay_agents.gcbc.config import GoalBCConfig  # pylint: disable=import-outside-toplevel
@@ -64,9 +66,10 @@ def train_tiny_ril(play_dir, root):
   data = {}
   for level, cfg in (("low", relabeled.RelabelConfig("low", window=WINDOW, goals_per_step=2)),
                      ("high", relabeled.RelabelConfig("high", window=WINDOW, window_high=40, goals_per_step=2))):
-    data[level] = str(root / level)
-    relabel_pipeline.run_relabel(play_dir, data[level], cfg)
+    data[level] = str((relabeled_from or root) / level)
+    if relabeled_from is None:
+      relabel_pipeline.run_relabel(play_dir, data[level], cfg)
   out = str(root / "ril")
-  train.train_agent("ril", data, out, train.TrainConfig(steps=30, progress=False),
+  train.train_agent("ril", data, out, train.TrainConfig(steps=30, seed=seed, progress=False),
                     GoalBCConfig(action_chunk=1, batch_size=32, hidden_sizes=(32,)))
   return out

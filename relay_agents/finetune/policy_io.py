@@ -171,6 +171,11 @@ def load_model(model_dir: str, explore_std: float = 1.0, explore_temperature: fl
                     path=os.path.join(model_dir, models.RECORD))
   if record.agent == "ril" and not record.window:
     raise DataError("ril model without a window (W_l)", path=os.path.join(model_dir, models.RECORD))
+  if record.members:
+    level = sorted(record.members)[0]
+    raise ValueError(f"{model_dir} is a policy ensemble (its {level} level acts with the mean of "
+                     f"{len(record.members[level])} members, `relay ensemble`); a policy gradient needs one "
+                     "network: finetune one member's model instead")
   levels = {n: _load_level(model_dir, record, n, explore_std, explore_temperature, execute_steps,
                            residual if n == names[0] else None) for n in names}
   if "policy" in levels and not levels["policy"].config.use_goal:

@@ -11,7 +11,7 @@ deterministic (mean / likeliest mode) or sampled mode.
 """
 import copy
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -105,6 +105,55 @@ class GoalPolicyFn:
     mode = self.deterministic if deterministic is None else deterministic
     out = self._act_batch(params, observations, goals, keys, mode)
     return lambda: np.asarray(out)[:n]
+
+
+class PolicyEnsembleFn:
+  """Independently trained policies of one level acting as one (`relay ensemble`): the output is
+  the mean of the members' outputs, each computed as its own `GoalPolicyFn` would (params: one
+  parameter set per member, in order). Not ACT's temporal ensembling (`GoalPolicyFn.ensemble`,
+  over one policy's chunks of the last steps), which each member may still apply.
+
+  Why: behaviour-cloned low levels of the same data and options, trained from different seeds,
+  differ in how well they follow an imperfect subgoal far more than in how well they fit: the
+  1,600-episode RIL low levels of seeds 0 and 2 have the same losses, yet with the same high level
+  one does 2.46 elements and the other 1.21 (docs/results.md, session 40); the mean of several
+  averages out the failures that are one member's own. Members must predict the same target and
+  chunk (`check_members`)."""
+
+  def __init__(self, members: Sequence[GoalPolicyFn]):
+    if not members:
+      raise ValueError("a policy ensemble needs at least one member")
+    check_members([m.config for m in members])
+    self.members = list(members)
+    self.deterministic = members[0].deterministic
+    self.ensemble = members[0].ensemble  # the members' temporal ensembling (GoalPolicy reads it)
+
+  @property
+  def config(self) -> GoalBCConfig:
+    return self.members[0].config
+
+  def with_execute_steps(self, execute_steps: Optional[int],
+                         ensemble: Optional[float] = None) -> "PolicyEnsembleFn":
+    """Every member serving `execute_steps` actions per chunk (`GoalPolicyFn.with_execute_steps`)."""
+    return PolicyEnsembleFn([m.with_execute_steps(execute_steps, ensemble) for m in self.members])
+
+  def __call__(self, params, observation, goal, key, deterministic: Optional[bool] = None) -> np.ndarray:
+    if len(params) != len(self.members):
+      raise ValueError(f"a policy ensemble of {len(self.members)} members got {len(params)} parameter sets")
+    return np.mean([m(p, observation, goal, key, deterministic) for m, p in zip(self.members, params)], axis=0)
+
+
+def check_members(configs: Sequence[GoalBCConfig]) -> None:
+  """Refuses (ValueError) policies that cannot act as one ensemble: they must predict the same
+  field (action or subgoal), take the goal alike and serve the same chunk the same way. Widths,
+  heads and the other options may differ."""
+  keys = ("target_field", "use_goal", "action_chunk", "execute_steps")
+  first = {k: getattr(configs[0], k) for k in keys}
+  for i, config in enumerate(configs[1:], 1):
+    other = {k: getattr(config, k) for k in keys}
+    if other != first:
+      diff = ", ".join(f"{k} {first[k]!r} vs {other[k]!r}" for k in keys if first[k] != other[k])
+      raise ValueError(f"member {i} cannot act with member 0 ({diff})")
 
 
 class GoalPolicy:
