@@ -116,9 +116,10 @@ class PolicyEnsembleFn:
   Why: behaviour-cloned low levels of the same data and options, trained from different seeds,
   differ in how well they follow an imperfect subgoal far more than in how well they fit: the
   1,600-episode RIL low levels of seeds 0 and 2 have the same losses, yet with the same high level
-  one does 2.46 elements and the other 1.21 (docs/results.md, session 40); the mean of several
-  averages out the failures that are one member's own. Members must predict the same target and
-  chunk (`check_members`)."""
+  one does 2.46 elements and the other 1.21 (docs/results.md, session 40). Measured there: the
+  mean of those three did 2.57 against 2.02; at the 400-episode table's setting, 2 or 3 members
+  did no better (2.05, 1.92 against 2.10). Members must predict the same target and chunk
+  (`check_members`)."""
 
   def __init__(self, members: Sequence[GoalPolicyFn]):
     if not members:
