@@ -77,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "env's completion test), beside the state's own; the goal's raw 30 dims are left out "
                            "(beyond the paper). auto (default): on for the ril high level (off with --goal-delta), off for gcbc (on: "
                            "also gcbc, an ablation; the ril low level never takes it). off: the paper's state goal")
+  parser.add_argument("--velocities", choices=("on", "off"), default="on",
+                      help="kitchen data: off leaves the observation's joint and object velocities out of every "
+                           "level's input (the positions stay), as the paper's 30-d observation has none; on "
+                           "(default) keeps the environment's 59-d observation. Measured: no gain (docs/results.md, "
+                           "session 41)")
   parser.add_argument("--paper", action="store_true",
                       help="the paper's plain policy: MLP 256x256, one action per step, no end-effector input "
                            "(sets --hidden 256,256 --action-chunk 1 --end-effector off unless given)")
@@ -135,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
                           action_chunk=args.action_chunk,
                           execute_steps=args.execute_steps, gripper_head=args.gripper_head,
                           goal_delta=args.goal_delta, subgoal_residual=args.subgoal_residual,
-                          goal_noise=args.goal_noise, goal_elements={"auto": None, "on": True, "off": False}[args.goal_elements])
+                          goal_noise=args.goal_noise, goal_elements={"auto": None, "on": True, "off": False}[args.goal_elements],
+                          velocities=args.velocities == "on")
     train_config = train.TrainConfig(steps=args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
                                      lr_decay=args.lr_decay,
                                      reverb_address=args.reverb_address, progress=not args.no_progress)

@@ -104,7 +104,8 @@ def train_key(data_dir: str, config: GoalBCConfig, train: TrainConfig) -> str:
 # Policy options added after models were first trained: left out of the key at their defaults, so
 # a model trained before they existed still resumes (its weights depend on none of them).
 _LATER_OPTIONS = {"end_effector": False, "action_chunk": 1, "gripper_head": False, "goal_delta": False,
-                  "subgoal_residual": False, "goal_noise": 0.0, "goal_elements": False, "lr_decay_steps": None}
+                  "subgoal_residual": False, "goal_noise": 0.0, "goal_elements": False, "lr_decay_steps": None,
+                  "velocities": True}
 
 
 def _config_identity(config: GoalBCConfig) -> Dict:
@@ -288,12 +289,13 @@ def resolve_goal_elements(agent: str, level: str, sources: Dict[str, Dict], conf
 
 def check_kitchen_options(sources: Dict[str, Dict], config: GoalBCConfig) -> None:
   """The gripper head reads the fingers at the kitchen's observation columns 7-8; the goal delta
-  and the subgoal residual use the observation's kitchen goal-space dims; goal noise perturbs the
-  goal's kitchen arm joints."""
+  and the subgoal residual use the observation's kitchen goal-space dims (so does leaving the
+  velocities out: it keeps those dims alone); goal noise perturbs the goal's kitchen arm joints."""
   options = [flag for flag, on in (("--gripper-head", config.gripper_head), ("--goal-delta", config.goal_delta),
                                    ("--subgoal-residual", config.subgoal_residual),
                                    ("--goal-noise", config.goal_noise > 0),
-                                   ("--goal-elements", config.goal_elements)) if on]
+                                   ("--goal-elements", config.goal_elements),
+                                   ("--velocities off", not config.velocities)) if on]
   for level, source in sorted(sources.items()):
     if options and not _is_kitchen(source):
       spec = goal_space.DataSpec.from_dict(source["spec"])

@@ -589,6 +589,62 @@ def test_goal_delta_features_are_the_displacement_to_the_goal():
     GoalBCConfig(use_goal=False, goal_delta=True)
 
 
+def test_velocities_off_leaves_the_observed_velocities_out():
+  """`velocities=False`: the features keep the observation's positions (its goal-space dims) and
+  the goal, so a policy's output does not move when only the velocities do, numpy and jitted
+  alike; the 30-d layout (no velocities) is unchanged; other widths refuse it."""
+  rng = np.random.default_rng(3)
+  obs, goal = rng.normal(size=(5, kitchen.OBS_DIM)).astype(np.float32), rng.normal(size=(5, 30)).astype(np.float32)
+  from relay_agents.gcbc import networks as gcbc_networks  # pylint: disable=import-outside-toplevel
+  config = GoalBCConfig(hidden_sizes=(8,), end_effector=True, velocities=False)
+  features = gcbc_networks.input_features(config, kitchen.OBS_DIM)
+  x = features(np.concatenate([obs, goal], -1))
+  assert x.shape == (5, 30 + 30 + 6)
+  np.testing.assert_array_equal(x[:, :30], kitchen.goal_state_from_observation(obs))
+  np.testing.assert_array_equal(x[:, 30:60], goal)
+  np.testing.assert_allclose(x[:, 60:63], kinematics.kitchen_end_effector(obs[:, :9]), atol=1e-6)
+  moving = obs.copy()
+  moving[:, 9:18] += 1.0    # robot joint velocities
+  moving[:, 39:59] -= 2.0   # object velocities
+  np.testing.assert_array_equal(features(np.concatenate([moving, goal], -1)), x)
+  jitted = jax.jit(features)(jnp.concatenate([obs, goal], -1))
+  np.testing.assert_allclose(np.asarray(jitted), x, atol=1e-5)
+  norm = gcbc_networks.stats_from_examples(
+      [{"observation": obs, "goal": goal, "action_chunk": rng.normal(size=(5, 90)).astype(np.float32)}], config)
+  nets = gcbc_networks.make_networks(kitchen.OBS_DIM + 30, 90, config, norm, observation_dim=kitchen.OBS_DIM)
+  params = nets.policy.init(jax.random.PRNGKey(0))
+  act = lambda o: np.asarray(nets.mean(nets.policy.apply(params, jnp.asarray(np.concatenate([o, goal], -1)))))
+  np.testing.assert_array_equal(act(moving), act(obs))
+  assert not np.allclose(act(obs[::-1]), act(obs))  # the positions still matter
+  d4rl = gcbc_networks.input_features(GoalBCConfig(end_effector=False, velocities=False), 30)
+  np.testing.assert_array_equal(d4rl(np.concatenate([goal[::-1], goal], -1)), np.concatenate([goal[::-1], goal], -1))
+  with pytest.raises(ValueError, match="no kitchen layout"):
+    gcbc_networks.input_features(config, 12)
+  assert "velocities" not in train._config_identity(GoalBCConfig())  # older models keep their train keys
+  assert train._config_identity(config)["velocities"] is False
+
+
+def test_velocities_off_trains_acts_and_is_checked(datasets, kitchen_play_tiny, tmp_path, cli):
+  """`--velocities off` through the real pipeline: both RIL levels record it, their networks see
+  30 positions instead of the 59-d observation, the actor acts in the kitchen; non-kitchen data
+  refuses it with one line."""
+  out = str(tmp_path / "novel")
+  cli("train-il", "--agent", "ril", "--low", datasets["low_c3"], "--high", datasets["high"], "--out", out,
+      "--action-chunk", "3", "--hidden", "16", "--steps", "4", "--batch-size", "16", "--velocities", "off", check=True)
+  configs = models.read_record(out).policy_configs
+  assert configs["low"]["velocities"] is False and configs["high"]["velocities"] is False
+  networks, _, _, _ = models.load_networks(os.path.join(out, "low"))
+  assert networks.normalization.input_mean.shape == (30 + 30 + 6,)
+  goal = evaluation.goal_sets(kitchen_play_tiny, num_frequent=1, include_heldout=False)[0]
+  assert evaluation.rollout(models.make_actor(out), goal, max_steps=6, seed=0).steps == 6
+  bad = cli("train-il", "--agent", "ril", "--low", datasets["low_c3"], "--high", datasets["high"], "--out",
+            str(tmp_path / "b"), "--velocities", "sometimes")
+  assert bad.returncode == 2 and "--velocities" in bad.stderr
+  custom = {"low": {"spec": goal_space.custom_spec(4, 2).to_dict(), "path": "x"}}
+  with pytest.raises(DataError, match="--velocities off needs kitchen data"):
+    train.check_kitchen_options(custom, GoalBCConfig(velocities=False))
+
+
 def test_goal_delta_trains_acts_and_is_checked(datasets, kitchen_play_tiny, tmp_path, cli):
   """`--goal-delta` through the real pipeline: both RIL levels get it and the actor acts in the
   kitchen; non-kitchen data refuses it with one line."""

@@ -89,6 +89,13 @@ class GoalBCConfig:
     how well one seed chains a compound goal moves with them: continuing the seed-1 RIL low level
     on its own demos at a tenth of the rate for 6,800 steps took it from 13 % to 46 % on the
     headline goal (docs/results.md, session 30). Beyond the paper.
+  velocities: False leaves the observation's velocity dims out of the network's input (kitchen
+    data: the observation's goal-space dims, robot and object positions, are kept; the goal is
+    unchanged). Why: consecutive demo actions are smooth, so the observed joint velocities
+    (which the previous action set) predict the next action almost alone: the RIL low level's
+    arm-action R^2 on demo states falls from 0.91 to 0.57 with them zeroed. A policy that leans
+    on them can copy its own motion, and stall when it has stopped ("copycat" agents, Wen et al.
+    2020). The paper's 30-d observation has none.
 
   Defaults are what measured best (docs/results.md, "Policy options in the agent" and session
   32's "A wider network"): a 1024x3 MLP (RIL at the paper's cadence, executing 1: 2.29 elements
@@ -119,10 +126,12 @@ class GoalBCConfig:
   goal_noise: float = 0.0
   goal_elements: Optional[bool] = None
   lr_decay_steps: Optional[int] = None
+  velocities: bool = True
 
   # What a config pickled before an option existed behaved as (see __setstate__).
   _LEGACY = {"end_effector": False, "action_chunk": 1, "execute_steps": 1, "gripper_head": False,
-             "goal_delta": False, "subgoal_residual": False, "goal_noise": 0.0, "goal_elements": False, "lr_decay_steps": None}
+             "goal_delta": False, "subgoal_residual": False, "goal_noise": 0.0, "goal_elements": False, "lr_decay_steps": None,
+             "velocities": True}
 
   def __setstate__(self, state):
     """Unpickling a policy saved before an option existed gives it the value it was trained with."""

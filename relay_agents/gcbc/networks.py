@@ -83,25 +83,29 @@ def input_features(config: GoalBCConfig, observation_dim: Optional[int]) -> Call
   with the end effector, ee(g) - ee(s). With `config.goal_elements`, the goal's raw dims are
   replaced by the completion masks (0/1 per kitchen element) of g and of s, and only the
   observation's end effector is appended."""
-  if not config.end_effector and not config.goal_delta and not config.goal_elements:
+  if not config.end_effector and not config.goal_delta and not config.goal_elements and config.velocities:
     return lambda inputs: inputs
   if observation_dim is None:
-    raise ValueError("end_effector, goal_delta and goal_elements features need the observation width "
-                     "(observation_dim)")
+    raise ValueError("end_effector, goal_delta, goal_elements and velocities-off features need the observation "
+                     "width (observation_dim)")
   starts = [0] + ([observation_dim] if config.use_goal and not config.goal_elements else [])
   goal_dims = (list(goal_space.kitchen_goal_indices(observation_dim))
-               if config.goal_delta or config.goal_elements else None)
+               if config.goal_delta or config.goal_elements or not config.velocities else None)
+
+  def observed(inputs):
+    """The observation's part of the input: all of it, or its positions alone (velocities off)."""
+    return inputs[..., :observation_dim] if config.velocities else inputs[..., goal_dims]
 
   def features(inputs):
     xp = np if isinstance(inputs, np.ndarray) else jnp
     if config.goal_elements:
       masks = [kitchen.completion_mask(x, xp=xp).astype(inputs.dtype)
                for x in (inputs[..., observation_dim:], inputs[..., goal_dims])]
-      parts = [inputs[..., :observation_dim]] + masks
+      parts = [observed(inputs)] + masks
       if config.end_effector:
         parts.append(kinematics.kitchen_end_effector(inputs[..., :kinematics.ROBOT_JOINTS], xp))
       return xp.concatenate(parts, axis=-1)
-    parts = [inputs]
+    parts = [inputs if config.velocities else xp.concatenate([observed(inputs), inputs[..., observation_dim:]], axis=-1)]
     if config.end_effector:
       ee = [kinematics.kitchen_end_effector(inputs[..., s:s + kinematics.ROBOT_JOINTS], xp) for s in starts]
       parts += ee
