@@ -12,8 +12,10 @@
    process (`relay actor --envs 1`, as before session 38) and with the default 16 lockstep
    environments whose policy calls are batched (`--envs 16`; 8 in session 38), started as `relay
    finetune` starts them: their lanes in 2 pipelined groups when the box has a core beyond the
-   actor processes (`acting.pipeline_groups`; since session 39). Targets: >= 0.9x with 1 process,
-   >= 1.8x with 2 (on a box with at least 2 free cores).
+   actor processes (`acting.pipeline_groups`; since session 39). Since session 42 the lanes'
+   batched calls compute only the executed action of each chunk, from head weights cut once per
+   parameter set (`GoalPolicyFn.batch_async(executed_only=True)`). Targets: >= 0.9x with 1
+   process, >= 1.8x with 2 (on a box with at least 2 free cores).
 2. NPG update time per 10k on-policy decisions (the shipped low level: mixture head, 1024x3,
    chunks of 10 executing 1 since session 33, so one decision is one env step; 512x3 executing
    5 before): the jitted update (gradient, 10 CG

@@ -312,6 +312,83 @@ def test_execute_steps_chosen_at_deployment_changes_how_often_the_low_level_pred
   assert r.returncode != 0 and "execute" in r.stderr and "policy.pkl" in r.stderr, r.stderr
 
 
+def _head_flops(apply, params, inputs) -> float:
+  cost = jax.jit(apply).lower(params, inputs).compile().cost_analysis()
+  return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
+@pytest.mark.parametrize("head,gripper", [("mixture", False), ("gaussian", False), ("mixture", True)])
+def test_first_actions_compute_the_chunks_first_actions_alone(head, gripper):
+  """`GoalBCNetworks.first_actions(m)`: the network's output for the first m actions of each chunk
+  only, from the full parameters; its mode and its samples (same key) are the full chunk's first
+  m actions, also when narrowed for exploration; it costs fewer operations; 1-action policies
+  have none, and m outside 1..k is refused."""
+  from relay_agents.gcbc import networks as gcbc_networks
+  chunk, dim, act = 4, kitchen.OBS_DIM + kitchen.GOAL_DIM, kitchen.ACTION_DIM
+  config = GoalBCConfig(hidden_sizes=(64,), head=head, action_chunk=chunk, execute_steps=1, end_effector=False,
+                        gripper_head=gripper)
+  rng = np.random.default_rng(0)
+  norm = gcbc_networks.Normalization(np.zeros(dim, np.float32), np.ones(dim, np.float32),
+                                     rng.normal(size=chunk * act).astype(np.float32),
+                                     rng.uniform(0.5, 2, size=chunk * act).astype(np.float32))
+  nets = gcbc_networks.make_networks(dim, chunk * act, config, norm, observation_dim=kitchen.OBS_DIM)
+  params = nets.policy.init(jax.random.PRNGKey(0))
+  params = jax.tree_util.tree_map(lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
+  inputs = rng.normal(size=(8, dim)).astype(np.float32)
+  inputs[:, kitchen.FINGERS] = 0.02
+  key = jax.random.PRNGKey(3)
+  for narrowed in (nets, gcbc_networks.with_exploration(nets, 0.25, 0.1)):
+    full = narrowed.policy.apply(params, inputs)
+    for m in (1, 2):
+      cut = narrowed.first_actions(m)
+      out = cut.policy.apply(params, inputs)
+      assert cut.output_dim == m * act
+      np.testing.assert_allclose(cut.mean(out), np.asarray(narrowed.mean(full))[:, :m * act], atol=1e-5)
+      np.testing.assert_allclose(cut.sample(out, key), np.asarray(narrowed.sample(full, key))[:, :m * act],
+                                 atol=1e-5)
+  assert _head_flops(nets.first_actions(1).policy.apply, params, inputs) < \
+      0.8 * _head_flops(nets.policy.apply, params, inputs)
+  with pytest.raises(ValueError, match="m must be in 1..4"):
+    nets.first_actions(5)
+  single = gcbc_networks.make_networks(dim, act, dataclasses.replace(config, action_chunk=1, gripper_head=False),
+                                       gcbc_networks.Normalization(norm.input_mean, norm.input_std, norm.output_mean[:act],
+                                                                   norm.output_std[:act]),
+                                       observation_dim=kitchen.OBS_DIM)
+  assert single.first_actions is None
+
+
+def test_lanes_compute_only_the_executed_actions_and_act_a_lone_actors_episodes(chunked_ee_model):
+  """A chunked low level (chunks of 3, executing 2) acting in 8 lockstep lanes: its batched calls
+  give the 2 executed actions per chunk alone (`executed_only`, 18 columns, not 27), the same as the
+  whole chunk's first two, and each lane's episode is the one a lone actor acts with whole chunks.
+  While temporal ensembling (which needs whole chunks) it gives whole chunks."""
+  model = policy_io.load_model(chunked_ee_model)
+  fn = model.levels["low"].fn
+  assert fn.executed_rows() == 2 and fn.with_execute_steps(3).executed_rows() == 3
+  assert fn.with_execute_steps(1, ensemble=0.5).executed_rows() == 3
+  rng = np.random.default_rng(0)
+  obs, goals = rng.normal(size=(8, 59)).astype(np.float32), rng.normal(size=(8, 30)).astype(np.float32)
+  keys = rng.integers(0, 2 ** 32, size=(8, 2), dtype=np.uint32)
+  params = model.levels["low"].params
+  whole = fn.batch(params, obs, goals, keys, deterministic=False)
+  executed = fn.batch(params, obs, goals, keys, deterministic=False, executed_only=True)
+  assert whole.shape == (8, 27) and executed.shape == (8, 18)
+  np.testing.assert_allclose(executed, whole[:, :18], atol=1e-5)
+  assert fn.with_execute_steps(1, ensemble=0.5).batch(params, obs, goals, keys, executed_only=True).shape == (8, 27)
+
+  goal = ["microwave", "kettle"]
+  goal_state = ft_env.default_goal_state(goal)
+  lanes = 8
+  environments = ft_env.lanes(lanes, goal, goal_state, 9, seed=0, settings=model.env_settings)
+  done = dict(ft_acting.run_episodes(environments, ft_acting.fixed_actors(model, lanes, seed=4), range(lanes), 0,
+                                     record=True))
+  for index in (0, 5):
+    lone = ft_acting.run_episode(ft_env.GoalKitchenEnv(goal, goal_state, 9, seed=0, settings=model.env_settings),
+                                 ft_acting.fixed_actor(model, seed=4), index, 0, record=True)
+    np.testing.assert_allclose(done[index]["actions"], lone["actions"], atol=1e-4)
+    np.testing.assert_allclose(done[index]["observations"], lone["observations"], atol=1e-4)
+
+
 def test_chunked_policy_serves_its_queue_and_repredicts_on_a_new_goal():
   calls = []
 

@@ -106,8 +106,8 @@ class FinetuneActor(core.Actor):
     policy = self._policies[self._names[0]]
     return (self._obs, self._subgoal, key) if policy.needs_prediction(self._subgoal) else None
 
-  def _act(self, prediction) -> np.ndarray:
-    action = self._policies[self._names[0]].take(prediction, self._subgoal).astype(np.float32)
+  def _act(self, prediction, rows: Optional[int] = None) -> np.ndarray:
+    action = self._policies[self._names[0]].take(prediction, self._subgoal, rows).astype(np.float32)
     self._extras = {"subgoal": np.asarray(self._subgoal, np.float32), "valid": np.float32(1.0)}
     return action
 
@@ -145,11 +145,15 @@ def fixed_actors(model: policy_io.Model, count: int, seed: int = 0, adders=None)
   return [FinetuneActor(model, client, adders[i], seed=seed) for i in range(count)]
 
 
-def _dispatch_outputs(actors, level: str, requests, size: int) -> Callable[[], Dict[int, np.ndarray]]:
+def _dispatch_outputs(actors, level: str, requests,
+                      size: int) -> Callable[[], Dict[int, Tuple[np.ndarray, Optional[int]]]]:
   """Dispatches the network calls for the lanes with a request and returns a function that waits
-  for their outputs ({lane: output}): one call per group of lanes acting with the same parameters
-  (all of them, unless an episode began before the newest fetch), padded to `size` rows so that a
-  shrinking batch compiles no new shape. With `size` 1 (a lone actor) the policy is called
+  for their outputs ({lane: (output, the chunk actions it holds, None: all)}): one call per group
+  of lanes acting with the same parameters (all of them, unless an episode began before the newest
+  fetch), padded to `size` rows so that a shrinking batch compiles no new shape. Batched calls
+  compute only the actions a chunk executes (`GoalPolicyFn.batch_async(executed_only=True)`: the
+  same values as the whole chunk's first ones, at a fraction of the head's cost, the part of an
+  actor's step that is not the environment's). With `size` 1 (a lone actor) the policy is called
   unbatched, exactly as `GoalPolicy` calls it. Lanes are grouped by the identity of their
   parameters: lanes sharing a variable client hold the same objects until their source's
   parameters change (the learner's, `FixedVariableSource`'s and `ReverbVariableSource`'s do),
@@ -163,17 +167,18 @@ def _dispatch_outputs(actors, level: str, requests, size: int) -> Callable[[], D
     if size == 1:
       obs, goal, key = requests[lanes[0]]
       single = fn(params[lanes[0]], obs, goal, key, deterministic=False)  # waited for: nothing to overlap
-      pending.append((lanes, lambda single=single: single[None]))
+      pending.append((lanes, None, lambda single=single: single[None]))
       continue
     rows = [requests[lane] for lane in lanes]
     goals = None if rows[0][1] is None else np.stack([r[1] for r in rows])
-    pending.append((lanes, fn.batch_async(params[lanes[0]], np.stack([r[0] for r in rows]), goals,
-                                          np.stack([r[2] for r in rows]), deterministic=False, size=size)))
+    pending.append((lanes, fn.executed_rows(), fn.batch_async(
+        params[lanes[0]], np.stack([r[0] for r in rows]), goals, np.stack([r[2] for r in rows]), deterministic=False,
+        size=size, executed_only=True)))
 
-  def outputs() -> Dict[int, np.ndarray]:
+  def outputs() -> Dict[int, Tuple[np.ndarray, Optional[int]]]:
     out = {}
-    for lanes, wait in pending:
-      out.update(zip(lanes, wait()))
+    for lanes, held, wait in pending:
+      out.update((lane, (output, held)) for lane, output in zip(lanes, wait()))
     return out
   return outputs
 
@@ -190,7 +195,7 @@ def request_actions(actors: Sequence[FinetuneActor], observations: Sequence,
     request = actor._high_request(observation)  # pylint: disable=protected-access
     if request is not None:
       high[lane] = request
-  for lane, subgoal in _dispatch_outputs(actors, "high", high, size)().items():
+  for lane, (subgoal, _) in _dispatch_outputs(actors, "high", high, size)().items():
     actors[lane]._set_subgoal(subgoal)  # pylint: disable=protected-access
   low = {}
   for lane, actor in enumerate(actors):
@@ -201,7 +206,7 @@ def request_actions(actors: Sequence[FinetuneActor], observations: Sequence,
 
   def actions() -> List[np.ndarray]:
     ready = predictions()
-    return [actor._act(ready.get(lane)) for lane, actor in enumerate(actors)]  # pylint: disable=protected-access
+    return [actor._act(*ready.get(lane, (None, None))) for lane, actor in enumerate(actors)]  # pylint: disable=protected-access
   return actions
 
 

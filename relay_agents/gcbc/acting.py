@@ -31,19 +31,63 @@ class GoalPolicyFn:
     self.networks, self.config, self.deterministic = networks, config, deterministic
     self.ensemble: Optional[float] = None  # temporal-ensemble decay (`with_execute_steps`); None: off
 
-    def act(params, observation, goal, key, deterministic):
-      inputs = policy_inputs(observation, goal, config.use_goal, jax.numpy.concatenate)
-      output = networks.policy.apply(params, inputs[None])
-      sampled = networks.sample(output, key)[0]
-      return jax.numpy.where(deterministic, networks.mean(output)[0], sampled)
+    def make_act(nets: GoalBCNetworks):
+      def act(params, observation, goal, key, deterministic):
+        inputs = policy_inputs(observation, goal, config.use_goal, jax.numpy.concatenate)
+        output = nets.policy.apply(params, inputs[None])
+        sampled = nets.sample(output, key)[0]
+        return jax.numpy.where(deterministic, nets.mean(output)[0], sampled)
+      return act
 
-    self._compile(act)
+    self._make_act = make_act
+    self._compile(make_act(networks))
 
   def _compile(self, act) -> None:
     """Jits `act(params, observation, goal, key, deterministic)` for one state and, vmapped over
-    (observation, goal, key), for a batch of states (`batch`)."""
+    (observation, goal, key), for a batch of states (`batch`). The executed-actions variants
+    (`executed_only`) are jitted on first use, into the same table (shared by this policy's
+    `with_execute_steps` copies)."""
     self._act = jax.jit(act)
     self._act_batch = jax.jit(jax.vmap(act, in_axes=(None, 0, 0, 0, None)))
+    self._executed = {}  # m -> (single, batch, compact): the first m actions of each chunk alone
+    self._compacted = []  # [(params, their compact form)], newest last: the last two parameter sets
+
+  def executed_rows(self) -> int:
+    """How many of a chunk's actions an output with `executed_only` holds: `execute_steps` when
+    the network can compute those alone (`GoalBCNetworks.first_actions`; not while ensembling,
+    which needs whole chunks), else the whole chunk."""
+    return self._executed_count() or getattr(self.config, "action_chunk", 1)
+
+  def _executed_count(self) -> Optional[int]:
+    m, k = getattr(self.config, "execute_steps", 1), getattr(self.config, "action_chunk", 1)
+    if self.ensemble is not None or m >= k or getattr(self.networks, "first_actions", None) is None \
+        or not hasattr(self, "_make_act"):
+      return None
+    return m
+
+  def _fns(self, params, executed_only: bool):
+    """(single, batch) jitted functions and the params to call them with: the whole chunk, or
+    with `executed_only` the first `execute_steps` actions alone when the network can compute them
+    (`executed_rows`), from the head's columns for those actions cut once per parameter set
+    (`GoalBCNetworks.compact_params`; the last two sets are kept, as lanes may act with two).
+    Why cut once: in an actor the environment's steps evict the weights between calls, so a call
+    costs what it reads; the cut head is 0.4 MB of the shipped low level's 3.7 MB."""
+    m = self._executed_count() if executed_only else None
+    if m is None:
+      return self._act, self._act_batch, params
+    if m not in self._executed:
+      view = self.networks.first_actions(m)
+      act = self._make_act(view)
+      self._executed[m] = (jax.jit(act), jax.jit(jax.vmap(act, in_axes=(None, 0, 0, 0, None))),
+                           jax.jit(view.compact_params))
+    single, batch, compact = self._executed[m]
+    for i, (held, cut) in enumerate(self._compacted):
+      if held is params and cut[0] == m:
+        self._compacted.append(self._compacted.pop(i))
+        return single, batch, cut[1]
+    cut = (m, compact(params))
+    self._compacted = self._compacted[-1:] + [(params, cut)]
+    return single, batch, cut[1]
 
   def with_execute_steps(self, execute_steps: Optional[int],
                          ensemble: Optional[float] = None) -> "GoalPolicyFn":
@@ -76,22 +120,25 @@ class GoalPolicyFn:
     other.ensemble = None if ensemble is None else float(ensemble)
     return other
 
-  def __call__(self, params, observation, goal, key, deterministic: Optional[bool] = None) -> np.ndarray:
+  def __call__(self, params, observation, goal, key, deterministic: Optional[bool] = None,
+               executed_only: bool = False) -> np.ndarray:
+    """The output for one state: the whole predicted chunk, or with `executed_only` its first
+    `executed_rows()` actions (the same values, computed alone: `GoalBCNetworks.first_actions`)."""
     goal = np.zeros(0, np.float32) if goal is None else goal
     mode = self.deterministic if deterministic is None else deterministic
-    return np.asarray(self._act(params, np.asarray(observation, np.float32), np.asarray(goal, np.float32), key,
-                                mode))
+    single, _, params = self._fns(params, executed_only)
+    return np.asarray(single(params, np.asarray(observation, np.float32), np.asarray(goal, np.float32), key, mode))
 
   def batch(self, params, observations, goals, keys, deterministic: Optional[bool] = None,
-            size: Optional[int] = None) -> np.ndarray:
+            size: Optional[int] = None, executed_only: bool = False) -> np.ndarray:
     """The outputs for a batch of states: row i is what `__call__` gives for row i (one network
     call for all, so up to float rounding: a batched matrix product may round differently).
     `goals` None: goal-free rows. `size`: pad the batch to this many rows (repeating the last), so
     a caller whose batch shrinks compiles one shape; the padding's outputs are dropped."""
-    return self.batch_async(params, observations, goals, keys, deterministic, size)()
+    return self.batch_async(params, observations, goals, keys, deterministic, size, executed_only)()
 
   def batch_async(self, params, observations, goals, keys, deterministic: Optional[bool] = None,
-                  size: Optional[int] = None) -> Callable[[], np.ndarray]:
+                  size: Optional[int] = None, executed_only: bool = False) -> Callable[[], np.ndarray]:
     """`batch` dispatched: returns at once, while the network runs on JAX's own threads; the
     returned function waits for the outputs. Why: a caller with other work (stepping other
     environments, `relay_agents.finetune.acting.run_episodes`) does it meanwhile on another core."""
@@ -103,7 +150,8 @@ class GoalPolicyFn:
       pad = lambda x: np.concatenate([x, np.repeat(x[-1:], size - n, 0)])
       observations, goals, keys = pad(observations), pad(goals), pad(keys)
     mode = self.deterministic if deterministic is None else deterministic
-    out = self._act_batch(params, observations, goals, keys, mode)
+    _, batch, params = self._fns(params, executed_only)
+    out = batch(params, observations, goals, keys, mode)
     return lambda: np.asarray(out)[:n]
 
 
@@ -138,10 +186,18 @@ class PolicyEnsembleFn:
     """Every member serving `execute_steps` actions per chunk (`GoalPolicyFn.with_execute_steps`)."""
     return PolicyEnsembleFn([m.with_execute_steps(execute_steps, ensemble) for m in self.members])
 
-  def __call__(self, params, observation, goal, key, deterministic: Optional[bool] = None) -> np.ndarray:
+  def executed_rows(self) -> int:
+    """`GoalPolicyFn.executed_rows`, when every member computes the same rows; else the chunk."""
+    rows = {m.executed_rows() for m in self.members}
+    return rows.pop() if len(rows) == 1 else self.config.action_chunk
+
+  def __call__(self, params, observation, goal, key, deterministic: Optional[bool] = None,
+               executed_only: bool = False) -> np.ndarray:
     if len(params) != len(self.members):
       raise ValueError(f"a policy ensemble of {len(self.members)} members got {len(params)} parameter sets")
-    return np.mean([m(p, observation, goal, key, deterministic) for m, p in zip(self.members, params)], axis=0)
+    executed_only = executed_only and len({m.executed_rows() for m in self.members}) == 1
+    return np.mean([m(p, observation, goal, key, deterministic, executed_only)
+                    for m, p in zip(self.members, params)], axis=0)
 
 
 def check_members(configs: Sequence[GoalBCConfig]) -> None:
@@ -199,9 +255,11 @@ class GoalPolicy:
       return True
     return not self._queue or not self._same_goal(goal)
 
-  def take(self, prediction: Optional[np.ndarray], goal) -> np.ndarray:
+  def take(self, prediction: Optional[np.ndarray], goal, rows: Optional[int] = None) -> np.ndarray:
     """The next action toward `goal`, given the network's output for this step when
-    `needs_prediction(goal)` said so (None otherwise: the action comes from the queued chunk)."""
+    `needs_prediction(goal)` said so (None otherwise: the action comes from the queued chunk).
+    `rows`: how many of the chunk's actions the output holds (None: the whole chunk; the policy's
+    `executed_rows()` for an output computed with `executed_only`)."""
     chunk = getattr(self.config, "action_chunk", 1)
     if chunk <= 1:
       return prediction
@@ -209,7 +267,7 @@ class GoalPolicy:
     if getattr(self.fn, "ensemble", None) is not None:
       return self._ensembled(prediction, chunk, goal_now, self._same_goal(goal))
     if prediction is not None:
-      self._queue = list(prediction.reshape(chunk, -1)[:self.config.execute_steps])
+      self._queue = list(prediction.reshape(rows or chunk, -1)[:self.config.execute_steps])
       self._goal = goal_now
     return self._queue.pop(0)
 
