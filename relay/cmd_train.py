@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "level's input (the positions stay), as the paper's 30-d observation has none; on "
                            "(default) keeps the environment's 59-d observation. Measured on the ril low level: 1.84 "
                            "elements against 2.00 with them, three seeds (docs/results.md, session 41)")
+  parser.add_argument("--weight-decay", type=float, default=0.0, metavar="W",
+                      help="train with AdamW, decoupled weight decay W (each step shrinks every weight by the "
+                           "learning rate x W); default 0: Adam, no decay (beyond the paper)")
   parser.add_argument("--paper", action="store_true",
                       help="the paper's plain policy: MLP 256x256, one action per step, no end-effector input "
                            "(sets --hidden 256,256 --action-chunk 1 --end-effector off unless given)")
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
                           execute_steps=args.execute_steps, gripper_head=args.gripper_head,
                           goal_delta=args.goal_delta, subgoal_residual=args.subgoal_residual,
                           goal_noise=args.goal_noise, goal_elements={"auto": None, "on": True, "off": False}[args.goal_elements],
-                          velocities=args.velocities == "on")
+                          velocities=args.velocities == "on", weight_decay=args.weight_decay)
     train_config = train.TrainConfig(steps=args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
                                      lr_decay=args.lr_decay,
                                      reverb_address=args.reverb_address, progress=not args.no_progress)

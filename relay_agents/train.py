@@ -105,7 +105,7 @@ def train_key(data_dir: str, config: GoalBCConfig, train: TrainConfig) -> str:
 # a model trained before they existed still resumes (its weights depend on none of them).
 _LATER_OPTIONS = {"end_effector": False, "action_chunk": 1, "gripper_head": False, "goal_delta": False,
                   "subgoal_residual": False, "goal_noise": 0.0, "goal_elements": False, "lr_decay_steps": None,
-                  "velocities": True}
+                  "velocities": True, "weight_decay": 0.0}
 
 
 def _config_identity(config: GoalBCConfig) -> Dict:

@@ -965,3 +965,34 @@ def test_cosine_learning_rate_decays_to_zero_and_is_part_of_the_weights_identity
   assert models.read_record(constant).policy_configs["low"]["lr_decay_steps"] is None
   bad = cli(*args, "--steps", "4", "--lr-decay", "linear")
   assert bad.returncode == 2 and "invalid choice: 'linear'" in bad.stderr
+
+
+def test_weight_decay_shrinks_weights_alongside_the_schedule_and_is_recorded(datasets, tmp_path, cli):
+  """`--weight-decay W`: AdamW, each step shrinks every weight by the (scheduled) rate x W even where
+  the gradient is zero; 0 is Adam as before. Recorded in the model, part of the weights' identity,
+  refused when negative or not a number."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  for steps in (None, 10):
+    optimizer = GoalBCConfig(learning_rate=0.1, weight_decay=0.5, lr_decay_steps=steps).optimizer()
+    params = {"w": jnp.full(3, 2.0)}
+    state = optimizer.init(params)
+    updates, state = optimizer.update({"w": jnp.zeros(3)}, state, params)
+    assert float(updates["w"][0]) == pytest.approx(-0.1 * 0.5 * 2.0, rel=1e-5)  # rate x W x weight
+  plain = GoalBCConfig(learning_rate=0.1).optimizer()
+  updates, _ = plain.update({"w": jnp.zeros(3)}, plain.init({"w": jnp.full(3, 2.0)}), {"w": jnp.full(3, 2.0)})
+  assert float(jnp.abs(updates["w"]).max()) == 0.0  # no decay by default
+  for bad in (-0.1, float("nan"), float("inf")):
+    with pytest.raises(ValueError, match="weight_decay"):
+      GoalBCConfig(weight_decay=bad)
+
+  common = ("train-il", "--agent", "ril", "--low", datasets["low"], "--high", datasets["high"], "--hidden", "8",
+            "--batch-size", "8", "--action-chunk", "1", "--steps", "4")
+  out = str(tmp_path / "wd")
+  cli(*common, "--out", out, "--weight-decay", "0.05", check=True)
+  configs = models.read_record(out).policy_configs
+  assert configs["low"]["weight_decay"] == configs["high"]["weight_decay"] == 0.05
+  other = cli(*common, "--out", out, "--weight-decay", "0.1")
+  assert other.returncode != 0 and "--overwrite" in other.stderr, other.stderr[-1000:]
+  refused = cli(*common, "--out", str(tmp_path / "neg"), "--weight-decay", "-1")
+  assert refused.returncode == 2 and "weight_decay must be" in refused.stderr
+  assert not os.path.exists(tmp_path / "neg" / "agent.json")

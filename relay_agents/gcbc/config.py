@@ -2,6 +2,8 @@
 import dataclasses
 from typing import Optional, Tuple
 
+import numpy as np
+
 from relay_data import relabel
 
 HEADS = ("gaussian", "mixture", "mse")
@@ -98,6 +100,11 @@ class GoalBCConfig:
     2020). The paper's 30-d observation has none. Measured (docs/results.md, session 41): the RIL
     low level without them does 1.84 elements against 2.00 with them (three seeds), so the
     default keeps them; the option is the paper's-observation ablation without rewriting data.
+  weight_decay: 0 (the default) trains with Adam; w > 0 with AdamW, decoupled weight decay w (each
+    step shrinks every weight by learning rate x w, with the same schedule). Why: behaviour-cloned
+    low levels of one dataset fit it equally well yet follow subgoals closed-loop very differently
+    (docs/results.md, session 40), the mark of weights shaped by what the data leaves
+    unconstrained; decay pulls those toward zero. Beyond the paper.
 
   Defaults are what measured best (docs/results.md, "Policy options in the agent" and session
   32's "A wider network"): a 1024x3 MLP (RIL at the paper's cadence, executing 1: 2.29 elements
@@ -129,11 +136,12 @@ class GoalBCConfig:
   goal_elements: Optional[bool] = None
   lr_decay_steps: Optional[int] = None
   velocities: bool = True
+  weight_decay: float = 0.0
 
   # What a config pickled before an option existed behaved as (see __setstate__).
   _LEGACY = {"end_effector": False, "action_chunk": 1, "execute_steps": 1, "gripper_head": False,
              "goal_delta": False, "subgoal_residual": False, "goal_noise": 0.0, "goal_elements": False, "lr_decay_steps": None,
-             "velocities": True}
+             "velocities": True, "weight_decay": 0.0}
 
   def __setstate__(self, state):
     """Unpickling a policy saved before an option existed gives it the value it was trained with."""
@@ -176,12 +184,17 @@ class GoalBCConfig:
       raise ValueError(f"num_components must be positive, got {self.num_components}")
     if self.batch_size <= 0 or self.learning_rate <= 0 or self.examples_per_item <= 0:
       raise ValueError("batch_size, learning_rate and examples_per_item must be positive")
+    if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+      raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
     if self.lr_decay_steps is not None and not self.lr_decay_steps > 0:
       raise ValueError(f"lr_decay_steps must be positive, got {self.lr_decay_steps}")
 
   def optimizer(self):
-    """Adam at `learning_rate`, constant or cosine-decayed to 0 over `lr_decay_steps`."""
+    """Adam at `learning_rate`, constant or cosine-decayed to 0 over `lr_decay_steps`; AdamW
+    with `weight_decay` when it is positive."""
     import optax  # pylint: disable=import-outside-toplevel
-    if self.lr_decay_steps is None:
-      return optax.adam(self.learning_rate)
-    return optax.adam(optax.cosine_decay_schedule(self.learning_rate, self.lr_decay_steps))
+    rate = (self.learning_rate if self.lr_decay_steps is None
+            else optax.cosine_decay_schedule(self.learning_rate, self.lr_decay_steps))
+    if self.weight_decay:
+      return optax.adamw(rate, weight_decay=self.weight_decay)
+    return optax.adam(rate)
