@@ -124,11 +124,12 @@ def run_task(task: sources.Task, ctx: _TaskContext) -> Dict:
       else:
         sources.check_finite(ep, ctx.source)
         driven = ep["policy_driven"][:, 0] > 0.5 if "policy_driven" in ep else None
+        perturbed = ctx.config.perturbed(ep["action"], ep.get("executed_action"))
         examples = relabeled.relabel_episode(ctx.config, ep["observation"], ep["goal_state"], ep["action"],
-                                             f"{ep['index']}/{ep['episode_id']}", driven)
+                                             f"{ep['index']}/{ep['episode_id']}", driven, perturbed)
         length = len(ep["observation"])
-        if ctx.config.target_ok(driven) is not None:  # this episode's own steps
-          step = {"step": example_codec.varint_column(relabeled.step_index(ctx.config, length, driven))}
+        if ctx.config.target_ok(driven, perturbed) is not None:  # this episode's own steps
+          step = {"step": example_codec.varint_column(relabeled.step_index(ctx.config, length, driven, perturbed))}
         else:
           if length not in step_columns:
             steps = relabeled.step_index(ctx.config, length)
@@ -296,7 +297,7 @@ def _run_relabel(source, output, config, beam_args, pipeline, overwrite, name, s
   source_dir = rlds_io.resolve_dataset_dir(source) if storage.is_local(source) else source.rstrip("/")
   builder = (rlds_io.require_episodes(source_dir) if storage.is_local(source_dir)  # a relabeled dataset is no source
              else tfds.builder_from_directory(source_dir))
-  dims = sources.check_source(builder, source_dir)
+  dims = sources.check_source(builder, source_dir, executed_action=config.perturbation_threshold is not None)
   num_episodes = int(builder.info.splits["train"].num_examples)
   if num_episodes == 0:
     raise DataError("source dataset has no episodes", path=source_dir)

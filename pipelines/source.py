@@ -4,8 +4,9 @@ The driver reads only the source's TFDS metadata and the 12-byte record headers 
 files (`plan_tasks`); each task then reads its exact byte range once (`tfrecords.read_range`,
 CRCs checked) and parses all its episodes in one call of a cached parse function
 (`parse_episodes`). Only the step fields relabeling needs are parsed, so extra step fields
-(e.g. `executed_action`, `completed_tasks`) are carried harmlessly; `policy_driven` (DAgger play,
-stored as float32 [1]) is parsed when the source has it.
+(e.g. `completed_tasks`) are carried harmlessly; `policy_driven` (DAgger play, stored as float32
+[1]) is parsed when the source has it, and `executed_action` (perturbed play) when the relabel
+config asks for it (`RelabelConfig.perturbation_threshold`).
 """
 import dataclasses
 import functools
@@ -19,7 +20,8 @@ from relay_data.errors import DataError
 # Episode field -> its flattened TFDS feature key in the RLDS records.
 STEP_FIELDS = {"observation": "steps/observation/state", "goal_state": "steps/observation/goal_state",
                "action": "steps/action"}
-OPTIONAL_STEP_FIELDS = {"policy_driven": "steps/policy_driven"}  # parsed when the source has them
+OPTIONAL_STEP_FIELDS = {"policy_driven": "steps/policy_driven",  # parsed when the source has them
+                        "executed_action": "steps/executed_action"}
 EPISODE_ID = "episode_metadata/episode_id"
 _KEYS = {**STEP_FIELDS, **OPTIONAL_STEP_FIELDS}
 
@@ -36,8 +38,12 @@ class Task:
   num_episodes: int
 
 
-def check_source(builder, path: str) -> Dict[str, int]:
-  """Widths of the step fields relabeling reads; DataError naming the field if one is unusable."""
+def check_source(builder, path: str, executed_action: bool = False) -> Dict[str, int]:
+  """Widths of the step fields relabeling reads; DataError naming the field if one is unusable.
+
+  Optional fields are read when present (`policy_driven`) or when asked for: `executed_action`
+  (`RelabelConfig.perturbation_threshold`), which the source must then have, as wide as its
+  actions. A field relabeling does not read is never checked (it is carried harmlessly)."""
   steps = builder.info.features["steps"]
   flat = {}
 
@@ -52,6 +58,11 @@ def check_source(builder, path: str) -> Dict[str, int]:
   dims = {}
   for field, key in _KEYS.items():
     name = key[len("steps/"):]
+    if field == "executed_action" and not executed_action:
+      continue
+    if name not in flat and field == "executed_action":
+      raise DataError("missing from the source dataset's steps; --perturbation-threshold needs the executed "
+                      "(perturbed) actions that `relay generate` records beside the labels", path=path, field=key)
     if name not in flat and field in OPTIONAL_STEP_FIELDS:
       continue
     if name not in flat:
@@ -62,6 +73,9 @@ def check_source(builder, path: str) -> Dict[str, int]:
     if np.dtype(feature.np_dtype) != np.float32:
       raise DataError(f"expected float32, got {np.dtype(feature.np_dtype)}", path=path, field=key)
     dims[field] = int(feature.shape[0])
+  if "executed_action" in dims and dims["executed_action"] != dims["action"]:
+    raise DataError(f"has width {dims['executed_action']} but steps/action has {dims['action']}", path=path,
+                    field=_KEYS["executed_action"])
   file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
   if file_format != "tfrecord":
     raise DataError(f"source file format {file_format!r} is not supported (tfrecord only)", path=path)
@@ -248,8 +262,7 @@ def _name(ep: Dict) -> str:
 
 def check_finite(ep: Dict, path: str) -> None:
   """DataError naming the episode, field and first step of a NaN or inf."""
-  for field in STEP_FIELDS:
+  for field, key in _KEYS.items():
     if field in ep and not np.all(np.isfinite(ep[field])):
       bad = int(np.argwhere(~np.isfinite(ep[field]))[0][0])
-      raise DataError(f"contains NaN or inf (first at step {bad})", path=path, episode=_name(ep),
-                      field=STEP_FIELDS[field])
+      raise DataError(f"contains NaN or inf (first at step {bad})", path=path, episode=_name(ep), field=key)

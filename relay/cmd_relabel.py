@@ -49,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="DAgger play (`relay generate --perturb dagger`) marks the steps a trained policy drove; "
                            "by default no goal or subgoal is taken from them (where the old policy went is not a "
                            "goal the expert chose). This flag takes goals from them too (the ablation)")
+  parser.add_argument("--perturbation-threshold", type=float, default=None, metavar="TAU",
+                      help="perturbed play (`relay generate --perturb dart`, the default) records the executed "
+                           "action beside the expert's label. TAU keeps goals and subgoals off the states an "
+                           "action departing from its label by more than TAU (largest |difference| over the "
+                           "action's dims) reached: inside a DART burst the label heads for the expert's target "
+                           "while the hand goes elsewhere, so a goal there pairs a state with an action that does "
+                           "not lead to it. Default: off (goals from every step)")
   parser.add_argument("--output", required=True, help="output dataset directory")
   parser.add_argument("--name", default=None, help="dataset name inside the output (default relabeled_<level>)")
   parser.add_argument("--episodes-per-shard", type=int, default=32,
@@ -78,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
   try:
     config = relabeled.RelabelConfig(level=args.level, window=args.window, window_high=args.window_high,
                                      goals_per_step=args.goals_per_step, seed=args.seed,
-                                     action_chunk=args.action_chunk, goals_on_driven_steps=args.goals_on_driven_steps)
+                                     action_chunk=args.action_chunk, goals_on_driven_steps=args.goals_on_driven_steps,
+                                     perturbation_threshold=args.perturbation_threshold)
   except ValueError as e:
     raise UsageError(f"invalid relabel options: {e}") from e
   runner = pipeline.RUNNER_ALIASES.get(args.runner.lower(), args.runner)

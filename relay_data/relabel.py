@@ -16,7 +16,10 @@ With `target_ok` (a [L] bool mask), a pair (t, j) is kept only if every state it
 target (the goal g_{t+j}, and the high level's subgoal g_{t+min(W_l,j)}) is at an allowed step;
 k goals per step are then drawn from the allowed j. DAgger play disallows the steps a trained
 policy drove: the label there is the expert's correction, but where the policy went is no goal
-the expert chose, and relabeling it as one would teach the old policy's drift.
+the expert chose, and relabeling it as one would teach the old policy's drift. DART play's
+perturbations are the same case (`perturbed_states`): during a burst the label says where the
+expert wanted to go and the executed action took the hand elsewhere, so a goal inside the burst
+would pair a state the perturbation reached with an action that does not lead there.
 
 With `action_chunk=k > 1`, every action-carrying example also gets `action_chunk`, the k actions
 a_t..a_{t+k-1} flattened to [k*d] (steps past the last action a_{T-1} repeat it): the targets of
@@ -57,6 +60,23 @@ def _check_arrays(**arrays: np.ndarray) -> Tuple[int, Dict[str, np.ndarray]]:
 def _rows(array: np.ndarray, index: np.ndarray) -> np.ndarray:
   """array[index] along axis 0; np.take is ~10x faster than fancy indexing for row gathers."""
   return np.take(array, index, axis=0)
+
+
+def perturbed_states(actions: np.ndarray, executed_actions: np.ndarray, threshold: float) -> np.ndarray:
+  """[L] bool: state i was reached by a perturbed action, i.e. the action executed at step i - 1
+  departed from its label by more than `threshold` (largest absolute difference over the action's
+  dims). State 0 is never perturbed. `target_ok = ~perturbed_states(...)` keeps goals and subgoals
+  off the states DART bursts and detours put the hand in (`relay relabel --perturbation-threshold`)."""
+  length, arrays = _check_arrays(actions=actions, executed_actions=executed_actions)
+  if arrays["actions"].shape != arrays["executed_actions"].shape:
+    raise ValueError(f"executed_actions must have the actions' shape {arrays['actions'].shape}, "
+                     f"got {arrays['executed_actions'].shape}")
+  if not (np.isfinite(threshold) and threshold >= 0):
+    raise ValueError(f"threshold must be a non-negative number, got {threshold!r}")
+  departed = np.abs(arrays["executed_actions"] - arrays["actions"]).max(axis=1, initial=0.0) > threshold
+  out = np.zeros(length, bool)
+  out[1:] = departed[:-1]
+  return out
 
 
 def _check_window(name: str, window) -> int:

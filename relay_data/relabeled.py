@@ -50,6 +50,11 @@ class RelabelConfig:
     `relabel.DEFAULT_ACTION_CHUNK` for those levels, 1 for high.
   goals_on_driven_steps: in episodes with `policy_driven` steps (DAgger play), let goals and
     subgoals land on them too (the ablation); by default they never do (`relabel.valid_pairs`).
+  perturbation_threshold: None (the default) takes goals from every step. A number tau keeps
+    goals and subgoals off the states a perturbation put the hand in: those reached by an action
+    whose executed version (the step's `executed_action`, DART play) departed from its label by
+    more than tau (`relabel.perturbed_states`). Their observations still teach the expert's
+    correction toward the goals outside the burst. Needs a source with `executed_action`.
   """
   level: str = "low"
   window: int = relabel.DEFAULT_WINDOW
@@ -58,6 +63,7 @@ class RelabelConfig:
   seed: int = 0
   action_chunk: Optional[int] = None
   goals_on_driven_steps: bool = False
+  perturbation_threshold: Optional[float] = None
 
   def __post_init__(self):
     if self.level not in LEVELS:
@@ -73,6 +79,12 @@ class RelabelConfig:
       relabel._check_window("window_high", self.window_high)  # pylint: disable=protected-access
       if self.window_high <= self.window:
         raise ValueError(f"window_high ({self.window_high}) must be larger than window ({self.window})")
+    tau = self.perturbation_threshold
+    if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not np.isfinite(tau)
+                            or tau < 0):
+      raise ValueError(f"perturbation_threshold must be a non-negative number, got {tau!r}")
+    if tau is not None and self.level in ("final-goal", "bc"):
+      raise ValueError(f"perturbation_threshold chooses relabeled goals; level {self.level} relabels none")
 
   def to_json(self) -> Dict:
     out = dataclasses.asdict(self)
@@ -85,13 +97,31 @@ class RelabelConfig:
       out.pop("action_chunk")
     if not self.goals_on_driven_steps:  # likewise
       out.pop("goals_on_driven_steps")
+    if self.perturbation_threshold is None:  # likewise
+      out.pop("perturbation_threshold")
     return out
 
-  def target_ok(self, policy_driven: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """The steps goals may come from (None: all): not the policy-driven ones, unless told."""
-    if policy_driven is None or self.goals_on_driven_steps or self.level in ("final-goal", "bc"):
+  def target_ok(self, policy_driven: Optional[np.ndarray],
+                perturbed: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+    """The steps goals may come from (None: all): not the policy-driven ones, unless told, and
+    not the `perturbed` ones (`relabel.perturbed_states`, given with `perturbation_threshold`)."""
+    if self.level in ("final-goal", "bc"):
       return None
-    return ~np.asarray(policy_driven, bool)
+    masks = [np.asarray(m, bool) for m, use in ((policy_driven, not self.goals_on_driven_steps),
+                                                (perturbed, self.perturbation_threshold is not None))
+             if m is not None and use]
+    if not masks:
+      return None
+    return ~np.logical_or.reduce(masks)
+
+  def perturbed(self, actions: np.ndarray, executed_actions: Optional[np.ndarray],
+                episode: str = "") -> Optional[np.ndarray]:
+    """The episode's perturbed states under `perturbation_threshold` (None when it is not set)."""
+    if self.perturbation_threshold is None:
+      return None
+    if executed_actions is None:
+      raise ValueError(f"perturbation_threshold needs the episode's executed actions{' (' + episode + ')' if episode else ''}")
+    return relabel.perturbed_states(actions, executed_actions, self.perturbation_threshold)
 
 
 def episode_seed(seed: int, episode_key: str) -> int:
@@ -101,10 +131,11 @@ def episode_seed(seed: int, episode_key: str) -> int:
 
 
 def relabel_episode(config: RelabelConfig, states, goal_states, actions, episode_key: str,
-                    policy_driven: Optional[np.ndarray] = None):
-  """Dispatches one episode to the pure relabeling function of `config.level`."""
+                    policy_driven: Optional[np.ndarray] = None, perturbed: Optional[np.ndarray] = None):
+  """Dispatches one episode to the pure relabeling function of `config.level` (`perturbed`:
+  `config.perturbed(...)` of the episode)."""
   seed = episode_seed(config.seed, episode_key)
-  target_ok = config.target_ok(policy_driven)
+  target_ok = config.target_ok(policy_driven, perturbed)
   if config.level in ("low", "flat"):
     return relabel.low_level_examples(states, goal_states, actions, config.window,
                                       config.goals_per_step, seed, config.action_chunk, target_ok)
@@ -142,7 +173,8 @@ def features_of(dims: Dict[str, int]):
   return tfds.features.FeaturesDict(features)
 
 
-def step_index(config: RelabelConfig, num_steps: int, policy_driven: Optional[np.ndarray] = None) -> np.ndarray:
+def step_index(config: RelabelConfig, num_steps: int, policy_driven: Optional[np.ndarray] = None,
+               perturbed: Optional[np.ndarray] = None) -> np.ndarray:
   """Time index t of each example `relabel_episode` returns for an episode of `num_steps` rows.
 
   Follows from `relabel.relabel_indices`' contract (ordered by t; step t keeps min(k, #valid j)
@@ -153,7 +185,7 @@ def step_index(config: RelabelConfig, num_steps: int, policy_driven: Optional[np
   if config.level in ("final-goal", "bc"):
     return t
   window = config.window_high if config.level == "high" else config.window
-  target_ok = config.target_ok(policy_driven)
+  target_ok = config.target_ok(policy_driven, perturbed)
   if target_ok is not None:
     subgoal_window = config.window if config.level == "high" else None
     per_step = relabel.valid_pairs(num_steps, window, target_ok, subgoal_window).sum(axis=1)

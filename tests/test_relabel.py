@@ -165,3 +165,61 @@ def test_target_mask_keeps_goals_and_subgoals_off_disallowed_steps():
       assert len(relabeled.relabel_episode(both, index, index, a, "ep", policy_driven=~ok)["goal"]) >= len(t)
   with pytest.raises(ValueError, match="target_ok"):
     relabel.low_level_examples(s, g, a, 3, target_ok=np.ones(length + 1, bool))
+
+
+def test_perturbed_states_are_those_a_departing_action_reached_and_get_no_goals():
+  """DART play: state i is perturbed when the action executed before it (i - 1) left its label by
+  more than the threshold on any dim; goals and subgoals never land there, with or without DAgger's
+  driven steps, and observations and labels from those steps are kept."""
+  from relay_data import relabeled  # pylint: disable=import-outside-toplevel
+  labels = np.zeros((8, 3), np.float32)
+  executed = labels.copy()
+  executed[2, 1] = 0.5    # a burst at steps 2-3 -> states 3 and 4 perturbed
+  executed[3, 0] = -0.31
+  executed[5, 2] = 0.3    # exactly the threshold: not perturbed
+  executed[7, 0] = 1.0    # the last action reaches no state
+  np.testing.assert_array_equal(relabel.perturbed_states(labels, executed, 0.3),
+                                [False, False, False, True, True, False, False, False])
+  assert not relabel.perturbed_states(labels, executed, 2.0).any()
+  assert relabel.perturbed_states(labels, executed, 0.0).sum() == 3
+  with pytest.raises(ValueError, match="executed_actions must have the actions' shape"):
+    relabel.perturbed_states(labels, executed[:, :2], 0.3)
+  with pytest.raises(ValueError, match="threshold"):
+    relabel.perturbed_states(labels, executed, float("nan"))
+
+  rng = np.random.default_rng(4)
+  length = 40
+  labels = rng.uniform(-1, 1, (length, 2)).astype(np.float32)
+  executed = labels + np.where(rng.random((length, 1)) < 0.3, 0.8, 0.01).astype(np.float32)
+  driven = rng.random(length) < 0.2
+  index = np.arange(length, dtype=np.float32)[:, None]  # goal value = its step
+  for level in ("low", "high"):
+    config = relabeled.RelabelConfig(level, window=4, window_high=12, goals_per_step=3, action_chunk=1,
+                                     perturbation_threshold=0.5)
+    perturbed = config.perturbed(labels, executed)
+    np.testing.assert_array_equal(perturbed, relabel.perturbed_states(labels, executed, 0.5))
+    assert 5 < perturbed.sum() < length - 5
+    for driven_mask in (None, driven):
+      ex = relabeled.relabel_episode(config, index, index, labels, "ep", driven_mask, perturbed)
+      t = relabeled.step_index(config, length, driven_mask, perturbed)
+      np.testing.assert_array_equal(ex["observation"][:, 0], t)
+      bad = perturbed | (driven if driven_mask is not None else False)
+      assert not bad[ex["goal"][:, 0].astype(int)].any()
+      if level == "high":
+        assert not bad[ex["subgoal"][:, 0].astype(int)].any()
+      else:  # the perturbed steps' own observations still carry their (expert) labels
+        assert perturbed[t.astype(int)].any()
+        np.testing.assert_array_equal(ex["action"], labels[t.astype(int)])
+    plain = dataclasses.replace(config, perturbation_threshold=None)
+    assert plain.perturbed(labels, None) is None and plain.target_ok(None, perturbed) is None
+    assert len(relabeled.relabel_episode(plain, index, index, labels, "ep")["goal"]) > len(ex["goal"])
+    with pytest.raises(ValueError, match="executed actions"):
+      config.perturbed(labels, None)
+  for bad_tau, message in ((-0.1, "non-negative"), (float("inf"), "non-negative"), (True, "non-negative")):
+    with pytest.raises(ValueError, match=message):
+      relabeled.RelabelConfig("low", perturbation_threshold=bad_tau)
+  with pytest.raises(ValueError, match="relabels none"):
+    relabeled.RelabelConfig("bc", perturbation_threshold=0.3)
+  lineage = relabeled.RelabelConfig("low", perturbation_threshold=0.3).to_json()
+  assert lineage["perturbation_threshold"] == 0.3
+  assert "perturbation_threshold" not in relabeled.RelabelConfig("low").to_json()

@@ -1,4 +1,5 @@
 """pipelines.relabel end to end on Beam's DirectRunner, over real TFDS datasets in temp dirs."""
+import dataclasses
 import json
 import os
 import shutil
@@ -254,6 +255,81 @@ def test_extra_step_fields_are_carried_harmlessly(tmp_path):
   pipeline.run_relabel(plain, b, config, show_progress=False)
   for k, v in relabeled.read_arrays(a).items():
     np.testing.assert_array_equal(v, relabeled.read_arrays(b)[k])
+
+
+def _perturbed_source(tmp_path, lengths=(12, 30, 9), with_executed=True, nan_at=None):
+  """An RLDS dataset whose steps carry `executed_action`: the label plus bursts of 0.8 on a third
+  of the steps (DART play's shape)."""
+  rng = np.random.default_rng(7)
+  episodes = helpers.random_episodes(lengths, seed=3)
+  for ep in episodes:
+    if with_executed:
+      burst = rng.random((len(ep["action"]), 1)) < 0.35
+      ep["executed_action"] = ep["action"] + np.where(burst, 0.8, 0.02).astype(np.float32)
+  if nan_at is not None:
+    def corrupt(i, ep):
+      if i == nan_at[0]:
+        ep["executed_action"][nan_at[1], 0] = np.nan
+    return helpers.write_unvalidated(tmp_path, episodes, corrupt=corrupt)
+  return rlds_io.write_episodes(episodes, "perturbed", str(tmp_path), progress=False)
+
+
+@pytest.mark.parametrize("level", ["low", "high"])
+def test_perturbation_threshold_keeps_goals_off_perturbed_states_end_to_end(tmp_path, level, cli):
+  """`relay relabel --perturbation-threshold`: the pipeline reads the executed actions and writes
+  what the pure functions give with the perturbed states masked; no goal is a perturbed state;
+  the lineage records the threshold; without it, goals land there as before."""
+  src = _perturbed_source(tmp_path / "src")
+  config = relabeled.RelabelConfig(level, window=3, window_high=8, goals_per_step=2, action_chunk=1,
+                                   perturbation_threshold=0.5)
+  out = str(tmp_path / "out")
+  lineage = pipeline.run_relabel(src, out, config, show_progress=False,
+                                 pipeline=pipeline.PipelineConfig(episodes_per_shard=2))
+  assert lineage["config"]["perturbation_threshold"] == 0.5
+  got = relabeled.read_arrays(out)
+  hits, total = 0, 0
+  for index, ep in enumerate(rlds_io.iter_episodes(src)):
+    perturbed = config.perturbed(ep["action"], ep["executed_action"])
+    want = relabeled.relabel_episode(config, ep["observation"], ep["goal_state"], ep["action"],
+                                     f"{index}/{ep['episode_id']}", perturbed=perturbed)
+    mine = got["episode_index"] == index
+    for k, v in want.items():
+      np.testing.assert_array_equal(got[k][mine], v)
+    # Which state each goal is: goal-state rows are distinct random vectors.
+    rows = [int(np.flatnonzero((ep["goal_state"] == g).all(1))[0]) for g in got["goal"][mine]]
+    assert not perturbed[rows].any()
+    plain = relabeled.relabel_episode(dataclasses.replace(config, perturbation_threshold=None), ep["observation"],
+                                      ep["goal_state"], ep["action"], f"{index}/{ep['episode_id']}")
+    plain_rows = [int(np.flatnonzero((ep["goal_state"] == g).all(1))[0]) for g in plain["goal"]]
+    hits += int(perturbed[plain_rows].sum())
+    total += len(plain_rows)
+  assert hits > 0.1 * total  # without the threshold, goals do land on perturbed states
+  proc = cli("relabel", "--source", src, "--level", level, "--window", "3", "--window-high", "8",
+             "--goals-per-step", "2", "--action-chunk", "1", "--perturbation-threshold", "0.5",
+             "--output", str(tmp_path / "cli"), "--no-progress")
+  assert proc.returncode == 0, proc.stderr
+  for k, v in relabeled.read_arrays(str(tmp_path / "cli")).items():
+    np.testing.assert_array_equal(v, got[k])
+
+
+def test_perturbation_threshold_needs_finite_executed_actions_and_says_so(tmp_path, cli):
+  plain = _perturbed_source(tmp_path / "plain", with_executed=False)
+  config = relabeled.RelabelConfig("low", window=3, perturbation_threshold=0.3)
+  with pytest.raises(DataError, match="field 'steps/executed_action': missing .*--perturbation-threshold"):
+    pipeline.run_relabel(plain, str(tmp_path / "a"), config, show_progress=False)
+  bad = _perturbed_source(tmp_path / "nan", nan_at=(1, 4))
+  with pytest.raises(DataError) as err:
+    pipeline.run_relabel(bad, str(tmp_path / "b"), config, show_progress=False)
+  assert "ep1" in str(err.value) and "steps/executed_action" in str(err.value) and "step 4" in str(err.value)
+  pipeline.run_relabel(bad, str(tmp_path / "c"), relabeled.RelabelConfig("low", window=3), show_progress=False)
+  proc = cli("relabel", "--source", plain, "--level", "low", "--perturbation-threshold", "-1",
+             "--output", str(tmp_path / "d"))
+  assert proc.returncode == 2 and "perturbation_threshold must be a non-negative number" in proc.stderr
+  proc = cli("relabel", "--source", plain, "--level", "bc", "--perturbation-threshold", "0.3",
+             "--output", str(tmp_path / "e"))
+  assert proc.returncode == 2 and "relabels none" in proc.stderr
+  assert not any((tmp_path / x).exists() for x in "abde")
+  assert not [e for e in os.listdir(tmp_path) if e.startswith(".")]
 
 
 def test_old_format_dataset_says_to_regenerate(tmp_path):
